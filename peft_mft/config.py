@@ -1,0 +1,197 @@
+"""`MFTConfig`: the configuration of a Mask Fine-Tuning adapter, and the paper's per-backbone presets."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Union
+
+from peft.config import PeftConfig
+
+from .peft_type import add_peft_type_member
+from .targets import targets_regex
+
+PEFT_TYPE_MFT = add_peft_type_member("MFT")
+
+# (init_score, temperature) that the paper tuned per backbone (METHOD.md); larger models reuse these values.
+MFT_PRESETS: dict[str, tuple[float, float]] = {
+    "qwen2.5-0.5b": (7.0, 2.3),
+    "tinyllama-1.1b": (3.0, 0.5),
+    "gemma-2b": (5.0, 1.3),
+    "phi-2": (9.0, 1.1),
+}
+
+DEFAULT_HARD_SPARSITY = 0.01
+
+
+@dataclass
+class MFTConfig(PeftConfig):
+    """Configuration of a [`MFTModel`]: which `nn.Linear` weights get a learned mask, and how scores become masks.
+
+    Each targeted weight `W` (out x in, frozen) gets a float32 score tensor `S` of the same shape; the layer uses
+    `W * M`. Soft masks: `M = sigmoid(S / temperature)`, divided by its initial value `sigmoid(init_score /
+    temperature)` unless `normalize_soft_mask=False`, so that a fresh adapter is exactly the base model. Hard masks:
+    the `sparsity` fraction of entries with the smallest `|S|` is zeroed per matrix, the rest kept.
+
+    Use [`MFTConfig.from_preset`] for the paper's (init_score, temperature) per backbone.
+    """
+
+    mask_type: Literal["soft", "hard"] = field(
+        default="soft",
+        metadata={"help": "'soft' (S-MFT): M = sigmoid(S/T). 'hard' (H-MFT): binary mask zeroing the smallest |S|."},
+    )
+    init_score: float = field(
+        default=7.0,
+        metadata={
+            "help": (
+                "Soft masks: the constant every score starts at, so that M starts near 1 (paper: 7.0 for "
+                "Qwen2.5-0.5B, 3.0 TinyLlama-1.1B, 5.0 Gemma-2B, 9.0 Phi-2). Hard masks initialise scores to |W|."
+            )
+        },
+    )
+    temperature: float = field(
+        default=2.3,
+        metadata={
+            "help": (
+                "Soft masks: sigmoid temperature T > 0; dM/dS = M(1-M)/T, so a small T saturates the sigmoid "
+                "(paper: 2.3 for Qwen2.5-0.5B, 0.5 TinyLlama-1.1B, 1.3 Gemma-2B, 1.1 Phi-2)."
+            )
+        },
+    )
+    normalize_soft_mask: bool = field(
+        default=True,
+        metadata={
+            "help": (
+                "Soft masks: divide M by its initial value sigmoid(init_score/T), so M is exactly 1 at initialisation "
+                "(PEFT's no-op convention) and the gradient is the paper's times 1/M0. False is the paper-literal "
+                "M = sigmoid(S/T), whose initial model has every masked weight scaled by M0 (0.954 for 7.0, 2.3)."
+            )
+        },
+    )
+    straight_through: bool = field(
+        default=False,
+        metadata={"help": "Soft masks only ('S-MFT STE'): forward as usual, backward treats dM/dS as 1."},
+    )
+    sparsity: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": (
+                "Hard masks only: the fraction of entries zeroed in each weight matrix, in [0, 1); exactly "
+                f"floor(sparsity * numel) entries. Defaults to {DEFAULT_HARD_SPARSITY} for hard masks (paper: "
+                "0.0005 best for Qwen2.5-0.5B, 0.01 for TinyLlama-1.1B)."
+            )
+        },
+    )
+    targets: Optional[Literal["attn", "mlp", "both"]] = field(
+        default=None,
+        metadata={
+            "help": (
+                "Shortcut for the paper's variants: 'attn' (q, k, v, o projections), 'mlp' (gate, up, down) or "
+                "'both', each plus the multimodal projector; in a VLM only the language model's projections. "
+                "Used only when `target_modules` is None."
+            )
+        },
+    )
+    target_modules: Optional[Union[list[str], str]] = field(
+        default=None,
+        metadata={
+            "help": (
+                "Module names (suffix match) or a full-match regex of the nn.Linear layers to mask. None: the "
+                "architecture's default (all language-model projections and the projector), or `targets`. "
+                "Modules inside a vision tower are never masked."
+            )
+        },
+    )
+    exclude_modules: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "Module names or a regex of modules not to mask."}
+    )
+    layers_to_transform: Optional[Union[list[int], int]] = field(
+        default=None,
+        metadata={
+            "help": (
+                "Decoder-layer indices to mask (e.g. the paper's mid layers 8-11). Modules outside numbered layers, "
+                "such as the projector, stay masked when targets are given as a regex or `targets`."
+            )
+        },
+    )
+    layers_pattern: Optional[Union[list[str], str]] = field(
+        default=None,
+        metadata={"help": "Name of the layer list whose index `layers_to_transform` refers to, e.g. 'layers'."},
+    )
+    modules_to_save: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "Modules, apart from the masked ones, trained in full and saved with the adapter."},
+    )
+    init_weights: bool = field(
+        default=True,
+        metadata={
+            "help": (
+                "True: soft scores start at init_score, hard scores at |W|. False: random scores (for tests): "
+                "init_score + 2*T*N(0, 1) for soft masks, N(0, 1) for hard masks."
+            )
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.peft_type = PEFT_TYPE_MFT
+        if self.mask_type not in ("soft", "hard"):
+            raise ValueError(f"MFTConfig.mask_type must be 'soft' or 'hard', got {self.mask_type!r}.")
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)) or (
+            self.temperature <= 0
+        ):
+            raise ValueError(f"MFTConfig.temperature must be a finite number > 0, got {self.temperature!r}.")
+        if not (isinstance(self.init_score, (int, float)) and math.isfinite(self.init_score)):
+            raise ValueError(f"MFTConfig.init_score must be a finite number, got {self.init_score!r}.")
+        if self.mask_type == "hard":
+            if self.straight_through:
+                raise ValueError(
+                    "MFTConfig.straight_through applies to soft masks only; hard masks always use a straight-through "
+                    "backward."
+                )
+            if self.sparsity is None:
+                self.sparsity = DEFAULT_HARD_SPARSITY
+            if not (isinstance(self.sparsity, (int, float)) and 0.0 <= self.sparsity < 1.0):
+                raise ValueError(
+                    f"MFTConfig.sparsity is the fraction of weights zeroed and must be in [0, 1), got "
+                    f"{self.sparsity!r}."
+                )
+        elif self.sparsity is not None:
+            raise ValueError(
+                f"MFTConfig.sparsity={self.sparsity!r} applies to hard masks only; set mask_type='hard' or drop it."
+            )
+        if self.targets is not None:
+            if self.targets not in ("attn", "mlp", "both"):
+                raise ValueError(f"MFTConfig.targets must be 'attn', 'mlp' or 'both', got {self.targets!r}.")
+            # A config saved after `targets` was resolved holds the resolved regex in `target_modules`.
+            resolved = {targets_regex(self.targets, scoped) for scoped in (True, False)}
+            if self.target_modules is not None and self.target_modules not in resolved:
+                raise ValueError(
+                    f"MFTConfig got both targets={self.targets!r} and target_modules={self.target_modules!r}; "
+                    "give one of them."
+                )
+        if isinstance(self.target_modules, list):
+            self.target_modules = set(self.target_modules)
+        if isinstance(self.exclude_modules, list):
+            self.exclude_modules = set(self.exclude_modules)
+        if self.layers_pattern and self.layers_to_transform is None:
+            raise ValueError("MFTConfig.layers_pattern is only used together with layers_to_transform.")
+
+    @classmethod
+    def from_preset(cls, name: str, **kwargs) -> "MFTConfig":
+        """A config with the paper's (init_score, temperature) for a backbone.
+
+        `name` is a preset key (`MFT_PRESETS`) or a model id that starts with one, such as "Qwen/Qwen2.5-0.5B-Instruct"
+        or "TinyLlama/TinyLlama-1.1B-Chat-v1.0" (case-insensitive). Other keyword arguments are passed to `MFTConfig`.
+        """
+        model_name = name.rsplit("/", 1)[-1].lower()
+        matches = [key for key in MFT_PRESETS if model_name.startswith(key)]
+        if not matches:
+            raise ValueError(f"Unknown MFT preset {name!r}; known presets: {sorted(MFT_PRESETS)}.")
+        init_score, temperature = MFT_PRESETS[max(matches, key=len)]
+        return cls(init_score=init_score, temperature=temperature, **kwargs)
+
+    @property
+    def initial_soft_mask(self) -> float:
+        """M0 = sigmoid(init_score / temperature), the paper-literal soft mask of a fresh adapter."""
+        return 1.0 / (1.0 + math.exp(-self.init_score / self.temperature))

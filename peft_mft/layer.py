@@ -1,0 +1,162 @@
+"""`MFTLayer` and the masked `Linear` that replaces each targeted `nn.Linear` (plain or bitsandbytes-quantized)."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features, check_adapters_to_merge
+from peft.utils import quantization_extra_repr, resolve_quantization_backend
+
+from .config import MFTConfig
+from .mask import MaskSpec, masked_linear, masked_weight_reference
+
+
+class MFTLayer(BaseTunerLayer):
+    """Per-adapter MFT state of one layer: a float32 score tensor (out_features, in_features) and its `MaskSpec`."""
+
+    adapter_layer_names = ("mft_scores",)
+    other_param_names = ("mft_mask_spec",)
+
+    def __init__(self, base_layer: nn.Module, **kwargs) -> None:
+        self.base_layer = base_layer
+        self.mft_scores = nn.ParameterDict({})
+        self.mft_mask_spec: dict[str, MaskSpec] = {}
+        self.quantization_backend = resolve_quantization_backend(
+            self.get_base_layer(), get_apply_tensor_subclass=kwargs.get("get_apply_tensor_subclass")
+        )
+        self._disable_adapters = False
+        self.merged_adapters = []
+        self.in_features, self.out_features = _get_in_out_features(self.get_base_layer())
+        self.kwargs = kwargs
+
+    def update_layer(self, adapter_name: str, config: MFTConfig, inference_mode: bool = False) -> None:
+        """Add adapter `adapter_name`: scores initialised as `config` says, float32, on the base weight's device."""
+        weight = self.get_base_weight()
+        shape, device = (self.out_features, self.in_features), weight.device
+        if config.mask_type == "soft":
+            normalizer = 1.0
+            if config.normalize_soft_mask:
+                init = torch.tensor(config.init_score, dtype=torch.float32, device=device)
+                normalizer = torch.sigmoid(init / config.temperature).item()
+            spec = MaskSpec(
+                "soft", temperature=config.temperature, normalizer=normalizer, straight_through=config.straight_through
+            )
+            scores = torch.full(shape, config.init_score, dtype=torch.float32, device=device)
+            if not config.init_weights:
+                scores += 2.0 * config.temperature * torch.randn(shape, device=device)
+        else:
+            spec = MaskSpec("hard", sparsity=config.sparsity)
+            if config.init_weights:
+                # |W|: at initialisation the zeroed entries are the smallest-magnitude weights.
+                scores = weight.detach().abs().to(torch.float32)
+            else:
+                scores = torch.randn(shape, dtype=torch.float32, device=device)
+        self.mft_scores[adapter_name] = nn.Parameter(scores)
+        self.mft_mask_spec[adapter_name] = spec
+        self.set_adapter(self.active_adapters, inference_mode=inference_mode)
+
+    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: Optional[torch.device] = None) -> None:
+        """Move scores to the base layer's device but keep them float32: bf16 cannot hold small score updates."""
+        scores = self.mft_scores.get(adapter_name)
+        if scores is None or scores.device.type == "meta":
+            return
+        if device is None:
+            device, _ = self._get_base_layer_device_and_dtype(self.get_base_layer())
+        if device is not None and scores.device != torch.device(device):
+            self.mft_scores[adapter_name] = nn.Parameter(scores.to(device), requires_grad=scores.requires_grad)
+
+    def get_mask(self, adapter_name: str) -> torch.Tensor:
+        """The current mask `M` of `adapter_name` (float32, (out_features, in_features)), without gradient."""
+        with torch.no_grad():
+            return self.mft_mask_spec[adapter_name].mask(self.mft_scores[adapter_name])
+
+
+class Linear(nn.Module, MFTLayer):
+    """`nn.Linear` (or a bitsandbytes `Linear8bitLt` / `Linear4bit`) whose weight is used as `W * M`."""
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config: MFTConfig, **kwargs) -> None:
+        super().__init__()
+        MFTLayer.__init__(self, base_layer, **kwargs)
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, config)
+
+    def _masked_weight_source(self):
+        """The frozen weight for the masked GEMM: the parameter itself, or a dequantizing callable for quantized
+        bases (called again in the backward instead of keeping the dequantized copy alive)."""
+        if self.quantization_backend is not None:
+            return self.get_base_weight
+        return self.get_base_layer().weight
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return self.base_layer(x, *args, **kwargs)
+        active = [name for name in self.active_adapters if name in self.mft_scores]
+        if not active:
+            return self.base_layer(x, *args, **kwargs)
+        bias = self.get_base_layer().bias
+        if len(active) == 1:
+            name = active[0]
+            return masked_linear(x, self._masked_weight_source(), self.mft_scores[name], bias, self.mft_mask_spec[name])
+        # Several active adapters: their masks multiply. Plain autograd is fine for this rare case.
+        weight = self.get_base_weight()
+        for name in active:
+            weight = masked_weight_reference(weight, self.mft_scores[name], self.mft_mask_spec[name])
+        return F.linear(x, weight.to(x.dtype), bias.to(x.dtype) if bias is not None else None)
+
+    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+        """Write `W * M` into the base weight for each adapter in `adapter_names` (default: the active ones).
+
+        A mask with zeros cannot be divided out, so the first merge keeps a copy of the original weight (one extra
+        weight matrix per layer, in the base dtype) in the non-persistent buffer `weight_before_merge` until
+        `unmerge`. `safe_merge=True` checks the merged weight for NaN/inf before writing it.
+        """
+        adapter_names = check_adapters_to_merge(self, adapter_names)
+        if not adapter_names:
+            return
+        if self.quantization_backend is not None:
+            raise TypeError(
+                f"Cannot merge MFT masks into a {self.quantization_backend.backend_name} layer: re-quantizing W * M is "
+                "lossy. Load the base model without quantization, load the adapter on it with "
+                "PeftModel.from_pretrained, then call merge_and_unload()."
+            )
+        original = self.get_base_weight()
+        merged, merged_names = original, []
+        for name in adapter_names:
+            if name in self.mft_scores:
+                merged = (merged * self.get_mask(name)).to(original.dtype)
+                merged_names.append(name)
+        if not merged_names:
+            return
+        if safe_merge and not torch.isfinite(merged).all():
+            raise ValueError(
+                f"NaN or inf in the merged weight of adapters {merged_names} ({self.out_features}x{self.in_features} "
+                "layer); the adapter seems broken. Nothing was merged into this layer."
+            )
+        if not self.merged:
+            self.register_buffer("weight_before_merge", original, persistent=False)
+        self.set_base_weight(merged)
+        self.merged_adapters.extend(merged_names)
+
+    def unmerge(self) -> None:
+        """Restore the exact original weight saved by the first `merge`."""
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.")
+            return
+        self.set_base_weight(self.weight_before_merge)
+        del self.weight_before_merge
+        self.merged_adapters.clear()
+
+    def __repr__(self) -> str:
+        return "mft." + super().__repr__()
+
+    def extra_repr(self) -> str:
+        return quantization_extra_repr(self)

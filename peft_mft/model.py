@@ -1,0 +1,117 @@
+"""`MFTModel`: the PEFT tuner that replaces targeted linear layers with masked ones."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_target_module_exists
+from peft.utils import get_quantization_kwargs, resolve_quantization_backend
+from peft.utils.error import NoMatchingPeftModuleError
+from peft.utils.quantization_utils import ForwardOnlyQuantizationBackend
+
+from .config import MFTConfig
+from .layer import Linear, MFTLayer
+from .targets import TRANSFORMERS_MODELS_TO_MFT_TARGET_MODULES_MAPPING, is_vision_tower_module, layer_index, targets_regex
+
+
+class MFTModel(BaseTuner):
+    """Mask Fine-Tuning model: each targeted `nn.Linear` weight `W` is used as `W * M(S)` with trainable scores `S`.
+
+    Created by `peft.get_peft_model(model, MFTConfig(...))` once `peft_mft` is imported. Vision towers are never
+    masked. Saving stores only the scores (and `modules_to_save`).
+
+    Example:
+        ```py
+        >>> import peft_mft
+        >>> from peft import get_peft_model
+        >>> model = get_peft_model(base_model, peft_mft.MFTConfig(targets="both"))
+        ```
+    """
+
+    prefix: str = "mft_"
+    tuner_layer_cls = MFTLayer
+    target_module_mapping = TRANSFORMERS_MODELS_TO_MFT_TARGET_MODULES_MAPPING
+
+    def _prepare_adapter_config(self, peft_config: MFTConfig, model_config: dict) -> MFTConfig:
+        """Resolve `targets` (or the architecture default) into `target_modules`."""
+        if peft_config.target_modules is not None:
+            return peft_config
+        is_vlm = "vision_config" in model_config
+        if peft_config.targets is not None:
+            peft_config.target_modules = targets_regex(peft_config.targets, language_model_only=is_vlm)
+            return peft_config
+        default = self.target_module_mapping.get(model_config.get("model_type"))
+        if default is None:
+            default = targets_regex("both", language_model_only=is_vlm)
+        peft_config.target_modules = default if isinstance(default, str) else set(default)
+        return peft_config
+
+    @staticmethod
+    def _check_target_module_exists(peft_config: MFTConfig, key: str):
+        """PEFT's matching, plus: nothing in a vision tower, and `layers_to_transform` also for regex targets."""
+        if is_vision_tower_module(key):
+            return False
+        match = check_target_module_exists(peft_config, key)
+        if match and isinstance(peft_config.target_modules, str) and peft_config.layers_to_transform is not None:
+            index = layer_index(key, peft_config.layers_pattern)
+            if index is not None:
+                layers = peft_config.layers_to_transform
+                return index in layers if isinstance(layers, list) else index == layers
+        return match
+
+    def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs) -> None:
+        try:
+            super().inject_adapter(model, adapter_name, **kwargs)
+        except NoMatchingPeftModuleError as exc:
+            linear_names = [
+                name
+                for name, module in model.named_modules()
+                if isinstance(module, nn.Linear) and not is_vision_tower_module(name)
+            ]
+            raise NoMatchingPeftModuleError(
+                f"{exc} MFT masks nn.Linear layers outside the vision tower; this model has {len(linear_names)}, "
+                f"e.g. {linear_names[:6]}."
+            ) from exc
+
+    def _create_and_replace(
+        self, mft_config: MFTConfig, adapter_name, target, target_name, parent, current_key, **optional_kwargs
+    ):
+        if isinstance(target, MFTLayer):
+            target.update_layer(adapter_name, mft_config)
+            return
+        kwargs = get_quantization_kwargs(self)
+        new_module = self._create_new_module(mft_config, adapter_name, target, current_key, **kwargs)
+        if adapter_name not in self.active_adapters:
+            # an additional adapter is not trainable until it is activated
+            new_module.requires_grad_(False)
+        self._replace_module(parent, target_name, new_module, target)
+
+    @staticmethod
+    def _create_new_module(mft_config: MFTConfig, adapter_name, target, current_key="", **kwargs):
+        base_layer = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+        backend = resolve_quantization_backend(base_layer, **kwargs)
+        if isinstance(backend, ForwardOnlyQuantizationBackend):
+            raise TypeError(
+                f"Module {current_key!r} is a {backend.backend_name} quantized layer, which can run forward only; MFT "
+                "multiplies the weight element-wise and needs it dequantized. Load the model in float16/bfloat16 "
+                "or with bitsandbytes 4-bit/8-bit instead."
+            )
+        if not isinstance(base_layer, nn.Linear) and (backend is None or backend.layer_type != "linear"):
+            raise TypeError(
+                f"Module {current_key!r} is a {type(base_layer).__name__}; MFT masks only torch.nn.Linear layers "
+                "(and their bitsandbytes-quantized forms). Adjust `target_modules`."
+            )
+        return Linear(target, adapter_name, config=mft_config, **kwargs)
+
+    def _check_merge_allowed(self) -> None:
+        """Merging into quantized layers is refused up front, naming the first such layer."""
+        super()._check_merge_allowed()
+        for name, module in self.model.named_modules():
+            if isinstance(module, MFTLayer) and module.quantization_backend is not None:
+                raise TypeError(
+                    f"Cannot merge MFT masks into {name!r}, a {module.quantization_backend.backend_name} layer: "
+                    "re-quantizing W * M is lossy (a 4-bit merge can move logits by ~0.5). Load the base model "
+                    "without quantization (e.g. torch_dtype=torch.bfloat16), load the adapter on it with "
+                    "PeftModel.from_pretrained, then call merge_and_unload()."
+                )

@@ -1,0 +1,142 @@
+"""The mask maths and the masked-linear autograd Function, alone (no PEFT)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from peft_mft.mask import MaskSpec, hard_mask_threshold, masked_linear, masked_weight_reference, num_zeroed
+
+SPECS = {
+    "soft": MaskSpec("soft", temperature=1.3, normalizer=0.9),
+    "soft-ste": MaskSpec("soft", temperature=1.3, straight_through=True),
+    "hard": MaskSpec("hard", sparsity=0.3),
+}
+
+
+def _inputs(dtype=torch.float64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 3, 5, dtype=dtype, generator=gen).requires_grad_()
+    weight = torch.randn(4, 5, dtype=dtype, generator=gen)
+    scores = (torch.randn(4, 5, dtype=dtype, generator=gen) * 2 + 1).requires_grad_()
+    bias = torch.randn(4, dtype=dtype, generator=gen).requires_grad_()
+    return x, weight, scores, bias
+
+
+def test_soft_mask_gradients_pass_gradcheck_in_float64():
+    x, weight, scores, bias = _inputs()
+    spec = SPECS["soft"]
+    assert torch.autograd.gradcheck(lambda x, s, b: masked_linear(x, weight, s, b, spec), (x, scores, bias))
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_fused_function_matches_plain_autograd_reference(name):
+    spec = SPECS[name]
+    x, weight, scores, bias = _inputs()
+    out = masked_linear(x, weight, scores, bias, spec)
+    ref = F.linear(x, masked_weight_reference(weight, scores, spec), bias)
+    grad_out = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (x, scores, bias), grad_out)
+    ref_grads = torch.autograd.grad(ref, (x, scores, bias), grad_out)
+    torch.testing.assert_close(out, ref)
+    for grad, ref_grad in zip(grads, ref_grads):
+        torch.testing.assert_close(grad, ref_grad)
+
+
+def test_straight_through_score_gradient_is_grad_of_masked_weight_times_weight():
+    x, weight, scores, _ = _inputs()
+    for spec in (SPECS["soft-ste"], SPECS["hard"]):
+        out = masked_linear(x, weight, scores, None, spec)
+        (grad_scores,) = torch.autograd.grad(out.sum(), scores)
+        grad_masked_weight = torch.ones(2 * 3, 4, dtype=x.dtype).T @ x.detach().reshape(-1, 5)
+        torch.testing.assert_close(grad_scores, grad_masked_weight * weight)
+
+
+def test_frozen_weight_gets_gradient_only_if_it_requires_grad():
+    x, weight, scores, bias = _inputs()
+    weight.requires_grad_()
+    out = masked_linear(x, weight, scores, bias, SPECS["soft"])
+    ref = F.linear(x, masked_weight_reference(weight, scores, SPECS["soft"]), bias)
+    torch.testing.assert_close(torch.autograd.grad(out.sum(), weight)[0], torch.autograd.grad(ref.sum(), weight)[0])
+
+
+def test_weight_callable_is_called_again_in_backward_instead_of_kept():
+    x, weight, scores, bias = _inputs()
+    calls = []
+
+    def dequantize():
+        calls.append(1)
+        return weight
+
+    out = masked_linear(x, dequantize, scores, bias, SPECS["soft"])
+    out.sum().backward()
+    ref = F.linear(x, masked_weight_reference(weight, scores, SPECS["soft"]), bias)
+    torch.testing.assert_close(out, ref)
+    assert len(calls) == 2
+
+
+def test_no_tensor_of_weight_size_is_saved_besides_weight_and_scores():
+    x, weight, scores, bias = _inputs(dtype=torch.float32)
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        masked_linear(x, weight, scores, bias, SPECS["soft"])
+    big = [t for t in saved if t.shape == weight.shape]
+    assert all(t is weight or t is scores for t in big), [t.shape for t in saved]
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.01, 0.1, 0.29, 0.5, 0.999])
+def test_hard_mask_zeroes_exactly_floor_sparsity_times_numel(sparsity):
+    scores = torch.randn(37, 23)
+    mask = MaskSpec("hard", sparsity=sparsity).mask(scores)
+    expected = math.floor(sparsity * scores.numel())
+    assert int((mask == 0).sum()) == expected == num_zeroed(scores.numel(), sparsity)
+    if expected:
+        assert scores.abs()[mask == 0].max() <= scores.abs()[mask == 1].min()
+
+
+def test_hard_mask_ties_zero_lowest_flat_index_first():
+    scores = torch.tensor([[0.5, -0.1, 0.1], [0.1, 0.2, -0.1]])
+    mask = MaskSpec("hard", sparsity=0.5).mask(scores)  # 3 zeroed among four tied |S| = 0.1
+    assert mask.tolist() == [[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]]
+    constant = MaskSpec("hard", sparsity=0.25).mask(torch.full((2, 4), 3.0))
+    assert constant.flatten().tolist() == [0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+
+
+def test_hard_mask_threshold_is_none_when_nothing_is_zeroed():
+    assert hard_mask_threshold(torch.randn(3, 3), 0.1) is None  # floor(0.9) == 0
+
+
+def test_soft_mask_values_and_normalisation():
+    spec = MaskSpec("soft", temperature=2.3)
+    assert spec.mask(torch.tensor([7.0])).item() == pytest.approx(1 / (1 + math.exp(-7.0 / 2.3)), rel=1e-6)
+    assert round(spec.mask(torch.tensor([7.0])).item(), 3) == 0.955  # METHOD.md rounds it to 0.954
+    init = torch.tensor(7.0)
+    normalizer = torch.sigmoid(init / 2.3).item()
+    assert MaskSpec("soft", temperature=2.3, normalizer=normalizer).mask(torch.full((3, 3), 7.0)).eq(1.0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_weight_with_float32_scores(dtype):
+    x, weight, scores, bias = _inputs(dtype=torch.float32)
+    x_low = x.detach().to(dtype).requires_grad_()
+    out = masked_linear(x_low, weight.to(dtype), scores.detach().requires_grad_(), bias.detach().to(dtype), SPECS["soft"])
+    assert out.dtype == dtype
+    out.float().sum().backward()
+    ref = F.linear(x.detach(), masked_weight_reference(weight, scores.detach(), SPECS["soft"]), bias.detach())
+    torch.testing.assert_close(out.float(), ref, atol=0.1, rtol=0.05)
+
+
+def test_autocast_runs_the_gemm_in_the_autocast_dtype():
+    x, weight, scores, bias = _inputs(dtype=torch.float32)
+    scores = scores.detach().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = masked_linear(x, weight, scores, bias, SPECS["soft"])
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert scores.grad.dtype == torch.float32 and torch.isfinite(scores.grad).all()
