@@ -164,7 +164,7 @@ class MFTConfig(PeftConfig):
             if self.targets not in ("attn", "mlp", "both"):
                 raise ValueError(f"MFTConfig.targets must be 'attn', 'mlp' or 'both', got {self.targets!r}.")
             # A config saved after `targets` was resolved holds the resolved regex in `target_modules`.
-            resolved = {targets_regex(self.targets, scoped) for scoped in (True, False)}
+            resolved = [targets_regex(self.targets, scoped) for scoped in (True, False)]
             if self.target_modules is not None and self.target_modules not in resolved:
                 raise ValueError(
                     f"MFTConfig got both targets={self.targets!r} and target_modules={self.target_modules!r}; "

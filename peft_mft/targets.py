@@ -14,8 +14,11 @@ Targets = Literal["attn", "mlp", "both"]
 ATTN_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "dense")
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj", "fc1", "fc2")
 # The image-text projector's linear layers: LLaVA (transformers), LLaVA (original repo), TinyLLaVA, Qwen2-VL merger.
+# The last three are nn.Sequential(Linear, GELU, Linear, ...), whose linear layers sit at even indices.
+_EVEN = r"\d*[02468]"
 PROJECTOR_PATTERN = (
-    r"(?:multi_modal_projector\.linear_\d+|mm_projector\.\d+|connector\._connector\.\d+|visual\.merger\.mlp\.\d+)"
+    rf"(?:multi_modal_projector\.linear_\d+|mm_projector\.{_EVEN}|connector\._connector\.{_EVEN}"
+    rf"|visual\.merger\.mlp\.{_EVEN})"
 )
 # Attribute names under which VLMs keep their vision encoder; MFT never masks anything beneath them.
 VISION_TOWER_NAMES = ("vision_tower", "vision_model", "visual", "image_encoder", "vision_encoder")

@@ -1,0 +1,101 @@
+"""bitsandbytes 4-bit / 8-bit bases (CPU) and forward-only quantized layers."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from peft import get_peft_model
+from torch import nn
+
+from peft_mft import MFTConfig, create_mft_optimizer
+
+bnb = pytest.importorskip("bitsandbytes")
+
+
+class TwoLayer(nn.Module):
+    def __init__(self, first: nn.Module, second: nn.Module):
+        super().__init__()
+        self.first, self.second = first, second
+
+    def forward(self, x):
+        return self.second(torch.relu(self.first(x)))
+
+
+def quantized_copy(linear: nn.Linear, kind: str) -> nn.Module:
+    if kind == "4bit":
+        layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, compute_dtype=torch.float32, quant_type="nf4")
+        layer.weight = bnb.nn.Params4bit(linear.weight.data.clone(), requires_grad=False, quant_type="nf4")
+    else:
+        layer = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, has_fp16_weights=False)
+        layer.weight = bnb.nn.Int8Params(linear.weight.data.clone(), requires_grad=False, has_fp16_weights=False)
+    layer.bias = nn.Parameter(linear.bias.data.clone(), requires_grad=False)
+    return layer.to("cpu")  # .to() quantizes
+
+
+def make_quantized(kind: str) -> TwoLayer:
+    torch.manual_seed(0)
+    return TwoLayer(quantized_copy(nn.Linear(32, 24), kind), quantized_copy(nn.Linear(24, 8), kind))
+
+
+@pytest.mark.parametrize("kind", ["4bit", "8bit"])
+def test_masked_forward_uses_the_dequantized_weight(kind):
+    model = get_peft_model(make_quantized(kind), MFTConfig(target_modules=["first", "second"], init_weights=False))
+    x = torch.randn(5, 32)
+    out = model(x)
+    layer = model.base_model.model.first
+    hidden = torch.relu(F.linear(x, layer.get_base_weight().float() * layer.get_mask("default"), layer.get_base_layer().bias))
+    second = model.base_model.model.second
+    expected = F.linear(hidden, second.get_base_weight().float() * second.get_mask("default"), second.get_base_layer().bias)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["4bit", "8bit"])
+def test_fresh_adapter_on_quantized_base_is_close_to_base_and_trains(kind):
+    x = torch.randn(16, 32)
+    base_out = make_quantized(kind)(x)
+    model = get_peft_model(make_quantized(kind), MFTConfig(target_modules=["first", "second"]))
+    # the masked path dequantizes once per forward; bitsandbytes' own kernels round differently
+    torch.testing.assert_close(model(x), base_out, atol=0.05, rtol=0.05)
+    optimizer = create_mft_optimizer(model, lr=0.5)
+    before = model.base_model.model.first.mft_scores["default"].clone()
+    for _ in range(3):
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert not torch.equal(before, model.base_model.model.first.mft_scores["default"])
+    assert model.base_model.model.first.mft_scores["default"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("kind", ["4bit", "8bit"])
+def test_merging_into_a_quantized_layer_is_refused_with_the_remedy(kind):
+    model = get_peft_model(make_quantized(kind), MFTConfig(target_modules=["first"], init_weights=False))
+    x = torch.randn(3, 32)
+    before = model(x)
+    with pytest.raises(TypeError, match="'first'.*merge_and_unload"):
+        model.merge_and_unload()
+    with pytest.raises(TypeError, match="lossy"):
+        model.merge_adapter()
+    torch.testing.assert_close(model(x), before)  # nothing was corrupted
+
+
+def test_forward_only_quantized_layer_gets_a_clear_error(monkeypatch):
+    from peft.utils.quantization_utils import ForwardOnlyQuantizationBackend
+
+    import peft_mft.model
+
+    class FakeGPTQLinear(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.in_features, self.out_features = 4, 4
+            self.weight = nn.Parameter(torch.zeros(1), requires_grad=False)
+
+        def forward(self, x):
+            return x
+
+    def resolve(layer, **kwargs):
+        return ForwardOnlyQuantizationBackend("gptq") if isinstance(layer, FakeGPTQLinear) else None
+
+    monkeypatch.setattr(peft_mft.model, "resolve_quantization_backend", resolve)
+    model = TwoLayer(FakeGPTQLinear(), nn.Linear(4, 4))
+    with pytest.raises(TypeError, match="'first' is a gptq quantized layer.*forward only"):
+        get_peft_model(model, MFTConfig(target_modules=["first"]))
