@@ -462,3 +462,57 @@ def test_transformers_trainer_trains_with_the_mft_optimizer(tmp_path):
     trainer.train()
     after = [p for p in model.parameters() if p.requires_grad]
     assert any(not torch.equal(b, a) for b, a in zip(before, after))
+
+
+# ---- more of PEFT's generic adapter checks ----------------------------------------------------------------------
+
+
+def test_loaded_adapter_is_frozen_unless_is_trainable(tmp_path):
+    get_peft_model(make_llama(), MFTConfig()).save_pretrained(tmp_path)
+    frozen = PeftModel.from_pretrained(make_llama(), tmp_path)
+    assert not any(p.requires_grad for p in frozen.parameters())
+    trainable = PeftModel.from_pretrained(make_llama(), tmp_path, is_trainable=True)
+    assert all("mft_scores" in n for n, p in trainable.named_parameters() if p.requires_grad)
+    assert trainable.get_nb_trainable_parameters()[0] > 0
+
+
+def test_save_selected_adapters_only(tmp_path):
+    model = get_peft_model(make_llama(), MFTConfig())
+    model.add_adapter("other", MFTConfig(target_modules=["q_proj"]))
+    model.save_pretrained(tmp_path, selected_adapters=["other"])
+    assert (tmp_path / "other" / "adapter_model.safetensors").exists()
+    assert not (tmp_path / "adapter_model.safetensors").exists()
+
+
+def test_delete_the_active_adapter_falls_back_to_the_remaining_one():
+    inputs = text_inputs()
+    model = get_peft_model(make_llama(), MFTConfig(init_weights=False))
+    model.add_adapter("other", MFTConfig(init_weights=False))
+    model.set_adapter("other")
+    model.delete_adapter("other")
+    assert model.active_adapters == ["default"]
+    assert not any("other" in n for n in model.state_dict())
+    assert not torch.allclose(logits(model, inputs), logits(make_llama(), inputs))
+
+
+def test_inputs_embeds_work():
+    inputs = text_inputs()
+    model = get_peft_model(make_llama(), MFTConfig(init_weights=False))
+    embeds = model.get_input_embeddings()(inputs)
+    with torch.no_grad():
+        torch.testing.assert_close(model(inputs_embeds=embeds).logits, logits(model, inputs))
+
+
+def test_set_requires_grad_toggles_an_adapter():
+    model = get_peft_model(make_llama(), MFTConfig())
+    model.add_adapter("other", MFTConfig())
+    model.set_requires_grad("other", requires_grad=True)
+    layer = next(iter(mft_layers(model).values()))
+    assert layer.mft_scores["other"].requires_grad and layer.mft_scores["default"].requires_grad
+
+
+def test_layer_repr_and_mask_spec_per_adapter():
+    model = get_peft_model(make_llama(), MFTConfig.from_preset("tinyllama-1.1b", normalize_soft_mask=False))
+    layer = next(iter(mft_layers(model).values()))
+    assert repr(layer).startswith("mft.")
+    assert layer.mft_mask_spec["default"] == MaskSpec("soft", temperature=0.5)
