@@ -6,8 +6,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
+import torch
 from peft.config import PeftConfig
 
+from .mask import MaskSpec
 from .peft_type import add_peft_type_member
 from .targets import targets_regex
 
@@ -195,3 +197,19 @@ class MFTConfig(PeftConfig):
     def initial_soft_mask(self) -> float:
         """M0 = sigmoid(init_score / temperature), the paper-literal soft mask of a fresh adapter."""
         return 1.0 / (1.0 + math.exp(-self.init_score / self.temperature))
+
+    def mask_spec(self, device: Optional[torch.device] = None) -> MaskSpec:
+        """The `MaskSpec` this config gives every masked layer.
+
+        The soft-mask normalizer is computed in float32 on `device` (the scores' device), so that a fresh soft mask
+        is exactly 1 there.
+        """
+        if self.mask_type == "hard":
+            return MaskSpec("hard", sparsity=self.sparsity)
+        normalizer = 1.0
+        if self.normalize_soft_mask:
+            init = torch.tensor(self.init_score, dtype=torch.float32, device=device)
+            normalizer = torch.sigmoid(init / self.temperature).item()
+        return MaskSpec(
+            "soft", temperature=self.temperature, normalizer=normalizer, straight_through=self.straight_through
+        )

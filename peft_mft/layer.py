@@ -38,19 +38,12 @@ class MFTLayer(BaseTunerLayer):
         """Add adapter `adapter_name`: scores initialised as `config` says, float32, on the base weight's device."""
         weight = self.get_base_weight()
         shape, device = (self.out_features, self.in_features), weight.device
+        spec = config.mask_spec(device)
         if config.mask_type == "soft":
-            normalizer = 1.0
-            if config.normalize_soft_mask:
-                init = torch.tensor(config.init_score, dtype=torch.float32, device=device)
-                normalizer = torch.sigmoid(init / config.temperature).item()
-            spec = MaskSpec(
-                "soft", temperature=config.temperature, normalizer=normalizer, straight_through=config.straight_through
-            )
             scores = torch.full(shape, config.init_score, dtype=torch.float32, device=device)
             if not config.init_weights:
                 scores += 2.0 * config.temperature * torch.randn(shape, device=device)
         else:
-            spec = MaskSpec("hard", sparsity=config.sparsity)
             if config.init_weights:
                 # |W|: at initialisation the zeroed entries are the smallest-magnitude weights.
                 scores = weight.detach().abs().to(torch.float32)
