@@ -3,7 +3,9 @@
 from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
 from peft.utils import register_peft_method
 
+from .checks import FiniteScoresCallback, NonFiniteScoresError, check_finite_scores
 from .config import MFT_PRESETS, PEFT_TYPE_MFT, MFTConfig
+from .io import AdapterFileError, atomic_directory, load_adapter, save_adapter
 from .layer import Linear, MFTLayer
 from .mask import MaskSpec, masked_linear
 from .model import MFTModel
@@ -12,13 +14,20 @@ from .optim import create_mft_optimizer, score_parameters
 __all__ = [
     "MFT_PRESETS",
     "PEFT_TYPE_MFT",
+    "AdapterFileError",
+    "FiniteScoresCallback",
     "Linear",
     "MFTConfig",
     "MFTLayer",
     "MFTModel",
     "MaskSpec",
+    "NonFiniteScoresError",
+    "atomic_directory",
+    "check_finite_scores",
     "create_mft_optimizer",
+    "load_adapter",
     "masked_linear",
+    "save_adapter",
     "score_parameters",
 ]
 

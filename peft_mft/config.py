@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
 import torch
 from peft.config import PeftConfig
+from peft.utils.constants import CONFIG_NAME
 
 from .mask import MaskSpec
 from .peft_type import add_peft_type_member
@@ -162,6 +164,10 @@ class MFTConfig(PeftConfig):
             raise ValueError(
                 f"MFTConfig.sparsity={self.sparsity!r} applies to hard masks only; set mask_type='hard' or drop it."
             )
+        else:
+            from .checks import warn_if_soft_mask_saturates  # checks imports layer, which imports this module
+
+            warn_if_soft_mask_saturates(self.init_score, self.temperature)
         if self.targets is not None:
             if self.targets not in ("attn", "mlp", "both"):
                 raise ValueError(f"MFTConfig.targets must be 'attn', 'mlp' or 'both', got {self.targets!r}.")
@@ -178,6 +184,25 @@ class MFTConfig(PeftConfig):
             self.exclude_modules = set(self.exclude_modules)
         if self.layers_pattern and self.layers_to_transform is None:
             raise ValueError("MFTConfig.layers_pattern is only used together with layers_to_transform.")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
+        """PEFT's config loading (also what `PeftModel.from_pretrained` and `load_adapter` call), plus, for a local
+        folder, errors that name the file: invalid values in `adapter_config.json`, a pickle-only or truncated weight
+        file (`peft_mft.io.check_adapter_folder`)."""
+        from .io import check_adapter_folder  # io imports this module
+
+        folder = os.path.join(pretrained_model_name_or_path, subfolder or "")
+        config_file = os.path.join(folder, CONFIG_NAME)
+        if not os.path.isfile(config_file):
+            return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        try:
+            config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{config_file}: {exc}") from exc
+        check_adapter_folder(folder, require_weights=False)
+        config._loaded_from = os.path.abspath(folder)  # named in later loading errors; not a field, never saved
+        return config
 
     @classmethod
     def from_preset(cls, name: str, **kwargs) -> "MFTConfig":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -10,7 +12,9 @@ from peft.utils import get_quantization_kwargs, resolve_quantization_backend
 from peft.utils.error import NoMatchingPeftModuleError
 from peft.utils.quantization_utils import ForwardOnlyQuantizationBackend
 
+from .checks import check_finite_scores, check_finite_state_dict
 from .config import MFTConfig
+from .io import check_scores_fit_model
 from .layer import Linear, MFTLayer
 from .targets import TRANSFORMERS_MODELS_TO_MFT_TARGET_MODULES_MAPPING, is_vision_tower_module, layer_index, targets_regex
 
@@ -115,3 +119,30 @@ class MFTModel(BaseTuner):
                     "without quantization (e.g. torch_dtype=torch.bfloat16), load the adapter on it with "
                     "PeftModel.from_pretrained, then call merge_and_unload()."
                 )
+
+    def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
+        """PEFT's `merge_adapter`; NaN/inf scores are always refused first, naming the module."""
+        check_finite_scores(self.model, adapter_names or self.active_adapters, action="merge")
+        super().merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge)
+
+    def merge_and_unload(
+        self, progressbar: bool = False, safe_merge: bool = False, adapter_names: Optional[list[str]] = None
+    ) -> nn.Module:
+        """PEFT's `merge_and_unload`; NaN/inf scores are always refused first, naming the module."""
+        check_finite_scores(self.model, adapter_names or self.active_adapters, action="merge")
+        return super().merge_and_unload(progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names)
+
+    @classmethod
+    def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
+        """PEFT's selection of what `save_pretrained` writes; NaN/inf scores are refused, naming the module."""
+        selected = super()._get_adapter_state_dict(model, config, adapter_name, state_dict, unwanted_adapter_names)
+        check_finite_state_dict(selected, action=f"save MFT adapter {adapter_name!r}")
+        return selected
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
+        """PEFT's key remapping, then `check_scores_fit_model`: an adapter for another base model (module and both
+        shapes), missing scores or NaN/inf scores are refused before anything is loaded."""
+        remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        check_scores_fit_model(model, config, adapter_name, remapped)
+        return remapped
