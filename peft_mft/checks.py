@@ -35,7 +35,7 @@ def describe_modules(modules: list[str], limit: int = 5) -> str:
 
 def nonfinite_score_modules(model: nn.Module, adapter_names: Optional[Iterable[str]] = None) -> list[str]:
     """Names of the MFT layers of `model` whose scores (of `adapter_names`, default all) hold NaN or inf, as
-    '<module name>' ('<module name> [adapter]' for adapters other than 'default').
+    '<module name>' ('<module name> [adapter]' for adapters other than 'default'), relative to the base model.
 
     One device-side reduction over all scores and a single host synchronisation when everything is finite.
     """
@@ -53,7 +53,7 @@ def nonfinite_score_modules(model: nn.Module, adapter_names: Optional[Iterable[s
     if bool(torch.stack([flag.to(flags[0].device) for flag in flags]).all()):
         return []
     return [
-        name if adapter == "default" else f"{name} [{adapter}]"
+        name.removeprefix("base_model.model.") + ("" if adapter == "default" else f" [{adapter}]")
         for (name, adapter, _), flag in zip(entries, flags)
         if not bool(flag)
     ]
