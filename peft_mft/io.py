@@ -51,7 +51,7 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_tree(root: Path) -> None:
+def fsync_tree(root: Path) -> None:
     """Flush every file and folder under `root` (and `root` itself) to disk, deepest first."""
     for dirpath, _, filenames in os.walk(root, topdown=False):
         for name in filenames:
@@ -97,7 +97,7 @@ def _exchange(first: Path, second: Path) -> bool:
     return result == 0
 
 
-def _publish(staging: Path, target: Path) -> None:
+def replace_directory(staging: Path, target: Path) -> None:
     """Put `staging` in place of `target` atomically and remove what `target` held before."""
     if not target.exists():
         os.rename(staging, target)
@@ -129,8 +129,8 @@ def atomic_directory(directory: PathLike, keep_other_files: bool = True) -> Iter
         yield staging
         if keep_other_files and target.is_dir():
             _carry_over_other_entries(target, staging)
-        _fsync_tree(staging)
-        _publish(staging, target)
+        fsync_tree(staging)
+        replace_directory(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
