@@ -1,0 +1,1 @@
+"""Example scripts for peft-mft (importable as ``examples.*`` from the repository root)."""

