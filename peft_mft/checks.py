@@ -95,14 +95,15 @@ def warn_if_soft_mask_saturates(init_score: float, temperature: float) -> None:
     at initialisation (|init_score / temperature| > 10) or an extreme temperature (outside [0.01, 100])."""
     ratio = init_score / temperature
     if abs(ratio) > SATURATED_INIT_RATIO:
-        initial_slope = 0.25 / math.cosh(ratio / 2) ** 2 / temperature  # sigmoid'(x) = 1 / (4 cosh^2(x/2))
+        tail = math.exp(-abs(ratio))
+        initial_slope = tail / (1.0 + tail) ** 2 / temperature  # sigmoid'(x) = e^-|x| / (1 + e^-|x|)^2
         warnings.warn(
             f"MFTConfig(init_score={init_score}, temperature={temperature}): the soft mask starts saturated "
             f"(|init_score / temperature| = {abs(ratio):.3g} > {SATURATED_INIT_RATIO:g}); dM/dS = {initial_slope:.2g}, "
             "so the masks will barely train. Use a larger temperature or a smaller init_score (paper presets: "
             "MFTConfig.from_preset).",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,  # the line that created the MFTConfig
         )
     low, high = TEMPERATURE_RANGE
     if not low <= temperature <= high:
@@ -111,7 +112,7 @@ def warn_if_soft_mask_saturates(init_score: float, temperature: float) -> None:
             f"{0.1 / temperature:.3g}, so masks will {'jump between 0 and 1' if temperature < low else 'barely move'}. "
             "The paper uses 0.5-2.3.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,  # the line that created the MFTConfig
         )
 
 

@@ -168,6 +168,13 @@ class MFTConfig(PeftConfig):
             from .checks import warn_if_soft_mask_saturates  # checks imports layer, which imports this module
 
             warn_if_soft_mask_saturates(self.init_score, self.temperature)
+            if self.normalize_soft_mask and not self.mask_spec().normalizer >= torch.finfo(torch.float32).tiny:
+                raise ValueError(
+                    f"MFTConfig(init_score={self.init_score}, temperature={self.temperature}): normalize_soft_mask "
+                    "divides the mask by sigmoid(init_score / temperature), which underflows float32 here "
+                    f"(init_score / temperature = {self.init_score / self.temperature:.4g}); use init_score / "
+                    "temperature > -87 (the paper's presets use 3 to 8) or normalize_soft_mask=False."
+                )
         if self.targets is not None:
             if self.targets not in ("attn", "mlp", "both"):
                 raise ValueError(f"MFTConfig.targets must be 'attn', 'mlp' or 'both', got {self.targets!r}.")
