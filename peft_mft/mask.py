@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal, Optional, Union
+from typing import Callable, Literal, NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -27,32 +27,75 @@ def num_zeroed(numel: int, sparsity: float) -> int:
     return int(math.floor(sparsity * numel))
 
 
-def hard_mask_threshold(scores: torch.Tensor, sparsity: float) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
-    """Threshold of a hard mask: the k-th smallest `|S|` and how many entries equal to it are zeroed.
+class HardThreshold(NamedTuple):
+    """Where a hard mask cuts one score matrix (made by `hard_mask_threshold`).
 
-    Uses a selection (`torch.kthvalue`), not a full sort. Returns None when nothing is zeroed (k == 0).
-    Both tensors are 0-dim on the scores' device, so no host synchronisation is needed.
+    `value`: 0-dim, the k-th smallest `|S|` (k = `floor(sparsity * numel)`). `num_tied_zeroed`: 0-dim int64, how many
+    entries with `|S| == value` are zeroed (lowest flat index first). `all_tied_zeroed`: True when it is known that every
+    entry equal to `value` is zeroed (the usual case for trained scores), so `M = (|S| > value)` needs no tie-breaking
+    pass; False when some tied entries are kept, or when it was not checked (CUDA and `torch.compile` skip the check
+    to avoid a host synchronisation).
+    """
+
+    value: torch.Tensor
+    num_tied_zeroed: torch.Tensor
+    all_tied_zeroed: bool
+
+
+# CPU selection: torch.kthvalue is a single-threaded quickselect over a copy of the whole tensor (about 6 ms for a
+# 1536x576 matrix, a tenth of that layer's three GEMMs). A strided sample bounds the k-th value from above first, so
+# the exact selection runs on the ~1.5 k candidates below the bound. The stride is prime so that it visits every column.
+_SAMPLE_STRIDE = 61
+_SAMPLE_MIN_NUMEL = 1 << 16
+
+
+def _candidates_for_kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
+    """A subset of the 1-D `values` that holds every entry <= its k-th smallest (so the k-th smallest, and the counts
+    of entries below and equal to it, are the same in the subset); `values` itself when no smaller subset is found."""
+    numel = values.numel()
+    if numel < _SAMPLE_MIN_NUMEL:
+        return values
+    sample = values[::_SAMPLE_STRIDE]
+    # 1.5x the expected rank plus a few: the bound falls below the k-th value only for a wildly unrepresentative sample.
+    rank = min(sample.numel(), math.ceil(1.5 * k * sample.numel() / numel) + 8)
+    bound = torch.kthvalue(sample, rank).values
+    candidates = values[values <= bound]
+    return candidates if candidates.numel() >= k else values
+
+
+def hard_mask_threshold(scores: torch.Tensor, sparsity: float) -> Optional[HardThreshold]:
+    """Threshold of a hard mask over `scores` (any shape); None when nothing is zeroed (k == 0).
+
+    Uses a selection (`torch.kthvalue`), not a full sort. On CUDA and under `torch.compile` no value is read back to the
+    host; on CPU the tie counts are read (free there) so that `hard_mask` can skip tie-breaking when no tie is split.
     """
     k = num_zeroed(scores.numel(), sparsity)
     if k == 0:
         return None
     abs_scores = scores.detach().abs().flatten()
-    threshold = torch.kthvalue(abs_scores, k).values
-    num_tied_zeroed = k - (abs_scores < threshold).sum()
-    return threshold, num_tied_zeroed
+    if abs_scores.device.type != "cpu" or torch.compiler.is_compiling():
+        value = torch.kthvalue(abs_scores, k).values
+        return HardThreshold(value, k - (abs_scores < value).sum(), False)
+    candidates = _candidates_for_kth_smallest(abs_scores, k)
+    value = torch.kthvalue(candidates, k).values
+    num_below, num_tied = int((candidates < value).sum()), int((candidates == value).sum())
+    return HardThreshold(value, torch.tensor(k - num_below), num_below + num_tied == k)
 
 
-def hard_keep_mask(scores: torch.Tensor, threshold: torch.Tensor, num_tied_zeroed: torch.Tensor) -> torch.Tensor:
-    """Boolean keep-mask (True = kept) of `scores`' shape from a threshold made by `hard_mask_threshold`.
+def hard_mask(scores: torch.Tensor, threshold: HardThreshold) -> torch.Tensor:
+    """The hard mask (1.0 kept, 0.0 zeroed; scores' shape and dtype) for a threshold made by `hard_mask_threshold`.
 
-    Entries with `|S| < threshold` are zeroed; of the entries with `|S| == threshold`, the first
-    `num_tied_zeroed` in row-major (flat index) order are zeroed too, so exactly `floor(sparsity * numel)` entries are
-    zeroed even when scores tie (as they do when initialised from quantized weights).
+    Entries with `|S| < threshold.value` are zeroed; of the entries with `|S| == threshold.value`, the first
+    `threshold.num_tied_zeroed` in row-major (flat index) order are zeroed too, so exactly `floor(sparsity * numel)`
+    entries are zeroed even when scores tie (as they do when initialised from quantized weights).
     """
-    abs_scores = scores.detach().abs().flatten()
-    tied = abs_scores == threshold
-    tied_zeroed = tied & (tied.cumsum(0) <= num_tied_zeroed)
-    return ~((abs_scores < threshold) | tied_zeroed).view_as(scores)
+    abs_scores = scores.detach().abs()
+    if threshold.all_tied_zeroed:
+        # A comparison written straight into a float tensor is one vectorised pass (a bool result is several times slower).
+        return torch.gt(abs_scores, threshold.value, out=abs_scores)
+    tied = (abs_scores == threshold.value).flatten()
+    keep = (abs_scores > threshold.value).flatten() | (tied & (tied.cumsum(0) > threshold.num_tied_zeroed))
+    return keep.view_as(scores).to(scores.dtype)
 
 
 @dataclass(frozen=True)
@@ -71,7 +114,7 @@ class MaskSpec:
     straight_through: bool = False
     sparsity: float = 0.0
 
-    def mask(self, scores: torch.Tensor, hard_threshold=None) -> torch.Tensor:
+    def mask(self, scores: torch.Tensor, hard_threshold: Optional[HardThreshold] = None) -> torch.Tensor:
         """The mask `M` (float32, or float64 for float64 scores; scores' shape).
 
         `hard_threshold` reuses a `hard_mask_threshold` result.
@@ -83,14 +126,18 @@ class MaskSpec:
             hard_threshold = hard_mask_threshold(scores, self.sparsity)
         if hard_threshold is None:
             return torch.ones_like(scores)
-        return hard_keep_mask(scores, *hard_threshold).to(scores.dtype)
+        return hard_mask(scores, hard_threshold)
 
-    def mask_grad_factor(self, scores: torch.Tensor) -> Optional[torch.Tensor]:
-        """`dM/dS` (float32, scores' shape), or None where it is 1 (straight-through and hard masks)."""
-        if self.mask_type == "hard" or self.straight_through:
-            return None
-        sig = torch.sigmoid(_at_least_float32(scores) / self.temperature)
-        return sig * (1.0 - sig) / (self.temperature * self.normalizer)
+def _soft_sigmoid(scores: torch.Tensor, spec: MaskSpec) -> torch.Tensor:
+    """`sigmoid(S / temperature)` as one new tensor, computed in place (no autograd; for the Function)."""
+    return torch.div(_at_least_float32(scores), spec.temperature).sigmoid_()
+
+
+def _fresh_mask(scores: torch.Tensor, spec: MaskSpec, hard_threshold: Optional[HardThreshold]) -> torch.Tensor:
+    """`spec.mask(scores, hard_threshold)`, the same values, as a new tensor the caller may overwrite (no autograd)."""
+    if spec.mask_type == "soft":
+        return _soft_sigmoid(scores, spec).div_(spec.normalizer)
+    return spec.mask(scores, hard_threshold)
 
 
 def masked_weight_reference(weight: torch.Tensor, scores: torch.Tensor, spec: MaskSpec) -> torch.Tensor:
@@ -122,7 +169,12 @@ class MaskedLinearFunction(torch.autograd.Function):
     dequantizes on demand, so not even the dequantized weight is kept. Hard masks keep only their threshold (two
     scalars), so the backward does no second selection.
 
-    Backward: `dL/dx = g (W*M)`, `dL/dS = (g^T x) * W * dM/dS` (at least float32), `dL/db = sum g`.
+    Backward: `dL/dx = g (W*M)`, `dL/dS = (g^T x) * W * dM/dS` (at least float32), `dL/db = sum g`. For the exact soft
+    mask `W * dM/dS = (W*M) (1 - sigmoid(S/T)) / T`, so one sigmoid per pass serves both `W*M` and `dM/dS`.
+
+    Cost: the three GEMMs of a dense layer with a weight gradient, plus a few element-wise passes over `(out, in)`
+    (soft: 4 forward, 6 backward, with one sigmoid each way; hard: 2 each way plus the selection). Every weight-size
+    temporary is written in place where the values allow it, so each pass reads and writes at most three such tensors.
     """
 
     @staticmethod
@@ -131,7 +183,8 @@ class MaskedLinearFunction(torch.autograd.Function):
         w = weight_fn() if weight_fn is not None else weight
         compute_dtype = _compute_dtype(x)
         hard_threshold = hard_mask_threshold(scores, spec.sparsity) if spec.mask_type == "hard" else None
-        masked_weight = (w * spec.mask(scores, hard_threshold)).to(compute_dtype)
+        # M is a fresh float32 tensor, so W * M can be written into it.
+        masked_weight = _fresh_mask(scores, spec, hard_threshold).mul_(w).to(compute_dtype)
         with torch.autocast(x.device.type, enabled=False):
             out = F.linear(
                 x.to(compute_dtype), masked_weight, bias.to(compute_dtype) if bias is not None else None
@@ -153,20 +206,31 @@ class MaskedLinearFunction(torch.autograd.Function):
         spec, dtype = ctx.spec, ctx.compute_dtype
         needs_x, needs_w, needs_s, needs_b = ctx.needs_input_grad[:4]
         grad_x = grad_w = grad_s = grad_b = None
-        mask = spec.mask(scores, ctx.hard_threshold) if (needs_x or needs_w) else None
+        exact_soft = spec.mask_type == "soft" and not spec.straight_through
+        sigmoid = masked_weight = None
+        if needs_x or needs_w or (needs_s and exact_soft):
+            if spec.mask_type == "soft":
+                sigmoid = _soft_sigmoid(scores, spec)
+                mask = torch.div(sigmoid, spec.normalizer)
+            else:
+                mask = _fresh_mask(scores, spec, ctx.hard_threshold)
+            masked_weight = torch.mul(mask, w) if needs_w else mask.mul_(w)
         grad_out = grad_out.to(dtype)
         if needs_x:
-            grad_x = (grad_out @ (w * mask).to(dtype)).to(x.dtype)
+            grad_x = (grad_out @ masked_weight.to(dtype)).to(x.dtype)
         if needs_s or needs_w:
             out_features, in_features = scores.shape
             grad_masked = grad_out.reshape(-1, out_features).T @ x.reshape(-1, in_features).to(dtype)
             if needs_w:
                 grad_w = (grad_masked * mask).to(w.dtype)
             if needs_s:
-                grad_s = _at_least_float32(grad_masked).mul_(w)
-                factor = spec.mask_grad_factor(scores)
-                if factor is not None:
-                    grad_s.mul_(factor)
+                grad_s = _at_least_float32(grad_masked)
+                if exact_soft:
+                    # g * W * sigmoid (1 - sigmoid) / (T * normalizer) == g * (W*M) * (1 - sigmoid) / T
+                    grad_s.mul_(masked_weight)
+                    grad_s.addcmul_(grad_s, sigmoid, value=-1.0).div_(spec.temperature)
+                else:
+                    grad_s.mul_(w)
                 grad_s = grad_s.to(scores.dtype)
         if needs_b and ctx.has_bias:
             grad_b = grad_out.reshape(-1, grad_out.shape[-1]).sum(0)

@@ -140,3 +140,61 @@ def test_autocast_runs_the_gemm_in_the_autocast_dtype():
     assert out.dtype == torch.bfloat16
     out.float().sum().backward()
     assert scores.grad.dtype == torch.float32 and torch.isfinite(scores.grad).all()
+
+
+def _sort_based_hard_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Reference: a stable sort of |S| (ties keep row-major order); the first floor(sparsity * numel) are zeroed."""
+    order = torch.sort(scores.abs().flatten(), stable=True).indices
+    mask = torch.ones(scores.numel(), dtype=scores.dtype)
+    mask[order[: num_zeroed(scores.numel(), sparsity)]] = 0.0
+    return mask.view_as(scores)
+
+
+LARGE_SCORES = {  # more than 2**16 entries, so the CPU selection goes through its sampled bound
+    "continuous": lambda gen: torch.randn(300, 257, generator=gen),
+    "quantized (many ties)": lambda gen: torch.randint(-8, 9, (300, 257), generator=gen).float() / 8,
+    "row-structured": lambda gen: torch.randn(300, 257, generator=gen) * torch.arange(1, 258).float(),
+    "sorted": lambda gen: torch.linspace(-1, 1, 300 * 257).view(300, 257),
+    # the smallest entries sit exactly where a strided sample looks: its bound is too low and the full selection runs
+    "sample-adversarial": lambda gen: (torch.rand(300 * 257, generator=gen) + 1).index_fill(0, torch.arange(0, 300 * 257, 61), 1e-3).view(300, 257),
+}
+
+
+@pytest.mark.parametrize("kind", list(LARGE_SCORES))
+@pytest.mark.parametrize("sparsity", [0.0005, 0.01, 0.3])
+def test_hard_mask_on_large_matrices_matches_a_stable_sort(kind, sparsity):
+    scores = LARGE_SCORES[kind](torch.Generator().manual_seed(1))
+    mask = MaskSpec("hard", sparsity=sparsity).mask(scores)
+    assert torch.equal(mask, _sort_based_hard_mask(scores, sparsity))
+
+
+def test_hard_threshold_knows_when_no_tie_is_split():
+    continuous = hard_mask_threshold(torch.randn(300, 257, generator=torch.Generator().manual_seed(0)), 0.01)
+    assert continuous.all_tied_zeroed and int(continuous.num_tied_zeroed) == 1
+    split_ties = hard_mask_threshold(torch.full((300, 257), 2.0), 0.01)
+    assert not split_ties.all_tied_zeroed and int(split_ties.num_tied_zeroed) == num_zeroed(300 * 257, 0.01)
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_fused_function_matches_reference_on_a_large_matrix_in_float32(name):
+    spec = SPECS[name]
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(6, 257, generator=gen).requires_grad_()
+    weight = torch.randn(300, 257, generator=gen) * 0.05
+    scores = (torch.randn(300, 257, generator=gen) * 2 + 1).requires_grad_()
+    out = masked_linear(x, weight, scores, None, spec)
+    ref = F.linear(x, masked_weight_reference(weight, scores, spec))
+    grad_out = torch.randn_like(out)
+    for grad, ref_grad in zip(torch.autograd.grad(out, (x, scores), grad_out), torch.autograd.grad(ref, (x, scores), grad_out)):
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_without_input_gradient_match_reference():
+    """The first masked layer often gets an input that needs no gradient: only dL/dS is computed then."""
+    x, weight, scores, bias = _inputs()
+    x = x.detach()
+    for spec in SPECS.values():
+        out = masked_linear(x, weight, scores, bias, spec)
+        ref = F.linear(x, masked_weight_reference(weight, scores, spec), bias)
+        torch.testing.assert_close(torch.autograd.grad(out.sum(), scores)[0], torch.autograd.grad(ref.sum(), scores)[0])
