@@ -1,0 +1,270 @@
+"""Compact export of trained MFT adapters for inference, and loading them back.
+
+A trained adapter stores float32 scores: 4 bytes per masked weight. For inference only the mask matters, and it
+packs much smaller:
+
+| format | mask type | stored per masked weight | loaded mask |
+|---|---|---|---|
+| `soft-fp16` | soft | `M - M_init` as float16 (2 bytes) | within the stated `max_abs_mask_error` (about 2^-11 of the deviation) |
+| `soft-int8` | soft | `M` quantized to uint8 with a float32 minimum and step per row (1 byte) | within half a step of each row |
+| `hard-bits` | hard | keep / zero, bit-packed (1 bit) | exact |
+| `hard-indices` | hard | the zeroed entries' columns (uint16 where `in_features` <= 65536) + a count per row | exact |
+
+`M_init` is the mask of a fresh adapter (1 with the default normalised soft mask), so float16 spends its precision on
+how far training moved the mask. `hard-indices` is smaller than `hard-bits` when fewer than about 1 in 16 weights is
+zeroed (H-MFT zeroes well under 1%).
+
+**Compact adapters are for inference and merging. Training resumes only from the full float32 scores**: a compact
+folder keeps the mask, not the scores behind it (a hard mask loses every magnitude, a quantized soft mask its fine
+values), and not the optimizer state. Keep the `save_pretrained` folder to go on training.
+
+Folder layout: `adapter_config.json` (the unchanged `MFTConfig`), `mft_compact.json` (format, version, per-layer
+shapes and the measured mask error) and `mft_compact.safetensors` (the packed masks; other saved tensors such as
+`modules_to_save` are copied unchanged). `PeftModel.from_pretrained` does not read this folder (it has no
+`adapter_model.safetensors`); `load_compact_adapter(base_model, folder)` does, and returns an ordinary MFT `PeftModel`
+whose float32 scores reproduce the stored masks, so forward, `merge_and_unload()` and `generate` work as usual.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import torch
+from peft import PeftModel
+from peft.utils import set_peft_model_state_dict
+from peft.utils.constants import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .config import MFTConfig
+from .mask import MaskSpec, num_zeroed
+
+PathLike = Union[str, os.PathLike]
+
+COMPACT_FORMATS = {"soft-fp16": "soft", "soft-int8": "soft", "hard-bits": "hard", "hard-indices": "hard"}
+COMPACT_META_NAME = "mft_compact.json"
+COMPACT_WEIGHTS_NAME = "mft_compact.safetensors"
+COMPACT_FORMAT_VERSION = 1
+SCORES_SUFFIX = ".mft_scores"
+# Scores that reproduce a soft mask are T * logit(M * normalizer); the logit is clipped where M * normalizer rounds to
+# 0 or 1. sigmoid(+-40) is 1.0 and 4e-18 in float32, the same masks to within float32 rounding.
+_LOGIT_LIMIT = 40.0
+_BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+
+
+@dataclass
+class CompactExport:
+    """What `export_compact_adapter` wrote.
+
+    `max_abs_mask_error`: the largest `|M_loaded - M|` over all masked weights, measured by decoding the written
+    masks (0.0 for hard formats). `bytes_on_disk`: size of `mft_compact.safetensors`; `scores_bytes`: size of the
+    float32 scores it came from.
+    """
+
+    folder: str
+    format: str
+    layers: int
+    masked_weights: int
+    bytes_on_disk: int
+    scores_bytes: int
+    max_abs_mask_error: float
+
+
+# ---- packing ----------------------------------------------------------------------------------------------------
+
+
+def pack_bits(keep: torch.Tensor) -> torch.Tensor:
+    """Bool tensor -> uint8 tensor of `ceil(numel / 8)` bytes, row-major, most significant bit first."""
+    flat = keep.flatten().to(torch.uint8)
+    padded = torch.zeros(math.ceil(flat.numel() / 8) * 8, dtype=torch.uint8)
+    padded[: flat.numel()] = flat
+    return (padded.view(-1, 8) * _BIT_WEIGHTS).sum(1, dtype=torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Inverse of `pack_bits`: uint8 bytes -> bool tensor of `shape`."""
+    bits = (packed.unsqueeze(1) & _BIT_WEIGHTS).ne(0).flatten()
+    return bits[: math.prod(shape)].view(shape)
+
+
+def _encode(mask: torch.Tensor, spec: MaskSpec, mask_init: float, fmt: str, prefix: str) -> dict[str, torch.Tensor]:
+    """Tensors that store `mask` (float32, out x in) in format `fmt`, named `prefix + suffix`."""
+    if fmt == "soft-fp16":
+        return {prefix + ".mask_delta_fp16": (mask - mask_init).to(torch.float16)}
+    if fmt == "soft-int8":
+        row_min = mask.amin(1)
+        step = (mask.amax(1) - row_min) / 255
+        step = torch.where(step > 0, step, torch.ones_like(step))
+        codes = ((mask - row_min[:, None]) / step[:, None]).round_().clamp_(0, 255).to(torch.uint8)
+        return {prefix + ".mask_uint8": codes, prefix + ".row_min": row_min, prefix + ".row_step": step}
+    keep = mask.bool()
+    if fmt == "hard-bits":
+        return {prefix + ".keep_bits": pack_bits(keep)}
+    zeroed = ~keep
+    columns = zeroed.nonzero()[:, 1]  # row-major order
+    column_dtype = torch.uint16 if mask.shape[1] <= 65536 else torch.int32
+    return {prefix + ".zeroed_per_row": zeroed.sum(1, dtype=torch.int32), prefix + ".zeroed_columns": columns.to(column_dtype)}
+
+
+def _decode(tensors: dict[str, torch.Tensor], mask_init: float, fmt: str, prefix: str, shape) -> torch.Tensor:
+    """The float32 mask stored under `prefix` in format `fmt`."""
+    if fmt == "soft-fp16":
+        return tensors[prefix + ".mask_delta_fp16"].float() + mask_init
+    if fmt == "soft-int8":
+        codes = tensors[prefix + ".mask_uint8"].float()
+        return tensors[prefix + ".row_min"][:, None] + codes * tensors[prefix + ".row_step"][:, None]
+    if fmt == "hard-bits":
+        return unpack_bits(tensors[prefix + ".keep_bits"], shape).float()
+    per_row = tensors[prefix + ".zeroed_per_row"].long()
+    rows = torch.repeat_interleave(torch.arange(shape[0]), per_row)
+    mask = torch.ones(shape, dtype=torch.float32)
+    mask[rows, tensors[prefix + ".zeroed_columns"].long()] = 0.0
+    return mask
+
+
+def scores_for_mask(mask: torch.Tensor, spec: MaskSpec) -> torch.Tensor:
+    """Float32 scores whose mask under `spec` is `mask` (out x in).
+
+    Hard: 1.0 where kept, 0.0 where zeroed; exact when the number of zeros is `floor(sparsity * numel)`, because the
+    k smallest |S| are then exactly the zeros. Soft: `T * logit(M * normalizer)`, clipped where the sigmoid saturates;
+    the mask comes back to within float32 rounding.
+    """
+    if spec.mask_type == "hard":
+        return (mask != 0).to(torch.float32)
+    probability = (mask.double() * spec.normalizer).clamp_(0.0, 1.0)
+    return (torch.logit(probability).clamp_(-_LOGIT_LIMIT, _LOGIT_LIMIT) * spec.temperature).float()
+
+
+# ---- export and load --------------------------------------------------------------------------------------------
+
+
+def _read_folder(folder: Path) -> tuple[MFTConfig, dict[str, torch.Tensor]]:
+    if not (folder / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}; is it an adapter folder written by save_pretrained?")
+    config = MFTConfig.from_pretrained(str(folder))
+    weights = folder / SAFETENSORS_WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(
+            f"{weights} is missing: export_compact_adapter reads the float32 scores that save_pretrained writes "
+            "(safe_serialization=True)."
+        )
+    with safe_open(str(weights), framework="pt") as f:
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
+    return config, tensors
+
+
+def _mask_init(config: MFTConfig, spec: MaskSpec) -> float:
+    """The soft mask of a fresh adapter (1.0 when normalised), the reference `soft-fp16` stores deviations from."""
+    return float(spec.mask(torch.tensor([config.init_score], dtype=torch.float32))[0]) if spec.mask_type == "soft" else 1.0
+
+
+def export_compact_adapter(adapter_folder: PathLike, output_folder: PathLike, fmt: str) -> CompactExport:
+    """Write the adapter saved in `adapter_folder` (float32 scores, by `save_pretrained`) as a compact folder.
+
+    `fmt`: one of `COMPACT_FORMATS` ("soft-fp16", "soft-int8" for soft masks; "hard-bits", "hard-indices" for hard
+    masks). The masks are decoded again before returning, and the largest error is stored in `mft_compact.json`.
+    Does not modify `adapter_folder`. Inference only: training resumes only from the float32 scores.
+    """
+    if fmt not in COMPACT_FORMATS:
+        raise ValueError(f"Unknown compact format {fmt!r}; choose one of {sorted(COMPACT_FORMATS)}.")
+    source, output = Path(adapter_folder), Path(output_folder)
+    config, tensors = _read_folder(source)
+    if COMPACT_FORMATS[fmt] != config.mask_type:
+        usable = sorted(name for name, kind in COMPACT_FORMATS.items() if kind == config.mask_type)
+        raise ValueError(f"Format {fmt!r} stores {COMPACT_FORMATS[fmt]} masks, but {source} holds a "
+                         f"{config.mask_type} adapter; use one of {usable}.")
+    spec = config.mask_spec(torch.device("cpu"))
+    mask_init = _mask_init(config, spec)
+    packed, layers, masked_weights, scores_bytes, max_error = {}, {}, 0, 0, 0.0
+    for key, tensor in tensors.items():
+        if not key.endswith(SCORES_SUFFIX):
+            packed[key] = tensor  # modules_to_save and the like
+            continue
+        if tensor.dim() != 2:
+            raise ValueError(f"{source / SAFETENSORS_WEIGHTS_NAME}: {key} has shape {tuple(tensor.shape)}, expected "
+                             "(out_features, in_features).")
+        prefix = key[: -len(SCORES_SUFFIX)]
+        mask = spec.mask(tensor.float())
+        encoded = _encode(mask, spec, mask_init, fmt, prefix)
+        loaded_mask = spec.mask(scores_for_mask(_decode(encoded, mask_init, fmt, prefix, tuple(tensor.shape)), spec))
+        max_error = max(max_error, float((loaded_mask - mask).abs().max()))
+        packed.update(encoded)
+        layers[prefix] = list(tensor.shape)
+        masked_weights += tensor.numel()
+        scores_bytes += tensor.numel() * tensor.element_size()
+    if not layers:
+        raise ValueError(f"{source / SAFETENSORS_WEIGHTS_NAME} holds no '*{SCORES_SUFFIX}' tensors: not an MFT adapter.")
+    output.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(str(output))
+    save_file({k: v.contiguous() for k, v in packed.items()}, str(output / COMPACT_WEIGHTS_NAME))
+    meta = {
+        "format": fmt,
+        "format_version": COMPACT_FORMAT_VERSION,
+        "mask_type": config.mask_type,
+        "layers": layers,
+        "max_abs_mask_error": max_error,
+        "note": "Inference only: training resumes only from the float32 scores written by save_pretrained.",
+    }
+    (output / COMPACT_META_NAME).write_text(json.dumps(meta, indent=1))
+    return CompactExport(str(output), fmt, len(layers), masked_weights, (output / COMPACT_WEIGHTS_NAME).stat().st_size,
+                         scores_bytes, max_error)
+
+
+def read_compact_masks(folder: PathLike) -> tuple[MFTConfig, dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Decode a compact folder: (config, metadata, {layer key: float32 mask}, {other key: tensor})."""
+    folder = Path(folder)
+    meta_path = folder / COMPACT_META_NAME
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{folder} has no {COMPACT_META_NAME}: not a compact MFT adapter (a float32 adapter "
+                                "folder loads with PeftModel.from_pretrained).")
+    meta = json.loads(meta_path.read_text())
+    fmt = meta.get("format")
+    if meta.get("format_version") != COMPACT_FORMAT_VERSION or fmt not in COMPACT_FORMATS:
+        raise ValueError(f"{meta_path}: format {fmt!r} version {meta.get('format_version')!r} is not one this "
+                         f"peft_mft reads ({sorted(COMPACT_FORMATS)}, version {COMPACT_FORMAT_VERSION}).")
+    config = MFTConfig.from_pretrained(str(folder))
+    spec = config.mask_spec(torch.device("cpu"))
+    with safe_open(str(folder / COMPACT_WEIGHTS_NAME), framework="pt") as f:
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
+    mask_init = _mask_init(config, spec)
+    masks = {}
+    for prefix, shape in meta["layers"].items():
+        try:
+            mask = _decode(tensors, mask_init, fmt, prefix, tuple(shape))
+        except KeyError as exc:
+            raise ValueError(f"{folder / COMPACT_WEIGHTS_NAME} lacks tensor {exc.args[0]!r} of layer {prefix!r}.") from None
+        if spec.mask_type == "hard" and int((mask == 0).sum()) != num_zeroed(mask.numel(), spec.sparsity):
+            raise ValueError(f"{folder / COMPACT_WEIGHTS_NAME}: layer {prefix!r} has {int((mask == 0).sum())} zeroed "
+                             f"entries, but sparsity {spec.sparsity} of {mask.numel()} zeroes "
+                             f"{num_zeroed(mask.numel(), spec.sparsity)}.")
+        masks[prefix] = mask
+    others = {k: v for k, v in tensors.items() if not any(k.startswith(p + ".") for p in meta["layers"])}
+    return config, meta, masks, others
+
+
+def load_compact_adapter(base_model: nn.Module, folder: PathLike, adapter_name: str = "default") -> PeftModel:
+    """Load a compact folder onto `base_model` (mutated, as with `PeftModel.from_pretrained`) for inference.
+
+    Returns an ordinary MFT `PeftModel` in eval mode with frozen scores that reproduce the stored masks: exactly for
+    hard formats, to within `mft_compact.json`'s `max_abs_mask_error` for soft ones. To train further, load the float32
+    scores instead; a compact folder does not hold them.
+    """
+    config, _, masks, others = read_compact_masks(folder)
+    config.inference_mode = True
+    spec = config.mask_spec(torch.device("cpu"))
+    state = {prefix + SCORES_SUFFIX: scores_for_mask(mask, spec) for prefix, mask in masks.items()}
+    state.update(others)
+    model = PeftModel(base_model, config, adapter_name=adapter_name)
+    result = set_peft_model_state_dict(model, state, adapter_name=adapter_name)
+    missing = [key for key in result.missing_keys if "mft_scores" in key]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"{folder} does not fit this base model: missing masks for {missing[:4]}, unexpected "
+                         f"{list(result.unexpected_keys)[:4]} (was it exported from an adapter of another model?).")
+    model.eval()
+    return model
