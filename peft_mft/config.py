@@ -211,6 +211,15 @@ class MFTConfig(PeftConfig):
         config._loaded_from = os.path.abspath(folder)  # named in later loading errors; not a field, never saved
         return config
 
+    def save_pretrained(self, save_directory: str, **kwargs) -> None:
+        """Save `adapter_config.json`; where the adapter's weights are already saved beside it (as
+        `PeftModel.save_pretrained` does, weights first), also write the MFT section of the README model card
+        (`peft_mft.model_card`)."""
+        super().save_pretrained(save_directory, **kwargs)
+        from .model_card import write_model_card  # model_card imports this module
+
+        write_model_card(save_directory)
+
     @classmethod
     def from_preset(cls, name: str, **kwargs) -> "MFTConfig":
         """A config with the paper's (init_score, temperature) for a backbone.

@@ -1,0 +1,297 @@
+"""`peft-mft`: the command line for saved MFT adapters (analyse, compare, harden, merge).
+
+Every command reads local folders only. Bad input (a missing folder, a folder that is not an MFT adapter, shapes that
+do not fit) ends with exit code 2 and a one-line reason on stderr, as argparse does for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .analysis import NEAR_ZERO_THRESHOLD, MaskAnalysis, MaskComparison, analyze_masks, compare_masks, format_share
+
+EXIT_BAD_INPUT = 2
+# Files of a base-model folder that a merged model needs beside its weights (tokenizer, image processor).
+_BASE_FILES_TO_COPY = (
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.*",
+    "merges.txt",
+    "spiece.model",
+    "chat_template*",
+    "preprocessor_config.json",
+    "processor_config.json",
+)
+
+
+class _BadInput(Exception):
+    """A user error found by the CLI itself (not by the library)."""
+
+
+def _fraction(text: str) -> float:
+    """'0.0005' or '0.05%' -> 0.0005."""
+    try:
+        return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction (0.0005) or a percentage (0.05%), got {text!r}")
+
+
+# ---- analyze ---------------------------------------------------------------------------------------------------------
+
+
+def _method_line(analysis: MaskAnalysis) -> str:
+    config = analysis.config
+    if config.mask_type == "hard":
+        return f"hard masks (H-MFT), {format_share(config.sparsity)} of each matrix zeroed ({config.sparsity:g})"
+    normalised = f", normalised by M0 = {config.initial_soft_mask:.4g}" if config.normalize_soft_mask else ""
+    backward = ", straight-through backward" if config.straight_through else ""
+    return f"soft masks (S-MFT), init_score {config.init_score:g}, T {config.temperature:g}{normalised}{backward}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Left-aligned first column, right-aligned others."""
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    return [
+        "  ".join(str(cell).ljust(w) if i == 0 else str(cell).rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+        for row in [header, *rows]
+    ]
+
+
+def _text_histogram(analysis: MaskAnalysis, rows: int = 10, width: int = 40) -> list[str]:
+    """The histogram merged into at most `rows` bins, one line each, bar length on a log scale."""
+    counts, edges = analysis.histogram_counts, analysis.histogram_edges
+    step = math.ceil(len(counts) / rows)
+    starts = range(0, len(counts), step)
+    merged = [(edges[i], edges[min(i + step, len(counts))], sum(counts[i : i + step])) for i in starts]
+    top = math.log10(max(count for _, _, count in merged) + 1) or 1.0
+    lines = [f"Histogram of M (entries per bin, bars on a log scale; --plot draws all {len(counts)} bins)"]
+    for index, (left, right, count) in enumerate(merged):
+        closing = "]" if index == len(merged) - 1 else ")"
+        bar = "#" * math.ceil(width * math.log10(count + 1) / top)
+        lines.append(f"  [{left:.3f}, {right:.3f}{closing} {count:>12,} {bar}")
+    return lines
+
+
+def format_analysis(analysis: MaskAnalysis, source: str) -> str:
+    """The `peft-mft analyze` report: per projection type, per layer, histogram summary and suggested sparsity."""
+    overall, threshold = analysis.overall, f"{analysis.near_zero_threshold:g}"
+    lines = [
+        f"MFT adapter {source}",
+        f"  {_method_line(analysis)}",
+        f"  {len(analysis.modules)} masked modules, {overall.numel:,} masked weights; near zero means M < {threshold}",
+        "",
+    ]
+    by_projection = analysis.by_projection()
+    module_count = {p: sum(1 for m in analysis.modules if m.projection == p) for p in by_projection}
+    groups = [(p, module_count[p], c) for p, c in by_projection.items()] + [("all", len(analysis.modules), overall)]
+    rows = [
+        (p, n, f"{c.numel:,}", f"{c.mean:.4f}", format_share(c.near_zero_share), format_share(c.below_half_share))
+        for p, n, c in groups
+    ]
+    lines += _table(("projection", "modules", "weights", "mean mask", f"M < {threshold}", "M < 0.5"), rows)
+
+    by_layer = analysis.by_layer()
+    projections = list(dict.fromkeys(p for _, p in by_layer))
+    layers = list(dict.fromkeys(layer for layer, _ in by_layer))
+    grid = [
+        ["-" if layer is None else str(layer)]
+        + [format_share(by_layer[(layer, p)].near_zero_share) if (layer, p) in by_layer else "" for p in projections]
+        for layer in layers
+    ]
+    lines += ["", f"Share with M < {threshold} per layer ('-': outside numbered layers)"]
+    lines += _table(("layer", *projections), grid)
+
+    lines += ["", f"Mask values: min {overall.minimum:.4g}, max {overall.maximum:.4g}", *_text_histogram(analysis)]
+    suggested = analysis.suggested_sparsity()
+    if analysis.config.mask_type == "soft":
+        if suggested:
+            levels = ", ".join(f"{format_share(level)} ({level:.3g})" for level in suggested)
+            lines.append(f"Suggested H-MFT sparsity (near-zero share x 0.5, 1, 2): {levels}")
+        else:
+            lines.append(f"No mask is below {threshold}: no H-MFT sparsity to suggest (has the adapter been trained?)")
+    return "\n".join(lines)
+
+
+def _analyze(args) -> int:
+    analysis = analyze_masks(args.adapter, near_zero_threshold=args.threshold, bins=args.bins, progress=True)
+    if args.json:
+        print(json.dumps(analysis.to_dict(), indent=2))
+    else:
+        print(format_analysis(analysis, args.adapter))
+    if args.plot:
+        try:
+            from .plots import save_mask_plots
+        except ImportError as exc:
+            raise _BadInput(str(exc)) from exc
+        save_mask_plots(analysis, args.plot, title=f"{args.adapter}: {_method_line(analysis)}")
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
+# ---- compare ---------------------------------------------------------------------------------------------------------
+
+
+def format_comparison(comparison: MaskComparison, source_a: str, source_b: str) -> str:
+    threshold = f"{comparison.near_zero_threshold:g}"
+    rows = [
+        (name, f"{a.numel:,}", f"{a.zeroed_a:,}", f"{a.zeroed_b:,}", f"{a.zeroed_both:,}")
+        + (_number(a.jaccard), _number(a.correlation))
+        for name, a in [*comparison.modules.items(), ("all", comparison.overall)]
+    ]
+    lines = [f"A = {source_a}", f"B = {source_b}", f"near zero means M < {threshold}", ""]
+    lines += _table(("module", "weights", "zero in A", "zero in B", "in both", "Jaccard", "correlation"), rows)
+    for label, names in (("A", comparison.only_in_a), ("B", comparison.only_in_b)):
+        if names:
+            lines.append(f"masked only in {label}: {', '.join(names)}")
+    return "\n".join(lines)
+
+
+def _number(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.4f}"
+
+
+def _compare(args) -> int:
+    comparison = compare_masks(args.adapter_a, args.adapter_b, near_zero_threshold=args.threshold, progress=True)
+    if args.json:
+        print(json.dumps(comparison.to_dict(), indent=2))
+    else:
+        print(format_comparison(comparison, args.adapter_a, args.adapter_b))
+    return 0
+
+
+# ---- harden ----------------------------------------------------------------------------------------------------------
+
+
+def _harden(args) -> int:
+    from .harden import harden_adapter
+
+    harden_adapter(args.adapter, args.sparsity, args.output, progress=True)
+    zeroed = f"{format_share(args.sparsity)} of each matrix (sparsity {args.sparsity:g})"
+    print(f"wrote {args.output}: hard masks zeroing {zeroed}")
+    return 0
+
+
+# ---- merge -----------------------------------------------------------------------------------------------------------
+
+
+def merge_to_folder(base: str, adapter: str, output: str, dtype: str = "auto", progress: bool = True) -> Path:
+    """Load the base model in folder `base`, apply the MFT adapter in folder `adapter`, write the merged model.
+
+    The output is a plain transformers model folder (safetensors weights `W * M`, config, and the base folder's
+    tokenizer / processor files) that loads without peft or peft_mft. Written atomically. `dtype`: 'auto' keeps the
+    base's saved dtype, else 'float32', 'bfloat16' or 'float16'.
+    """
+    import torch
+    import transformers
+
+    from .io import atomic_directory, load_adapter
+
+    base_dir = Path(base)
+    if not (base_dir / "config.json").is_file():
+        what = "has no config.json" if base_dir.is_dir() else "does not exist"
+        raise _BadInput(f"base model folder {base} {what}; give a folder written by save_pretrained.")
+    config = transformers.AutoConfig.from_pretrained(base)
+    architectures = getattr(config, "architectures", None) or []
+    model_class = next((getattr(transformers, name) for name in architectures if hasattr(transformers, name)), None)
+    if model_class is None:
+        raise _BadInput(f"base model {base} names no transformers class (config.architectures = {architectures}).")
+    torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+    model = load_adapter(model_class.from_pretrained(base, dtype=torch_dtype), adapter)
+    merged = model.merge_and_unload(progressbar=progress)
+    with atomic_directory(output, keep_other_files=False) as staging:
+        merged.save_pretrained(staging)
+        for pattern in _BASE_FILES_TO_COPY:
+            for path in base_dir.glob(pattern):
+                if path.is_file() and not (staging / path.name).exists():
+                    shutil.copy2(path, staging / path.name)
+    return Path(output)
+
+
+def _merge(args) -> int:
+    merge_to_folder(args.base, args.adapter, args.output, dtype=args.dtype)
+    print(f"wrote {args.output}: merged model (safetensors), loads with transformers alone")
+    return 0
+
+
+# ---- entry point -----------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="peft-mft",
+        description="Inspect and ship Mask Fine-Tuning (MFT) adapters saved with PeftModel.save_pretrained.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    analyze = commands.add_parser(
+        "analyze",
+        help="mask statistics of an adapter",
+        description="Mask statistics per projection type and layer, histogram and suggested H-MFT sparsity of a saved "
+        "MFT adapter (no base model needed).",
+    )
+    analyze.add_argument("adapter", metavar="ADAPTER", help="adapter folder")
+    analyze.add_argument("--plot", metavar="OUT.png", help="also write the three plots to this PNG (needs matplotlib)")
+    analyze.add_argument("--json", action="store_true", help="print the statistics as JSON instead of a table")
+    analyze.add_argument(
+        "--threshold", type=float, default=NEAR_ZERO_THRESHOLD, help=f"near zero: M < this (default: %(default)s)"
+    )
+    analyze.add_argument("--bins", type=int, default=50, help="histogram bins (default 50)")
+    analyze.set_defaults(run=_analyze)
+
+    compare = commands.add_parser(
+        "compare",
+        help="compare the masks of two adapters",
+        description="Overlap of the near-zero sets (Jaccard) and correlation of the masks of two adapters of the same "
+        "base model (two tasks, two seeds).",
+    )
+    compare.add_argument("adapter_a", metavar="ADAPTER_A")
+    compare.add_argument("adapter_b", metavar="ADAPTER_B")
+    compare.add_argument("--json", action="store_true", help="print the comparison as JSON instead of a table")
+    compare.add_argument("--threshold", type=float, default=NEAR_ZERO_THRESHOLD, help="near zero means M < this")
+    compare.set_defaults(run=_compare)
+
+    harden = commands.add_parser(
+        "harden",
+        help="turn a soft-mask adapter into a hard-mask one",
+        description="Write an H-MFT adapter that zeroes, in each weight matrix, the fraction X of entries with the "
+        "smallest soft mask.",
+    )
+    harden.add_argument("adapter", metavar="ADAPTER", help="soft-mask (S-MFT) adapter folder")
+    harden.add_argument(
+        "--sparsity", type=_fraction, required=True, metavar="X", help="fraction zeroed per matrix: 0.0005 or 0.05%%"
+    )
+    harden.add_argument("output", metavar="OUT", help="new adapter folder (replaced if it exists)")
+    harden.set_defaults(run=_harden)
+
+    merge = commands.add_parser(
+        "merge",
+        help="write a plain merged model",
+        description="Apply an MFT adapter to its base model and write the merged model (safetensors) with the base's "
+        "tokenizer files, ready for inference or upload.",
+    )
+    merge.add_argument("base", metavar="BASE", help="base model folder (written by save_pretrained)")
+    merge.add_argument("adapter", metavar="ADAPTER", help="MFT adapter folder")
+    merge.add_argument("output", metavar="OUT", help="output folder (replaced if it exists)")
+    merge.add_argument(
+        "--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto", help="dtype to load and save in"
+    )
+    merge.set_defaults(run=_merge)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run `peft-mft`; returns the exit code (0, or 2 on bad input with a one-line reason on stderr)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (_BadInput, ValueError, OSError) as exc:
+        reason = " ".join(str(exc).split())
+        print(f"peft-mft {args.command}: error: {reason}", file=sys.stderr)
+        return EXIT_BAD_INPUT

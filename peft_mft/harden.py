@@ -1,0 +1,53 @@
+"""Turning a soft-mask (S-MFT) adapter folder into a hard-mask (H-MFT) adapter folder at a chosen sparsity."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Union
+
+from peft.utils.constants import SAFETENSORS_WEIGHTS_NAME
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .analysis import AdapterMasks, progress_bar
+from .io import atomic_directory
+
+
+def harden_adapter(
+    adapter_dir: Union[str, os.PathLike], sparsity: float, output_dir: Union[str, os.PathLike], progress: bool = False
+) -> Path:
+    """Write an H-MFT adapter that zeroes, in each weight matrix, the `sparsity` fraction with the smallest soft mask.
+
+    The hard adapter's scores are the soft mask values `M` (float32, >= 0, same shapes), so the hard mask's ranking
+    by `|S|` is the ranking by `M`: exactly `floor(sparsity * numel)` entries per matrix are zeroed, the ones the
+    soft adapter had switched off most; ties at the threshold go by row-major index, as for any hard mask. Other
+    saved tensors (`modules_to_save`) are copied unchanged. The output folder holds `adapter_config.json`
+    (`mask_type="hard"`, `sparsity`), `adapter_model.safetensors` and a model card, and loads with
+    `PeftModel.from_pretrained` like any adapter. It is written atomically (`peft_mft.io.atomic_directory`) and
+    replaces whatever `output_dir` held. Returns the output folder.
+    """
+    masks = AdapterMasks.from_folder(adapter_dir)
+    if masks.config.mask_type != "soft":
+        raise ValueError(
+            f"{adapter_dir} is already a hard-mask adapter (sparsity {masks.config.sparsity}); harden a soft one."
+        )
+    if not (isinstance(sparsity, (int, float)) and 0.0 <= sparsity < 1.0):
+        raise ValueError(f"sparsity is the fraction of weights zeroed and must be in [0, 1), got {sparsity!r}.")
+    output_dir = Path(output_dir)
+    if output_dir.exists() and output_dir.resolve() == Path(adapter_dir).resolve():
+        raise ValueError(f"Output folder {str(output_dir)!r} is the input adapter; choose a new folder.")
+    config = dataclasses.replace(masks.config, mask_type="hard", sparsity=float(sparsity), straight_through=False)
+
+    score_keys = set(masks.state_dict_keys.values())
+    with safe_open(str(Path(adapter_dir) / SAFETENSORS_WEIGHTS_NAME), framework="pt") as saved:
+        state_dict = {key: saved.get_tensor(key) for key in saved.keys() if key not in score_keys}
+    for name in progress_bar(masks.module_names, progress, "Hardening masks", len(masks)):
+        state_dict[masks.state_dict_keys[name]] = masks.mask(name).contiguous()
+
+    with atomic_directory(output_dir, keep_other_files=False) as staging:
+        # Weights first: saving the config writes the model card, which reads the saved scores.
+        save_file(state_dict, str(staging / SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
+        config.save_pretrained(str(staging))
+    return output_dir

@@ -1,0 +1,182 @@
+"""The README model card of a saved MFT adapter: method, masked modules, (init_score, T) or sparsity, mask statistics.
+
+`MFTConfig.save_pretrained` calls `write_model_card` after PEFT has saved the weights and its own card, so every
+`PeftModel.save_pretrained` writes it; `push_to_hub` here uploads it (transformers' own `push_to_hub` replaces the
+README). The MFT part sits between two HTML comments and is replaced, not duplicated, when the adapter is saved again.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional, Union
+
+from peft.utils.constants import SAFETENSORS_WEIGHTS_NAME
+
+from .analysis import MaskAnalysis, analyze_masks, format_share
+from .config import MFTConfig
+
+CARD_NAME = "README.md"
+SECTION_START = "<!-- peft-mft: start of the MFT adapter section, rewritten on every save -->"
+SECTION_END = "<!-- peft-mft: end of the MFT adapter section -->"
+CARD_TAGS = ("mft", "mask-fine-tuning")
+PAPER = (
+    'Zhang et al., "Rethinking Fine-Tuning: Unlocking Hidden Capabilities in Vision-Language Models", '
+    "arXiv 2512.23073"
+)
+
+
+def _layer_ranges(layers: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    ranges, start = [], None
+    for index, layer in enumerate(layers):
+        if start is None:
+            start = layer
+        if index + 1 == len(layers) or layers[index + 1] != layer + 1:
+            ranges.append(str(start) if start == layer else f"{start}-{layer}")
+            start = None
+    return ", ".join(ranges)
+
+
+def _mask_line(config: MFTConfig) -> str:
+    if config.mask_type == "hard":
+        return (
+            f"hard (H-MFT): in each weight matrix the {format_share(config.sparsity)} of entries with the smallest "
+            f"`|S|` are zeroed (sparsity = {config.sparsity:g}), the rest kept"
+        )
+    m0 = config.initial_soft_mask
+    if config.normalize_soft_mask:
+        formula = f"`M = sigmoid(S / T) / M0` with `M0 = sigmoid(init_score / T) = {m0:.4g}` (exactly 1 at the start)"
+    else:
+        formula = f"`M = sigmoid(S / T)` (paper-literal; {m0:.4g} at the start)"
+    backward = ", straight-through backward (S-MFT STE)" if config.straight_through else ""
+    return f"soft (S-MFT): {formula}; init_score = {config.init_score:g}, T = {config.temperature:g}{backward}"
+
+
+def _modules_line(analysis: MaskAnalysis) -> str:
+    """'16 linear layers (5,120 masked weights): q, k, v, o, gate, up, down in layers 0-1; the multimodal projector'."""
+    projections = ", ".join(p for p in analysis.by_projection() if p != "projector")
+    layers = sorted({m.layer for m in analysis.modules if m.layer is not None})
+    if projections and layers:
+        projections += f" in layers {_layer_ranges(layers)}"
+    pieces = [projections] if projections else []
+    if any(m.projection == "projector" for m in analysis.modules):
+        pieces.append("the multimodal projector")
+    return f"{len(analysis.modules)} linear layers ({analysis.overall.numel:,} masked weights): " + "; ".join(pieces)
+
+
+def mft_card_section(analysis: MaskAnalysis) -> str:
+    """The MFT section of a model card (markdown) for an analysed adapter."""
+    config = analysis.config
+    threshold = analysis.near_zero_threshold
+    targets = sorted(config.target_modules) if isinstance(config.target_modules, set) else config.target_modules
+    rows = [
+        f"| {name} | {sum(1 for m in analysis.modules if m.projection == name)} | {c.numel:,} | {c.mean:.4f} | "
+        f"{format_share(c.near_zero_share)} | {format_share(c.below_half_share)} |"
+        for name, c in analysis.by_projection().items()
+    ]
+    overall = analysis.overall
+    rows.append(
+        f"| **all** | {len(analysis.modules)} | {overall.numel:,} | {overall.mean:.4f} | "
+        f"{format_share(overall.near_zero_share)} | {format_share(overall.below_half_share)} |"
+    )
+    lines = [
+        SECTION_START,
+        "## Mask Fine-Tuning (MFT) adapter",
+        "",
+        "Each masked linear weight `W` of the base model is used as `W * M`, with a mask `M` learned from scores `S`;",
+        f"the base weights stay unchanged. Method: {PAPER}.",
+        "",
+        f"- **Mask:** {_mask_line(config)}",
+        f"- **Masked modules:** {_modules_line(analysis)}",
+        f"- **target_modules:** `{targets}`",
+        "",
+        "### Mask statistics",
+        "",
+        f"Near zero: `M < {threshold:g}`. Shares are of the masked weights of each projection type.",
+        "",
+        "| projection | modules | masked weights | mean mask | near zero | M < 0.5 |",
+        "|---|---:|---:|---:|---:|---:|",
+        *rows,
+    ]
+    suggested = analysis.suggested_sparsity()
+    if config.mask_type == "soft" and suggested:
+        lines += [
+            "",
+            "Suggested H-MFT sparsity levels (near-zero share x 0.5, 1, 2): "
+            + ", ".join(format_share(level) for level in suggested)
+            + "; make one with `peft-mft harden ADAPTER --sparsity X OUT`.",
+        ]
+    lines += [
+        "",
+        "### Loading",
+        "",
+        "```python",
+        "import peft_mft  # registers the MFT adapter type with PEFT",
+        "from peft import PeftModel",
+        "",
+        'model = PeftModel.from_pretrained(base_model, "path/or/repo-id-of-this-adapter")',
+        "```",
+        SECTION_END,
+    ]
+    return "\n".join(lines)
+
+
+def _replace_section(text: str, section: str) -> str:
+    """Replace the previous MFT section, else insert it before the first '## ' heading (after the card's title)."""
+    start, end = text.find(SECTION_START), text.find(SECTION_END)
+    if start != -1 and end > start:
+        return text[:start] + section + text[end + len(SECTION_END) :]
+    heading = text.find("\n## ")
+    if heading == -1:
+        return text.rstrip("\n") + "\n\n" + section + "\n"
+    return text[: heading + 1] + section + "\n\n" + text[heading + 1 :]
+
+
+def write_model_card(folder: Union[str, os.PathLike]) -> Optional[Path]:
+    """Write or update `README.md` of a saved MFT adapter folder with its MFT section and tags.
+
+    Reads the saved config and scores (no base model). A folder holding only `adapter_config.json` gets no card
+    (returns None); otherwise returns the card's path.
+    """
+    from huggingface_hub import ModelCard
+
+    folder = Path(folder)
+    if not (folder / SAFETENSORS_WEIGHTS_NAME).is_file():
+        return None
+    section = mft_card_section(analyze_masks(folder))
+    path = folder / CARD_NAME
+    card = ModelCard.load(path) if path.is_file() else ModelCard("---\nlibrary_name: peft\n---\n")
+    card.data.tags = sorted(set(card.data.tags or []) | set(CARD_TAGS))
+    card.text = _replace_section(card.text, section)
+    card.save(path)
+    return path
+
+
+def push_to_hub(
+    model,
+    repo_id: str,
+    *,
+    token: Optional[str] = None,
+    private: Optional[bool] = None,
+    commit_message: str = "Upload MFT adapter",
+    revision: Optional[str] = None,
+    create_pr: bool = False,
+    **save_kwargs,
+):
+    """Upload `model`'s adapter(s) to the Hub repo `repo_id` with their model card; returns the commit info.
+
+    Use this instead of `PeftModel.push_to_hub`: with transformers 5 that method (transformers' `PushToHubMixin`)
+    replaces the README written by `save_pretrained` with the repo's existing card or a generic one, dropping PEFT's
+    and MFT's card. This saves with `model.save_pretrained(tmp, **save_kwargs)` and uploads the folder as it is.
+    """
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder, **save_kwargs)
+        return api.upload_folder(
+            repo_id=repo_id, folder_path=folder, commit_message=commit_message, revision=revision, create_pr=create_pr
+        )

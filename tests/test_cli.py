@@ -1,0 +1,167 @@
+"""The `peft-mft` command line: analyze, compare, harden, merge; --help; exit code 2 with one line on bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors import safe_open
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from peft_mft import MFTConfig
+from peft_mft.analysis import analyze_masks, format_share
+from peft_mft.cli import main
+
+from .conftest import make_llama, text_inputs
+from .hand_masks import TOTAL_NUMEL, hand_masked_llama
+
+COMMANDS = ("analyze", "compare", "harden", "merge")
+
+
+@pytest.fixture
+def adapter(tmp_path):
+    folder = tmp_path / "adapter"
+    hand_masked_llama().save_pretrained(folder)
+    return folder
+
+
+def run(capsys, *argv):
+    code = main([str(arg) for arg in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_bad_input(capsys, argv, reason):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == ""
+    error_lines = [line for line in err.splitlines() if line.startswith("peft-mft")]
+    assert len(error_lines) == 1 and reason in error_lines[0], err
+
+
+def test_every_command_has_help(capsys):
+    for argv in (["--help"], *[[command, "--help"] for command in COMMANDS]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 0
+        assert "usage: peft-mft" in capsys.readouterr().out
+
+
+def test_python_dash_m_runs_the_cli():
+    result = subprocess.run([sys.executable, "-m", "peft_mft", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and all(command in result.stdout for command in COMMANDS)
+
+
+def test_analyze_prints_the_hand_computed_table(capsys, adapter):
+    code, out, err = run(capsys, "analyze", adapter)
+    assert code == 0
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
+    # q: 2 modules, 512 weights, 4 of them below 0.1, 6 below 0.5 (hand_masks.HAND_SCORES)
+    assert rows["q"][1:3] == ["2", "512"] and rows["q"][4:6] == [format_share(4 / 512), format_share(6 / 512)]
+    assert rows["k"][4] == "0%"
+    assert rows["all"][1:3] == ["14", f"{TOTAL_NUMEL:,}"] and rows["all"][4] == format_share(6 / TOTAL_NUMEL)
+    assert "soft masks (S-MFT), init_score 10, T 1" in out
+    assert f"Suggested H-MFT sparsity (near-zero share x 0.5, 1, 2): {format_share(3 / TOTAL_NUMEL)}" in out
+    assert "Analysing masks" in err  # progress bar
+
+
+def test_analyze_json_matches_the_api(capsys, adapter):
+    code, out, _ = run(capsys, "analyze", adapter, "--json", "--threshold", "0.3")
+    assert code == 0
+    assert json.loads(out) == json.loads(json.dumps(analyze_masks(adapter, near_zero_threshold=0.3).to_dict()))
+
+
+def test_analyze_plot_writes_a_png(capsys, adapter, tmp_path):
+    pytest.importorskip("matplotlib")
+    code, _, err = run(capsys, "analyze", adapter, "--plot", tmp_path / "masks.png")
+    assert code == 0 and "wrote" in err
+    assert (tmp_path / "masks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_prints_overlap(capsys, adapter, tmp_path):
+    code, out, _ = run(capsys, "compare", adapter, adapter, "--json")
+    assert code == 0
+    overall = json.loads(out)["overall"]
+    assert overall["jaccard"] == 1.0 and overall["zeroed_both"] == 6
+    code, out, _ = run(capsys, "compare", adapter, adapter)
+    assert code == 0 and out.splitlines()[-1].split()[:5] == ["all", f"{TOTAL_NUMEL:,}", "6", "6", "6"]
+
+
+def test_harden_writes_a_hard_adapter(capsys, adapter, tmp_path):
+    code, out, _ = run(capsys, "harden", adapter, "--sparsity", "2%", tmp_path / "hard")
+    assert code == 0 and "2% of each matrix" in out
+    config = json.loads((tmp_path / "hard" / "adapter_config.json").read_text())
+    assert config["mask_type"] == "hard" and config["sparsity"] == 0.02
+    code, out, _ = run(capsys, "harden", adapter, "--sparsity", "0.001", tmp_path / "hard2")
+    assert code == 0 and json.loads((tmp_path / "hard2" / "adapter_config.json").read_text())["sparsity"] == 0.001
+
+
+def test_merge_writes_a_plain_model_equal_to_the_masked_one(capsys, tmp_path):
+    base = make_llama()
+    base.save_pretrained(tmp_path / "base")
+    (tmp_path / "base" / "tokenizer_config.json").write_text("{}")
+    (tmp_path / "base" / "README.md").write_text("the base model's card")
+    torch.manual_seed(2)
+    model = get_peft_model(make_llama(), MFTConfig(init_weights=False))
+    model.save_pretrained(tmp_path / "adapter")
+    code, out, err = run(capsys, "merge", tmp_path / "base", tmp_path / "adapter", tmp_path / "merged")
+    assert code == 0 and "Unloading and merging model" in err
+    merged = LlamaForCausalLM.from_pretrained(tmp_path / "merged")
+    with safe_open(tmp_path / "merged" / "model.safetensors", "pt") as saved:
+        assert not any("mft" in key or "base_layer" in key for key in saved.keys())
+    inputs = text_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(inputs).logits, model(inputs).logits, atol=1e-5, rtol=0)
+    assert (tmp_path / "merged" / "tokenizer_config.json").is_file()
+    assert not (tmp_path / "merged" / "README.md").exists()
+
+
+def test_merge_keeps_or_sets_the_dtype(capsys, tmp_path):
+    make_llama().to(torch.bfloat16).save_pretrained(tmp_path / "base")
+    get_peft_model(make_llama(), MFTConfig(init_weights=False)).save_pretrained(tmp_path / "adapter")
+    assert run(capsys, "merge", tmp_path / "base", tmp_path / "adapter", tmp_path / "auto")[0] == 0
+    assert LlamaForCausalLM.from_pretrained(tmp_path / "auto").dtype == torch.bfloat16
+    argv = ("merge", tmp_path / "base", tmp_path / "adapter", tmp_path / "fp32", "--dtype", "float32")
+    assert run(capsys, *argv)[0] == 0
+    assert LlamaForCausalLM.from_pretrained(tmp_path / "fp32").dtype == torch.float32
+
+
+def test_bad_input_exits_2_with_one_line(capsys, adapter, tmp_path):
+    missing = tmp_path / "missing"
+    get_peft_model(make_llama(), LoraConfig(target_modules=["q_proj"])).save_pretrained(tmp_path / "lora")
+    assert_bad_input(capsys, ["analyze", missing], "no such adapter folder")
+    assert_bad_input(capsys, ["analyze", tmp_path / "lora"], "not an MFT one")
+    assert_bad_input(capsys, ["compare", adapter, missing], "no such adapter folder")
+    assert_bad_input(capsys, ["harden", tmp_path / "lora", "--sparsity", "0.1", tmp_path / "out"], "not an MFT one")
+    assert_bad_input(capsys, ["harden", adapter, "--sparsity", "1.5", tmp_path / "out"], "must be in [0, 1)")
+    assert_bad_input(capsys, ["merge", missing, adapter, tmp_path / "out"], "base model folder")
+    make_llama().save_pretrained(tmp_path / "base")
+    assert_bad_input(capsys, ["merge", tmp_path / "base", tmp_path / "lora", tmp_path / "out"], "not an MFT one")
+    assert not (tmp_path / "out").exists()
+
+
+def test_merge_shape_mismatch_exits_2_naming_module_and_shapes(capsys, adapter, tmp_path):
+    wider = LlamaForCausalLM(LlamaConfig(**(make_llama().config.to_dict() | {"intermediate_size": 24})))
+    wider.save_pretrained(tmp_path / "wider")
+    assert_bad_input(capsys, ["merge", tmp_path / "wider", adapter, tmp_path / "out"], "gate_proj")
+    err_line = run(capsys, "merge", tmp_path / "wider", adapter, tmp_path / "out")[2].splitlines()[-1]
+    assert "32" in err_line and "24" in err_line
+
+
+def test_bad_arguments_exit_2(capsys, adapter, tmp_path):
+    for argv in (["harden", adapter, "--sparsity", "lots", tmp_path / "out"], ["harden", adapter, tmp_path / "out"], []):
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(arg) for arg in argv])
+        assert exit_info.value.code == 2
+    assert "expected a fraction" in capsys.readouterr().err
+
+
+def test_merged_model_loads_like_the_adapter_on_its_base(capsys, adapter, tmp_path):
+    make_llama().save_pretrained(tmp_path / "base")
+    assert run(capsys, "merge", tmp_path / "base", adapter, tmp_path / "merged")[0] == 0
+    with_adapter = PeftModel.from_pretrained(make_llama(), adapter)
+    merged = LlamaForCausalLM.from_pretrained(tmp_path / "merged")
+    weight = merged.model.layers[0].self_attn.q_proj.weight
+    want = with_adapter.base_model.model.model.layers[0].self_attn.q_proj
+    torch.testing.assert_close(weight, want.get_base_weight() * want.get_mask("default"))
