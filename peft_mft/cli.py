@@ -1,4 +1,4 @@
-"""`peft-mft`: the command line for saved MFT adapters (analyse, compare, harden, merge).
+"""`peft-mft`: the command line for saved MFT adapters (analyse, compare, harden, merge, export).
 
 Every command reads local folders only. Bad input (a missing folder, a folder that is not an MFT adapter, shapes that
 do not fit) ends with exit code 2 and a one-line reason on stderr, as argparse does for bad arguments.
@@ -220,6 +220,26 @@ def _merge(args) -> int:
     return 0
 
 
+# ---- export ----------------------------------------------------------------------------------------------------------
+
+# The issue's short names for `peft_mft.export.COMPACT_FORMATS`.
+_FORMAT_ALIASES = {"fp16": "soft-fp16", "int8": "soft-int8", "bits": "hard-bits", "indices": "hard-indices"}
+
+
+def _export(args) -> int:
+    from .export import export_compact_adapter
+    from .io import read_adapter_config
+
+    read_adapter_config(args.adapter)  # a missing folder or a non-MFT adapter fails here, naming the file
+    result = export_compact_adapter(args.adapter, args.output, _FORMAT_ALIASES.get(args.format, args.format))
+    print(
+        f"wrote {args.output}: {result.format}, {result.layers} layers, {result.masked_weights:,} masked weights, "
+        f"{result.bytes_on_disk:,} bytes ({result.bytes_on_disk / result.scores_bytes:.3g} x the float32 scores), "
+        f"largest mask error {result.max_abs_mask_error:.3g}; load it with peft_mft.export.load_compact_adapter"
+    )
+    return 0
+
+
 # ---- entry point -----------------------------------------------------------------------------------------------------
 
 
@@ -283,6 +303,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto", help="dtype to load and save in"
     )
     merge.set_defaults(run=_merge)
+
+    from .export import COMPACT_FORMATS
+
+    export = commands.add_parser(
+        "export",
+        help="write a compact inference-only adapter",
+        description="Write the adapter's masks in a compact format for inference (peft_mft.export): soft masks as "
+        "float16 deviations or per-row uint8, hard masks bit-packed or as zeroed indices. Training resumes only from "
+        "the float32 adapter.",
+    )
+    export.add_argument("adapter", metavar="ADAPTER", help="MFT adapter folder (float32 scores)")
+    export.add_argument(
+        "--format",
+        required=True,
+        choices=[*COMPACT_FORMATS, *_FORMAT_ALIASES],
+        help="compact format; fp16, int8, bits and indices are short for soft-fp16, soft-int8, hard-bits, hard-indices",
+    )
+    export.add_argument("output", metavar="OUT", help="output folder")
+    export.set_defaults(run=_export)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""The `peft-mft` command line: analyze, compare, harden, merge; --help; exit code 2 with one line on bad input."""
+"""The `peft-mft` command line: analyze, compare, harden, merge, export; --help; exit 2 with one line on bad input."""
 
 import json
 import subprocess
@@ -10,14 +10,15 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors import safe_open
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from peft_mft import MFTConfig
+from peft_mft import MFTConfig, MFTLayer
 from peft_mft.analysis import analyze_masks, format_share
 from peft_mft.cli import main
+from peft_mft.export import load_compact_adapter
 
 from .conftest import make_llama, text_inputs
 from .hand_masks import TOTAL_NUMEL, hand_masked_llama
 
-COMMANDS = ("analyze", "compare", "harden", "merge")
+COMMANDS = ("analyze", "compare", "harden", "merge", "export")
 
 
 @pytest.fixture
@@ -165,3 +166,33 @@ def test_merged_model_loads_like_the_adapter_on_its_base(capsys, adapter, tmp_pa
     weight = merged.model.layers[0].self_attn.q_proj.weight
     want = with_adapter.base_model.model.model.layers[0].self_attn.q_proj
     torch.testing.assert_close(weight, want.get_base_weight() * want.get_mask("default"))
+
+
+def masks_of(model):
+    return {name: layer.get_mask("default") for name, layer in model.named_modules() if isinstance(layer, MFTLayer)}
+
+
+def test_export_writes_compact_folders_that_load(capsys, adapter, tmp_path):
+    code, out, _ = run(capsys, "export", adapter, "--format", "fp16", tmp_path / "fp16")
+    assert code == 0 and "soft-fp16, 14 layers" in out
+    want = masks_of(PeftModel.from_pretrained(make_llama(), adapter))
+    got = masks_of(load_compact_adapter(make_llama(), tmp_path / "fp16"))
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=1e-3, rtol=0)
+    assert run(capsys, "harden", adapter, "--sparsity", "0.05", tmp_path / "hard")[0] == 0
+    code, out, _ = run(capsys, "export", tmp_path / "hard", "--format", "hard-indices", tmp_path / "indices")
+    assert code == 0 and "largest mask error 0;" in out
+    want = masks_of(PeftModel.from_pretrained(make_llama(), tmp_path / "hard"))
+    got = masks_of(load_compact_adapter(make_llama(), tmp_path / "indices"))
+    assert all(torch.equal(got[name], want[name]) for name in want)
+
+
+def test_export_bad_input_exits_2(capsys, adapter, tmp_path):
+    get_peft_model(make_llama(), LoraConfig(target_modules=["q_proj"])).save_pretrained(tmp_path / "lora")
+    assert_bad_input(capsys, ["export", adapter, "--format", "bits", tmp_path / "out"], "holds a soft adapter")
+    assert_bad_input(capsys, ["export", tmp_path / "missing", "--format", "fp16", tmp_path / "out"], "no such adapter")
+    assert_bad_input(capsys, ["export", tmp_path / "lora", "--format", "fp16", tmp_path / "out"], "not an MFT one")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(adapter), "--format", "fp8", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
