@@ -1,0 +1,100 @@
+"""Trains a tiny MFT Llama on CPU processes for `tests/test_distributed.py`.
+
+Run in one process (imported by the test) or in several, started by
+`torchrun --standalone --nproc_per_node 2 tests/distributed_worker.py OUT_DIR MODES` (CPU, gloo), with the same
+global batch: `GLOBAL_BATCH` samples per step split across the processes. MODES is `ddp` (Trainer, with an atomic
+checkpoint), `fsdp2` (a plain loop on a model sharded with `fully_shard`) or both, `ddp,fsdp2`. Each writes its
+adapter with `peft_mft.save_adapter` to OUT_DIR/MODE/adapter.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+from peft import get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script by torchrun
+
+from peft_mft import MFTConfig, create_mft_optimizer, save_adapter  # noqa: E402
+from peft_mft.trainer import AtomicCheckpointTrainer  # noqa: E402
+
+GLOBAL_BATCH, STEPS, VOCAB = 4, 3, 64
+
+
+def make_model():
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    return get_peft_model(LlamaForCausalLM(config), MFTConfig(init_weights=False))
+
+
+def dataset():
+    """GLOBAL_BATCH sequences: every step sees all of them, whatever the number of processes, so the data order
+    (which differs between a random and a distributed sampler) cannot change the result."""
+    tokens = torch.randint(3, VOCAB, (GLOBAL_BATCH, 8), generator=torch.Generator().manual_seed(1))
+    return [{"input_ids": row, "labels": row} for row in tokens]
+
+
+def train_with_trainer(output_dir: str, world_size: int = 1) -> AtomicCheckpointTrainer:
+    """DDP when started by torchrun / accelerate launch: `transformers.Trainer` splits the global batch."""
+    model = make_model()
+    args = TrainingArguments(
+        output_dir=output_dir, per_device_train_batch_size=GLOBAL_BATCH // world_size, max_steps=STEPS,
+        save_strategy="steps", save_steps=STEPS, report_to=[], use_cpu=True, seed=0, disable_tqdm=True,
+        logging_steps=1, dataloader_num_workers=0, ddp_backend="gloo" if world_size > 1 else None,
+    )  # fmt: skip
+    trainer = AtomicCheckpointTrainer(
+        model=model, args=args, train_dataset=dataset(), optimizers=(create_mft_optimizer(model, lr=0.1), None)
+    )
+    trainer.train()
+    save_adapter(trainer.model, os.path.join(output_dir, "adapter"), is_main_process=trainer.args.should_save)
+    return trainer
+
+
+def train_fsdp2(output_dir: str, rank: int = 0, world_size: int = 1):
+    """FSDP2 (`torch.distributed.fsdp.fully_shard`, what accelerate's FSDP2 plugin applies): each decoder layer and
+    the whole model sharded across the processes; a plain loop with the global batch split by rank. With
+    `world_size == 1` nothing is sharded (the reference)."""
+    model = make_model()
+    if world_size > 1:
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in model.base_model.model.model.layers:
+            fully_shard(layer)
+        fully_shard(model)
+    optimizer = create_mft_optimizer(model, lr=0.1)
+    batch = torch.stack([row["input_ids"] for row in dataset()])
+    shard = batch.chunk(world_size)[rank]
+    model.train()
+    for _ in range(STEPS):
+        loss = model(input_ids=shard, labels=shard).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    state_dict = None
+    if world_size > 1:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        # Collective: every process takes part; the full tensors land on rank 0 only.
+        state_dict = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    save_adapter(model, os.path.join(output_dir, "adapter"), is_main_process=rank == 0, state_dict=state_dict)
+
+
+if __name__ == "__main__":
+    out, modes, world_size = Path(sys.argv[1]), sys.argv[2].split(","), int(os.environ["WORLD_SIZE"])
+    for mode in modes:  # one launch for several modes saves a process start-up per mode
+        if mode == "ddp":
+            train_with_trainer(str(out / mode), world_size=world_size)
+        elif mode == "fsdp2":
+            if not torch.distributed.is_initialized():
+                torch.distributed.init_process_group("gloo")
+            train_fsdp2(str(out / mode), rank=torch.distributed.get_rank(), world_size=world_size)
+        else:
+            raise ValueError(f"unknown mode {mode!r}; use ddp, fsdp2 or both: ddp,fsdp2")
+    torch.distributed.destroy_process_group()
