@@ -209,13 +209,14 @@ class MaskCounts:
     @classmethod
     def of(cls, mask: torch.Tensor, near_zero_threshold: float) -> "MaskCounts":
         mask = mask.detach()
+        minimum, maximum = torch.aminmax(mask)  # NaN if any entry is NaN
         return cls(
             numel=mask.numel(),
-            total=mask.double().sum().item(),
+            total=mask.sum(dtype=torch.float64).item(),
             near_zero=int((mask < near_zero_threshold).sum().item()),
             below_half=int((mask < 0.5).sum().item()),
-            minimum=mask.min().item(),
-            maximum=mask.max().item(),
+            minimum=minimum.item(),
+            maximum=maximum.item(),
         )
 
     def __add__(self, other: "MaskCounts") -> "MaskCounts":
@@ -351,6 +352,18 @@ def _mask_upper_bound(spec: MaskSpec) -> float:
     return max(1.0, 1.0 / spec.normalizer) if spec.normalizer > 0 else math.inf
 
 
+def _histogram(mask: torch.Tensor, bins: int, upper: float) -> torch.Tensor:
+    """Exact float64 counts of `mask` in `bins` equal bins over [0, upper] (CPU)."""
+    counts = torch.zeros(bins, dtype=torch.float64)
+    # histc counts in the input's dtype: chunks of 2^24 entries keep float32 counts exact
+    for chunk in mask.detach().float().reshape(-1).split(1 << 24):
+        chunk_counts = torch.histc(chunk, bins, 0.0, upper).double().cpu()
+        # histc drops values above `upper`: only float32 rounding puts a mask there, a hair above the bound
+        chunk_counts[-1] += chunk.numel() - chunk_counts.sum()
+        counts += chunk_counts
+    return counts
+
+
 def analyze_masks(
     source: Union[AdapterSource, AdapterMasks],
     adapter_name: str = "default",
@@ -373,17 +386,13 @@ def analyze_masks(
     histogram = torch.zeros(bins, dtype=torch.float64)
     modules = []
     for name, mask in progress_bar(masks, progress, "Analysing masks", len(masks)):
-        finite = int(torch.isfinite(mask).sum().item())
-        if finite < mask.numel():
-            spec = masks.spec(name)
-            raise NonFiniteMaskError(
-                f"The mask of {name!r} holds NaN or inf in {mask.numel() - finite} of {mask.numel()} entries "
-                f"({spec.mask_type} mask, temperature {spec.temperature:g}, normalizer M0 = {spec.normalizer:g}); "
-                "check the scores, and that sigmoid(init_score / temperature) does not underflow."
-            )
         counts = MaskCounts.of(mask, near_zero_threshold)
-        # the clamp only moves values that float32 rounding put a hair above the bound
-        histogram += torch.histc(mask.float().clamp(0.0, upper), bins, 0.0, upper).double().cpu()
+        if not (math.isfinite(counts.minimum) and math.isfinite(counts.maximum)):
+            raise NonFiniteMaskError(
+                f"The mask of {name!r} holds NaN or inf (min {counts.minimum}, max {counts.maximum}); the scores "
+                "are broken (diverged training?)."
+            )
+        histogram += _histogram(mask, bins, upper)
         modules.append(
             ModuleMaskStats(name, projection_type(name), layer_index(name, None), tuple(mask.shape), counts)
         )

@@ -286,5 +286,5 @@ def test_harden_rejects_bad_input(tmp_path):
 def test_nan_masks_are_refused_naming_the_module():
     model = hand_masked_llama()
     model.base_model.model.get_submodule(module_name(1, "up")).mft_scores["default"].data[3, 4] = float("nan")
-    with pytest.raises(NonFiniteMaskError, match=r"'model.layers.1.mlp.up_proj' holds NaN or inf in 1 of 512"):
+    with pytest.raises(NonFiniteMaskError, match=r"'model.layers.1.mlp.up_proj' holds NaN or inf"):
         analyze_masks(model)
