@@ -288,3 +288,10 @@ def test_nan_masks_are_refused_naming_the_module():
     model.base_model.model.get_submodule(module_name(1, "up")).mft_scores["default"].data[3, 4] = float("nan")
     with pytest.raises(NonFiniteMaskError, match=r"'model.layers.1.mlp.up_proj' holds NaN or inf"):
         analyze_masks(model)
+
+
+def test_histogram_counts_stay_exact_beyond_float32_integers():
+    from peft_mft.analysis import _histogram
+
+    ones = torch.ones(2**24 + 1)  # torch.histc alone counts this in float32 and loses the odd entry
+    assert _histogram(ones, 4, 1.0).tolist() == [0, 0, 0, 2**24 + 1]
