@@ -1,0 +1,1 @@
+"""Benchmarks of peft-mft: run as `python -m benchmarks.<name>` from the repository root."""

@@ -1,0 +1,127 @@
+"""One masked linear layer against the dense layer it replaces: forward + backward time, on realistic shapes.
+
+The dense baseline is `F.linear` with a weight that requires a gradient (what full fine-tuning runs); the masked
+layer is `peft_mft.mask.masked_linear` with the weight frozen and scores trained. Both run the same three GEMMs
+(`x W^T`, `g W`, `g^T x`); the masked layer adds element-wise passes over the (out, in) weight.
+
+    python -m benchmarks.masked_linear                      # SmolLM2-135M shapes, 1024 tokens, this CPU
+    python -m benchmarks.masked_linear --tokens 4096 --device cuda --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from peft_mft.mask import MaskSpec, masked_linear
+
+from .timing import load_average, machine_description, summarize, time_interleaved
+
+# SmolLM2-135M: q/o 576x576, k/v 192x576, gate/up 1536x576, down 576x1536 (out x in).
+DEFAULT_SHAPES = ("576x576", "192x576", "1536x576", "576x1536")
+SPECS = {
+    "mft": MaskSpec("soft", temperature=2.3, normalizer=0.9548),
+    "mft-ste": MaskSpec("soft", temperature=2.3, normalizer=0.9548, straight_through=True),
+    "mft-hard": MaskSpec("hard", sparsity=0.01),
+}
+
+
+def parse_shape(text: str) -> tuple[int, int]:
+    try:
+        out_features, in_features = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shape {text!r} is not OUTxIN, e.g. 1536x576") from None
+    return out_features, in_features
+
+
+def layer_functions(out_features: int, in_features: int, tokens: int, device, dtype) -> dict:
+    """Closures running one forward + backward of the dense layer and of each masked variant on the same data."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(tokens, in_features, generator=gen).to(device, dtype).requires_grad_()
+    weight = (torch.randn(out_features, in_features, generator=gen) * 0.02).to(device, dtype)
+    dense_weight = weight.clone().requires_grad_()
+    # trained-looking scores: spread around the soft init, |W| for the hard mask
+    soft_scores = (7.0 + torch.randn(out_features, in_features, generator=gen)).to(device).requires_grad_()
+    hard_scores = weight.abs().float().requires_grad_()
+    grad_out = torch.randn(tokens, out_features, generator=gen).to(device, dtype)
+
+    def dense():
+        F.linear(x, dense_weight).backward(grad_out)
+        dense_weight.grad = x.grad = None
+
+    functions = {"dense": dense}
+    for name, spec in SPECS.items():
+        scores = hard_scores if spec.mask_type == "hard" else soft_scores
+
+        def masked(spec=spec, scores=scores):
+            masked_linear(x, weight, scores, None, spec).backward(grad_out)
+            scores.grad = x.grad = None
+
+        functions[name] = masked
+    return functions
+
+
+def run(shapes, tokens: int, repeats: int, warmup: int, device: torch.device, dtype: torch.dtype) -> dict:
+    rows = []
+    for out_features, in_features in shapes:
+        times = time_interleaved(layer_functions(out_features, in_features, tokens, device, dtype), repeats, warmup, device)
+        dense = summarize(times["dense"])["median"]
+        for name, seconds in times.items():
+            stats = summarize(seconds)
+            rows.append({"shape": f"{out_features}x{in_features}", "layer": name, **stats,
+                         "ratio_to_dense": stats["median"] / dense})
+    return {
+        "benchmark": "masked_linear",
+        "command": "python -m benchmarks.masked_linear " + " ".join(sys.argv[1:]),
+        "tokens": tokens,
+        "dtype": str(dtype).removeprefix("torch."),
+        "machine": machine_description(device),
+        "load_average": load_average(),
+        "rows": rows,
+    }
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"{result['tokens']} tokens, {result['dtype']}, {result['machine']['device_name']} "
+        f"({result['machine']['torch_threads']} threads), load average {result['load_average']}",
+        "",
+        "| shape (out x in) | layer | median ms | IQR ms | x dense |",
+        "|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        lines.append(f"| {row['shape']} | {row['layer']} | {row['median'] * 1e3:.2f} | {row['iqr'] * 1e3:.2f} | "
+                     f"{row['ratio_to_dense']:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="+", type=parse_shape, default=[parse_shape(s) for s in DEFAULT_SHAPES],
+                        help="OUTxIN weight shapes (default: SmolLM2-135M's projections)")
+    parser.add_argument("--tokens", type=int, default=1024, help="rows of x: batch size x sequence length")
+    parser.add_argument("--repeats", type=int, default=30, help="timed calls per layer (interleaved)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                        help="weight and activation dtype (scores stay float32)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--json", default=None, help="also write the result here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = run(args.shapes, args.tokens, args.repeats, args.warmup, torch.device(args.device),
+                 getattr(torch, args.dtype))
+    print(markdown(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+if __name__ == "__main__":
+    main()

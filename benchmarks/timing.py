@@ -1,0 +1,111 @@
+"""Timing and memory measurement shared by the benchmarks: interleaved repeats, medians, peak memory, machine load."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from typing import Callable, Optional
+
+import torch
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(
+    functions: dict[str, Callable[[], None]], repeats: int, warmup: int, device: torch.device
+) -> dict[str, list[float]]:
+    """Seconds per call of each function, measured round-robin (A B C A B C ...) so that load from other processes
+    hits every function alike. `warmup` untimed rounds first."""
+    for _ in range(warmup):
+        for function in functions.values():
+            function()
+    times = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            synchronize(device)
+            start = time.perf_counter()
+            function()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def summarize(seconds: list[float]) -> dict:
+    """Median and spread (interquartile range, min, max) of a list of durations, in seconds."""
+    quartiles = statistics.quantiles(seconds, n=4) if len(seconds) > 1 else [seconds[0]] * 3
+    return {
+        "median": statistics.median(seconds),
+        "iqr": quartiles[2] - quartiles[0],
+        "min": min(seconds),
+        "max": max(seconds),
+        "n": len(seconds),
+    }
+
+
+def load_average() -> Optional[list[float]]:
+    """1, 5 and 15 minute load averages of the machine (None where the OS does not report them)."""
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def machine_description(device: torch.device) -> dict:
+    info = {
+        "device": device.type,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    if device.type == "cuda":
+        info["device_name"] = torch.cuda.get_device_name(device)
+    else:
+        try:
+            with open("/proc/cpuinfo") as f:
+                names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+            info["device_name"] = names[0] if names else info["cpu"]
+        except OSError:
+            info["device_name"] = info["cpu"]
+    return info
+
+
+class PeakMemory:
+    """Peak memory between `reset()` and `read()`, in bytes.
+
+    CUDA: `torch.cuda.max_memory_allocated`. CPU: the process's resident-set high-water mark (`VmHWM`), reset by
+    writing 5 to `/proc/self/clear_refs` (Linux), so the peak is exact rather than sampled; it includes everything the
+    process holds (model, optimizer state, activations, allocator caches, the Python runtime).
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.kind = "cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss"
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError as exc:
+            raise RuntimeError(
+                "Measuring peak CPU memory needs Linux's /proc/self/clear_refs to reset the RSS high-water mark; "
+                f"it failed with {exc}."
+            ) from exc
+
+    def read(self) -> int:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("/proc/self/status has no VmHWM line; cannot read the peak resident set size.")

@@ -1,0 +1,438 @@
+"""Training-step cost of MFT against LoRA, QLoRA and full fine-tuning, on the same model, batch and sequence length.
+
+    python -m benchmarks.train_step                                  # embedded SmolLM2-135M VLM, CPU, every variant
+    python -m benchmarks.train_step --methods mft,full --steps 5      # a subset
+    python -m benchmarks.train_step --model llava-hf/llava-interleave-qwen-0.5b-hf --device cuda
+    python -m benchmarks.train_step --accuracy-steps 150 --methods full,mft,mft+bf16-base+adamw8bit+gc
+
+Each variant (see `benchmarks.variants`: `METHOD[+OPTION...]`) runs in a fresh Python process, so its peak memory
+is its own. Per variant: optimizer step time (forward + backward + `optimizer.step()` + `zero_grad`, after warm-up;
+median, interquartile range, min, max), peak memory after warm-up (CPU: resident-set high-water mark; CUDA: max
+allocated), trainable parameters, optimizer-state bytes, adapter bytes on disk (and compact MFT formats), merge time.
+Every figure is also given as a ratio to `full`, so runs on noisy machines compare. Writes `train_step.json` and
+`train_step.md` under `--out`; `--accuracy-steps N` instead trains each variant N steps with the examples' Trainer
+helper and measures exact-match accuracy (`memory_accuracy.json` / `.md`).
+
+The batch: the first `--batch-size` records of the training data (default: easy-vqa, as in the examples), encoded by
+the examples' processor, right-padded (or cut) to `--seq-len` tokens. No gradient clipping or scheduler in the timed
+loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from .timing import PeakMemory, load_average, machine_description, summarize, synchronize
+from .variants import Variant, parse_variant, prepare_variant
+
+MAIN_VARIANTS = ("full", "mft", "mft-ste", "mft-hard", "lora-r8", "lora-r64", "qlora-r8", "mft+4bit-base")
+MEMORY_VARIANTS = (
+    "full+gc", "mft+gc", "mft+sgd", "mft+adamw8bit", "mft+paged-adamw8bit", "mft+bf16-base",
+    "mft+bf16-base+adamw8bit+gc", "mft+4bit-base+adamw8bit+gc",
+)
+DEFAULT_VARIANTS = MAIN_VARIANTS + MEMORY_VARIANTS
+# Figures given as a ratio to `full` (key in a variant's result -> label in the table).
+RATIO_FIGURES = {
+    "step_seconds_median": "step",
+    "peak_memory_bytes": "peak memory",
+    "trainable_parameters": "trainable",
+    "optimizer_state_bytes": "optimizer state",
+    "adapter_bytes": "adapter",
+    "merge_seconds": "merge",
+}
+COMPACT_FORMATS = {"soft": ("soft-fp16", "soft-int8"), "hard": ("hard-bits", "hard-indices")}
+
+
+# ---- one variant (runs in a worker process) ----------------------------------------------------------------------
+
+
+def _load(source: str | None, variant: Variant, device: torch.device):
+    from examples.common.embedded import embedded_llava_checkpoint
+    from examples.common.models import load_llava
+
+    source = source or str(embedded_llava_checkpoint())
+    loaded = load_llava(source, quantize_4bit=variant.quantized_base)  # 4-bit: placed on the current CUDA device or CPU
+    if not variant.quantized_base:
+        loaded.model.to(device)
+    return loaded, source
+
+
+def _records(data: str | None, image_folder: str | None, limit: int | None = None):
+    from examples.common.data import load_llava_json
+    from examples.common.easyvqa import prepare_easy_vqa
+
+    if data is None:
+        files = prepare_easy_vqa()
+        data, image_folder = str(files["train"]), str(files["image_folder"])
+    return load_llava_json(data, image_folder, limit=limit)
+
+
+def fixed_batch(processor, records, batch_size: int, seq_len: int, device: torch.device, pixel_dtype) -> dict:
+    """The first `batch_size` records as one training batch of exactly `seq_len` tokens per row (right padding with
+    `attention_mask` 0 and label -100, or cut; a cut that would drop image tokens raises)."""
+    from examples.common.data import IGNORE_INDEX, LlavaCollator
+
+    if len(records) < batch_size:
+        raise ValueError(f"--batch-size {batch_size} needs that many training records; the data has {len(records)}.")
+    items = []
+    for record in records[:batch_size]:
+        item = processor.encode_training(record)
+        if record.image is not None:
+            item["pixel_values"] = processor.load_image(record)
+        items.append(item)
+    batch = LlavaCollator(processor.tokenizer.pad_token_id, padding_side="right", pixel_dtype=pixel_dtype)(items)
+    length = batch["input_ids"].shape[1]
+    if length > seq_len:
+        if (batch["input_ids"][:, seq_len:] == processor.image_token_id).any():
+            raise ValueError(f"--seq-len {seq_len} would cut image tokens (records need {length}); raise it.")
+        for key in ("input_ids", "attention_mask", "labels"):
+            batch[key] = batch[key][:, :seq_len]
+    elif length < seq_len:
+        extra = seq_len - length
+        pad = {"input_ids": processor.tokenizer.pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX}
+        for key, value in pad.items():
+            batch[key] = torch.cat([batch[key], torch.full((batch_size, extra), value, dtype=batch[key].dtype)], 1)
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return None
+
+
+def _optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    return sum(value.nbytes for state in optimizer.state.values() for value in state.values() if torch.is_tensor(value))
+
+
+def _adapter_figures(prepared, variant: Variant, workdir: Path) -> dict:
+    """Bytes of the saved adapter (or full model), compact MFT formats, and merge time."""
+    from examples.common.training import weights_size_bytes
+
+    folder = workdir / "saved"
+    prepared.model.save_pretrained(folder)
+    figures = {"adapter_bytes": weights_size_bytes(folder), "compact": {}}
+    if variant.is_mft:
+        from peft_mft.export import export_compact_adapter
+
+        mask_type = "hard" if variant.method == "mft-hard" else "soft"
+        for fmt in COMPACT_FORMATS[mask_type]:
+            export = export_compact_adapter(folder, workdir / fmt, fmt)
+            figures["compact"][fmt] = {"bytes": export.bytes_on_disk, "max_abs_mask_error": export.max_abs_mask_error}
+    figures["merge_seconds"] = None
+    if prepared.is_peft:
+        try:
+            synchronize(next(prepared.model.parameters()).device)
+            start = time.perf_counter()
+            prepared.model.merge_and_unload()
+            figures["merge_seconds"] = time.perf_counter() - start
+        except (TypeError, ValueError, NotImplementedError, RuntimeError) as exc:
+            figures["merge_refused"] = f"{type(exc).__name__}: {str(exc)[:160]}"
+    return figures
+
+
+def measure_variant(variant: Variant, args, device: torch.device) -> dict:
+    """Load, prepare, time `args.steps` steps after `args.warmup`, then save and merge. Returns a JSON-able dict."""
+    torch.manual_seed(0)
+    loaded, source = _load(args.model, variant, device)
+    model = loaded.model
+    pixel_dtype = next(model.model.vision_tower.parameters()).dtype
+    batch = fixed_batch(loaded.processor(), _records(args.data, args.image_folder, limit=args.batch_size),
+                        args.batch_size, args.seq_len, device, pixel_dtype)
+    prepared = prepare_variant(model, variant)
+    model, optimizer = prepared.model, prepared.optimizer
+    model.train()
+    memory = PeakMemory(device)
+    losses = []
+
+    def step():
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+
+    for _ in range(args.warmup):
+        step()
+    gc.collect()
+    resident_before = torch.cuda.memory_allocated(device) if device.type == "cuda" else _rss_bytes()
+    load_before = load_average()
+    memory.reset()
+    seconds = []
+    for _ in range(args.steps):
+        synchronize(device)
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    result = {
+        "variant": variant.name,
+        "model": source,
+        "step_seconds": summarize(seconds),
+        "step_seconds_median": summarize(seconds)["median"],
+        "step_seconds_all": seconds,
+        "peak_memory_bytes": memory.read(),
+        "peak_memory_kind": memory.kind,
+        "memory_before_timed_steps_bytes": resident_before,
+        "trainable_parameters": prepared.trainable_parameters,
+        "optimizer": type(optimizer).__name__,
+        "optimizer_state_bytes": _optimizer_state_bytes(optimizer),
+        "losses": losses,
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
+    }
+    with tempfile.TemporaryDirectory(prefix="mft-bench-") as workdir:
+        result.update(_adapter_figures(prepared, variant, Path(workdir)))
+    return result
+
+
+def accuracy_variant(variant: Variant, args, device: torch.device) -> dict:
+    """Train `args.accuracy_steps` steps with the examples' `train_and_evaluate` and measure exact-match accuracy."""
+    from examples.common.training import TrainConfig, train_and_evaluate
+
+    loaded, source = _load(args.model, variant, device)
+    processor = loaded.processor(max_length=args.seq_len)
+    train_records = _records(args.data, args.image_folder)
+    eval_records = _eval_records(args)
+    prepared = prepare_variant(loaded.model, variant)
+    with tempfile.TemporaryDirectory(prefix="mft-accuracy-") as workdir:
+        config = TrainConfig(output_dir=workdir, max_steps=args.accuracy_steps, batch_size=args.batch_size,
+                             seed=args.seed, logging_steps=max(1, args.accuracy_steps // 10), disable_tqdm=True,
+                             desc=variant.name)
+        result = train_and_evaluate(prepared, processor, train_records, eval_records, config, save=False,
+                                    check_merged=False)
+    result.update(variant=variant.name, model=source, optimizer=type(prepared.optimizer).__name__,
+                  optimizer_state_bytes=_optimizer_state_bytes(prepared.optimizer), load_average_after=load_average())
+    return result
+
+
+def _eval_records(args):
+    from examples.common.data import load_llava_json
+    from examples.common.easyvqa import prepare_easy_vqa
+
+    if args.eval_data is None:
+        files = prepare_easy_vqa()
+        return load_llava_json(files["test"], files["image_folder"], limit=args.eval_samples)
+    return load_llava_json(args.eval_data, args.eval_image_folder, limit=args.eval_samples)
+
+
+# ---- the comparison (parent process) -----------------------------------------------------------------------------
+
+
+def _worker_command(args, variant: str, result_file: Path) -> list[str]:
+    command = [sys.executable, "-m", "benchmarks.train_step", "--worker", variant, "--result-file", str(result_file),
+               "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len), "--steps", str(args.steps),
+               "--warmup", str(args.warmup), "--device", args.device, "--accuracy-steps", str(args.accuracy_steps),
+               "--seed", str(args.seed), "--eval-samples", str(args.eval_samples)]
+    for flag in ("model", "data", "image_folder", "eval_data", "eval_image_folder", "threads"):
+        value = getattr(args, flag)
+        if value is not None:
+            command += ["--" + flag.replace("_", "-"), str(value)]
+    return command
+
+
+def run_variant(args, variant: Variant, device: torch.device) -> dict:
+    return (accuracy_variant if args.accuracy_steps else measure_variant)(variant, args, device)
+
+
+def _run_all(args, variants: list[Variant], device: torch.device) -> list[dict]:
+    results = []
+    for variant in variants:
+        print(f"[train_step] {variant.name} ...", file=sys.stderr, flush=True)
+        if variant.quantized_base and not _bitsandbytes_supports(device):
+            results.append({"variant": variant.name, "skipped": f"bitsandbytes 4-bit is not available on {device.type}"})
+            continue
+        if args.in_process:
+            results.append(run_variant(args, variant, device))
+            gc.collect()
+            continue
+        with tempfile.TemporaryDirectory(prefix="mft-bench-") as tmp:
+            result_file = Path(tmp) / "result.json"
+            completed = subprocess.run(_worker_command(args, variant.name, result_file), capture_output=True, text=True)
+            if completed.returncode != 0 or not result_file.is_file():
+                tail = (completed.stderr or completed.stdout).strip().splitlines()[-12:]
+                results.append({"variant": variant.name, "error": "\n".join(tail)})
+                print("\n".join(tail), file=sys.stderr)
+                continue
+            results.append(json.loads(result_file.read_text()))
+    return results
+
+
+def _bitsandbytes_supports(device: torch.device) -> bool:
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        return False
+    return device.type in ("cpu", "cuda")
+
+
+def add_ratios(results: list[dict]) -> None:
+    """Add `ratio_to_full` (figure / full's figure) to every result; None where either is missing or full's is 0."""
+    full = next((r for r in results if r.get("variant") == "full" and "error" not in r), None)
+    for result in results:
+        ratios = {}
+        for key in RATIO_FIGURES:
+            value, reference = result.get(key), (full or {}).get(key)
+            ratios[key] = value / reference if value is not None and reference else None
+        if "accuracy" in result and full and "accuracy" in full:
+            ratios["accuracy"] = result["accuracy"] / full["accuracy"] if full["accuracy"] else None
+        result["ratio_to_full"] = ratios
+
+
+def _mb(value) -> str:
+    return "-" if value is None else f"{value / 2**20:,.1f}"
+
+
+def _ratio(result: dict, key: str) -> str:
+    value = result.get("ratio_to_full", {}).get(key)
+    return "-" if value is None else f"{value:.2f}"
+
+
+def markdown(report: dict) -> str:
+    setup = report["setup"]
+    machine = report["machine"]
+    lines = [
+        f"Model `{setup['model']}`, batch {setup['batch_size']} x {setup['seq_len']} tokens, {machine['device_name']} "
+        f"({machine['device']}, {machine['torch_threads']} threads), torch {machine['torch']}; "
+        f"load average at start {report['load_average_start']}, at end {report['load_average_end']}.",
+        f"Command: `{report['command']}`",
+        "",
+    ]
+    results = report["results"]
+    if setup["accuracy_steps"]:
+        lines += [
+            f"{setup['accuracy_steps']} training steps (examples' Trainer helper, cosine schedule), exact-match "
+            f"accuracy on {setup['eval_samples']} held-out records. Peak memory: resident set sampled every 20 ms "
+            "during training (CUDA: max allocated). `x full`: divided by full fine-tuning's figure.",
+            "",
+            "| variant | accuracy | questions | final loss | peak memory MiB | x full | optimizer state MiB | "
+            "median step s | x full |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in results:
+            if "accuracy" not in r:
+                lines.append(f"| {r['variant']} | {(r.get('error') or r.get('skipped')).splitlines()[-1]} |" + " |" * 7)
+                continue
+            loss = r["loss_history"][-1]["loss"] if r.get("loss_history") else r.get("train_loss")
+            lines.append(
+                f"| {r['variant']} | {r['accuracy']:.3f} | {r['eval_questions']} | {loss:.3f} | "
+                f"{_mb(r['peak_memory_bytes'])} | {_ratio(r, 'peak_memory_bytes')} | {_mb(r['optimizer_state_bytes'])} | "
+                f"{r['median_step_seconds']:.2f} | {_ratio(r, 'step_seconds_median')} |"
+            )
+        return "\n".join(lines)
+    lines += [
+        f"Step: forward + backward + optimizer step, median and interquartile range over {setup['steps']} steps after "
+        f"{setup['warmup']} warm-up. Peak memory after warm-up: "
+        + ("CUDA max allocated." if machine["device"] == "cuda" else "process resident-set high-water mark.")
+        + " `x full`: the figure divided by full fine-tuning's. Merge: `merge_and_unload()` (full has nothing to merge).",
+        "",
+        "| variant | step s | IQR s | x full | peak memory MiB | x full | trainable params | x full | "
+        "optimizer state MiB | x full | adapter MiB | x full | merge s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if "step_seconds" not in r:
+            lines.append(f"| {r['variant']} | {(r.get('error') or r.get('skipped')).splitlines()[-1]} |" + " |" * 11)
+            continue
+        step = r["step_seconds"]
+        merge = r.get("merge_seconds")
+        merge_text = f"{merge:.2f}" if merge is not None else ("refused" if r.get("merge_refused") else "-")
+        lines.append(
+            f"| {r['variant']} | {step['median']:.3f} | {step['iqr']:.3f} | {_ratio(r, 'step_seconds_median')} | "
+            f"{_mb(r['peak_memory_bytes'])} | {_ratio(r, 'peak_memory_bytes')} | "
+            f"{r['trainable_parameters']:,} | {_ratio(r, 'trainable_parameters')} | "
+            f"{_mb(r['optimizer_state_bytes'])} | {_ratio(r, 'optimizer_state_bytes')} | "
+            f"{_mb(r['adapter_bytes'])} | {_ratio(r, 'adapter_bytes')} | {merge_text} |"
+        )
+    compact = [(r["variant"], fmt, c) for r in results for fmt, c in r.get("compact", {}).items()]
+    if compact:
+        lines += ["", "Compact MFT adapters (`peft_mft.export`; inference only, training resumes from the fp32 scores):",
+                  "", "| variant | format | MiB | x fp32 scores | x lora-r8 adapter | max abs mask error |",
+                  "|---|---|---|---|---|---|"]
+        lora = next((r["adapter_bytes"] for r in results if r["variant"] == "lora-r8" and "adapter_bytes" in r), None)
+        for name, fmt, c in compact:
+            scores = next(r["adapter_bytes"] for r in results if r["variant"] == name)
+            versus_lora = f"{c['bytes'] / lora:.2f}" if lora else "-"
+            lines.append(f"| {name} | {fmt} | {_mb(c['bytes'])} | {c['bytes'] / scores:.3f} | {versus_lora} | "
+                         f"{c['max_abs_mask_error']:.2e} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="LLaVA checkpoint folder or Hub id (default: the embedded VLM)")
+    parser.add_argument("--methods", default=",".join(DEFAULT_VARIANTS),
+                        help="comma-separated variants METHOD[+OPTION...] (see benchmarks/variants.py)")
+    parser.add_argument("--data", default=None, help="LLaVA JSON for the batch / training (default: easy-vqa train)")
+    parser.add_argument("--image-folder", default=None)
+    parser.add_argument("--eval-data", default=None, help="held-out LLaVA JSON for --accuracy-steps (default: easy-vqa test)")
+    parser.add_argument("--eval-image-folder", default=None)
+    parser.add_argument("--eval-samples", type=int, default=500, help="held-out records evaluated with --accuracy-steps")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=128, help="tokens per row (max length with --accuracy-steps)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per variant")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (optimizer state is created)")
+    parser.add_argument("--accuracy-steps", type=int, default=0, help="train N steps and measure accuracy instead")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--out", default=None, help="folder for the JSON and Markdown (default: benchmarks/results/<device>)")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run variants in this process (fast, for tests; peak memory is then not per variant)")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--result-file", default=None, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if args.worker:
+        result = run_variant(args, parse_variant(args.worker), device)
+        Path(args.result_file).write_text(json.dumps(result))
+        return result
+    variants = [parse_variant(text) for text in args.methods.split(",") if text.strip()]
+    command = "python -m benchmarks.train_step " + " ".join(sys.argv[1:] if argv is None else argv)
+    load_start = load_average()
+    results = _run_all(args, variants, device)
+    add_ratios(results)
+    model = next((r["model"] for r in results if "model" in r), args.model or "embedded")
+    report = {
+        "benchmark": "train_step",
+        "command": command,
+        "setup": {"model": model, "batch_size": args.batch_size, "seq_len": args.seq_len, "steps": args.steps,
+                  "warmup": args.warmup, "accuracy_steps": args.accuracy_steps, "eval_samples": args.eval_samples,
+                  "in_process": args.in_process},
+        "machine": machine_description(device),
+        "load_average_start": load_start,
+        "load_average_end": load_average(),
+        "results": results,
+    }
+    out = Path(args.out or Path(__file__).parent / "results" / device.type)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "memory_accuracy" if args.accuracy_steps else "train_step"
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
+    table = markdown(report)
+    (out / f"{stem}.md").write_text(table + "\n")
+    print(table)
+    return report
+
+
+if __name__ == "__main__":
+    main()

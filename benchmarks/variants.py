@@ -1,0 +1,156 @@
+"""Benchmark variants: an example `--method` plus memory-saving options, set up with the examples' own code.
+
+A variant is written `METHOD[+OPTION...]`:
+
+- METHOD: `mft`, `mft-ste`, `mft-hard`, `full`, `lora-r<R>`, `qlora-r<R>` (LoRA with rank R, alpha 2R, on the modules
+  MFT masks; QLoRA over a bitsandbytes NF4 language model).
+- OPTION (each is a memory-saving choice the README measures):
+  - `adamw8bit`, `paged-adamw8bit`: bitsandbytes 8-bit AdamW states (paged falls back to plain on CPU);
+  - `sgd`: SGD with momentum 0.9 (one state tensor instead of AdamW's two);
+  - `bf16-base`: MFT only; the frozen masked weights held in bfloat16 while scores, activations and GEMMs stay float32
+    (the masked linear multiplies the bf16 weight by the float32 mask);
+  - `4bit-base`: MFT only; the language model loaded in bitsandbytes NF4 (as for QLoRA), scores float32;
+  - `gc`: gradient checkpointing (non-reentrant).
+
+Model loading, data and `prepare_model` come from `examples.common`, so a variant here trains exactly what
+`python -m examples.llava.train --method ...` trains.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from examples.common.methods import MethodArgs, PreparedModel, prepare_model
+
+MFT_METHODS = ("mft", "mft-ste", "mft-hard")
+OPTIONS = ("adamw8bit", "paged-adamw8bit", "sgd", "bf16-base", "4bit-base", "gc")
+SGD_MOMENTUM = 0.9
+_METHOD = re.compile(r"^(mft|mft-ste|mft-hard|full|(?:q?lora)-r(\d+))$")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A parsed `METHOD[+OPTION...]`."""
+
+    name: str
+    method: str  # an examples.common.methods METHOD
+    lora_r: int | None = None
+    options: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def is_mft(self) -> bool:
+        return self.method in MFT_METHODS
+
+    @property
+    def quantized_base(self) -> bool:
+        return self.method == "qlora" or "4bit-base" in self.options
+
+
+def parse_variant(text: str) -> Variant:
+    """`"mft+bf16-base+gc"` -> Variant("mft+bf16-base+gc", "mft", None, ("bf16-base", "gc")). Raises ValueError."""
+    method_text, *options = text.strip().split("+")
+    match = _METHOD.match(method_text)
+    if not match:
+        raise ValueError(f"Variant {text!r}: unknown method {method_text!r}; use mft, mft-ste, mft-hard, full, "
+                         "lora-r<R> or qlora-r<R> (e.g. lora-r8).")
+    unknown = [option for option in options if option not in OPTIONS]
+    if unknown:
+        raise ValueError(f"Variant {text!r}: unknown option(s) {unknown}; known: {list(OPTIONS)}.")
+    lora_r = int(match.group(2)) if match.group(2) else None
+    method = method_text.split("-r")[0] if lora_r is not None else method_text
+    variant = Variant(text.strip(), method, lora_r, tuple(options))
+    for option in ("bf16-base", "4bit-base"):
+        if option in options and not variant.is_mft:
+            raise ValueError(f"Variant {text!r}: {option} applies to MFT methods (use qlora-r<R> for LoRA on 4-bit).")
+    if "bf16-base" in options and "4bit-base" in options:
+        raise ValueError(f"Variant {text!r}: choose one of bf16-base and 4bit-base.")
+    if sum(option in options for option in ("adamw8bit", "paged-adamw8bit", "sgd")) > 1:
+        raise ValueError(f"Variant {text!r}: give at most one optimizer option.")
+    return variant
+
+
+def method_args(variant: Variant) -> MethodArgs:
+    """The examples' `MethodArgs` for this variant (everything else at the examples' defaults)."""
+    args = MethodArgs(gradient_checkpointing="gc" in variant.options)
+    if variant.lora_r is not None:
+        args.lora_r, args.lora_alpha = variant.lora_r, 2 * variant.lora_r
+    return args
+
+
+def _prepare_mft_on_quantized_base(model: nn.Module, variant: Variant, args: MethodArgs) -> PreparedModel:
+    """MFT on a bitsandbytes 4-bit language model. `prepare_model` refuses this combination (the examples train MFT
+    on a full-precision base), so this builds the same `MFTConfig` as `prepare_model` does for `variant.method`."""
+    import peft_mft
+    from peft import get_peft_model
+
+    model.requires_grad_(False)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    hard = variant.method == "mft-hard"
+    config = peft_mft.MFTConfig(
+        mask_type="hard" if hard else "soft",
+        init_score=args.init_score,
+        temperature=args.temperature,
+        normalize_soft_mask=args.normalize_soft_mask,
+        straight_through=variant.method == "mft-ste",
+        sparsity=args.sparsity if hard else None,
+        targets=args.targets,
+        layers_to_transform=args.layers,
+    )
+    model = get_peft_model(model, config)
+    lr = args.learning_rate(variant.method)
+    optimizer = peft_mft.create_mft_optimizer(model, lr=lr)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return PreparedModel(model, optimizer, variant.method, trainable, lr, True)
+
+
+def hold_masked_weights_in(model: nn.Module, dtype: torch.dtype) -> int:
+    """Store the frozen base weight of every MFT layer in `dtype` (e.g. bfloat16); scores stay float32.
+
+    The masked linear computes `W * M` in float32 and runs the GEMM in the input's dtype, so activations stay float32.
+    Returns the number of weights converted. Mutates `model`.
+    """
+    from peft_mft.layer import MFTLayer
+
+    converted = 0
+    for module in model.modules():
+        if isinstance(module, MFTLayer):
+            base = module.get_base_layer()
+            base.weight = nn.Parameter(base.weight.detach().to(dtype), requires_grad=False)
+            converted += base.weight.numel()
+    return converted
+
+
+def _optimizer(prepared: PreparedModel, variant: Variant) -> torch.optim.Optimizer:
+    """The optimizer an option asks for, with the learning rate and parameter groups of the prepared one."""
+    choice = next((option for option in ("adamw8bit", "paged-adamw8bit", "sgd") if option in variant.options), None)
+    if choice is None:
+        return prepared.optimizer
+    if choice == "sgd":
+        optimizer_cls, kwargs = torch.optim.SGD, {"momentum": SGD_MOMENTUM}
+    else:
+        import bitsandbytes as bnb
+
+        optimizer_cls, kwargs = (bnb.optim.AdamW8bit if choice == "adamw8bit" else bnb.optim.PagedAdamW8bit), {}
+    groups = [{k: v for k, v in group.items() if k in ("params", "lr", "weight_decay")}
+              for group in prepared.optimizer.param_groups]
+    return optimizer_cls(groups, lr=prepared.lr, **kwargs)
+
+
+def prepare_variant(model: nn.Module, variant: Variant) -> PreparedModel:
+    """Freeze, wrap and build the optimizer for `variant` (the model must be loaded in 4-bit exactly when
+    `variant.quantized_base`). Mutates `model`."""
+    args = method_args(variant)
+    if variant.is_mft and "4bit-base" in variant.options:
+        prepared = _prepare_mft_on_quantized_base(model, variant, args)
+    else:
+        prepared = prepare_model(model, variant.method, args)
+    if "bf16-base" in variant.options:
+        hold_masked_weights_in(prepared.model, torch.bfloat16)
+    prepared.optimizer = _optimizer(prepared, variant)
+    return prepared

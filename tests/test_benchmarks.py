@@ -1,0 +1,123 @@
+"""The benchmark scripts on a tiny random LLaVA, in seconds: variants, the fixed batch, the figures they report."""
+
+import json
+
+import pytest
+import torch
+
+from benchmarks import masked_linear, train_step
+from benchmarks.variants import Variant, hold_masked_weights_in, parse_variant, prepare_variant
+from examples.common.models import load_llava
+
+from .examples.tiny import make_dataset, save_tiny_llava
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    return {"model": save_tiny_llava(root / "llava"), **make_dataset(root / "data"), "root": root}
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("mft", Variant("mft", "mft")),
+        ("lora-r64", Variant("lora-r64", "lora", 64)),
+        ("qlora-r8", Variant("qlora-r8", "qlora", 8)),
+        ("mft-hard+4bit-base+adamw8bit+gc", Variant("mft-hard+4bit-base+adamw8bit+gc", "mft-hard", None,
+                                                    ("4bit-base", "adamw8bit", "gc"))),
+    ],
+)
+def test_parse_variant(text, expected):
+    assert parse_variant(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("lora", "unknown method 'lora'"),
+        ("mft+fast", "unknown option"),
+        ("full+bf16-base", "applies to MFT methods"),
+        ("mft+sgd+adamw8bit", "at most one optimizer"),
+        ("mft+bf16-base+4bit-base", "choose one of"),
+    ],
+)
+def test_parse_variant_rejects_bad_variants(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_variant(text)
+
+
+def _processor_and_records(tiny):
+    loaded = load_llava(str(tiny["model"]))
+    return loaded, train_step._records(str(tiny["train"]), None)
+
+
+def test_fixed_batch_pads_or_cuts_to_the_sequence_length(tiny):
+    loaded, records = _processor_and_records(tiny)
+    processor = loaded.processor()
+    padded = train_step.fixed_batch(processor, records, 3, 80, torch.device("cpu"), torch.float32)
+    assert padded["input_ids"].shape == padded["labels"].shape == padded["attention_mask"].shape == (3, 80)
+    assert padded["pixel_values"].shape[0] == 3
+    assert (padded["labels"][:, -1] == -100).all() and (padded["attention_mask"][:, -1] == 0).all()
+    cut = train_step.fixed_batch(processor, records, 3, 20, torch.device("cpu"), torch.float32)
+    assert cut["input_ids"].shape == (3, 20)
+    with pytest.raises(ValueError, match="would cut image tokens"):
+        train_step.fixed_batch(processor, records, 3, 3, torch.device("cpu"), torch.float32)
+    with pytest.raises(ValueError, match="needs that many training records"):
+        train_step.fixed_batch(processor, records, 100, 80, torch.device("cpu"), torch.float32)
+
+
+def test_bf16_base_keeps_scores_and_activations_float32(tiny):
+    loaded, records = _processor_and_records(tiny)
+    prepared = prepare_variant(loaded.model, parse_variant("mft+bf16-base+adamw8bit"))
+    from peft_mft.layer import MFTLayer
+
+    layers = [m for m in prepared.model.modules() if isinstance(m, MFTLayer)]
+    assert layers and all(m.get_base_layer().weight.dtype == torch.bfloat16 for m in layers)
+    assert all(s.dtype == torch.float32 for m in layers for s in m.mft_scores.values())
+    assert hold_masked_weights_in(prepared.model, torch.bfloat16) == sum(m.get_base_layer().weight.numel() for m in layers)
+    batch = train_step.fixed_batch(loaded.processor(), records, 2, 48, torch.device("cpu"), torch.float32)
+    out = prepared.model(**batch)
+    assert out.logits.dtype == torch.float32 and torch.isfinite(out.loss)
+    out.loss.backward()
+    prepared.optimizer.step()
+    largest = max((m.mft_scores["default"] for m in layers), key=torch.Tensor.numel)
+    assert prepared.optimizer.state[largest]["state1"].dtype == torch.uint8  # 8-bit moments (tensors >= 4096 entries)
+
+
+def test_train_step_reports_every_figure_and_its_ratio_to_full(tiny):
+    out = tiny["root"] / "out"
+    report = train_step.main([
+        "--model", str(tiny["model"]), "--data", str(tiny["train"]), "--methods", "full,mft-hard,lora-r8,mft+sgd",
+        "--batch-size", "2", "--seq-len", "48", "--steps", "2", "--warmup", "1", "--in-process", "--out", str(out),
+    ])
+    results = {r["variant"]: r for r in report["results"]}
+    assert json.loads((out / "train_step.json").read_text())["results"][0]["variant"] == "full"
+    table = (out / "train_step.md").read_text()
+    assert all(f"| {name} |" in table for name in results) and "hard-indices" in table
+    full, hard, lora, sgd = results["full"], results["mft-hard"], results["lora-r8"], results["mft+sgd"]
+    assert all(value == 1.0 for key, value in full["ratio_to_full"].items() if key != "merge_seconds")
+    for result in results.values():
+        assert result["step_seconds"]["n"] == 2 and result["step_seconds_median"] > 0
+        assert result["peak_memory_bytes"] > 0 and len(result["load_average_before"]) == 3
+        assert result["ratio_to_full"]["trainable_parameters"] == result["trainable_parameters"] / full["trainable_parameters"]
+    # scores: one per masked weight; AdamW keeps two float32 moments per score (plus a step counter per tensor)
+    masked = hard["trainable_parameters"]
+    assert 8 * masked <= hard["optimizer_state_bytes"] <= 8 * masked + 4 * 1000
+    assert 4 * masked <= sgd["optimizer_state_bytes"] <= 4 * masked + 4 * 1000  # SGD: one momentum buffer
+    assert hard["adapter_bytes"] >= 4 * masked and hard["merge_seconds"] >= 0
+    assert hard["compact"]["hard-bits"]["max_abs_mask_error"] == 0.0
+    assert hard["compact"]["hard-indices"]["bytes"] < hard["compact"]["hard-bits"]["bytes"] < hard["adapter_bytes"] / 16
+    assert lora["trainable_parameters"] < masked and lora["merge_seconds"] >= 0
+    assert full["merge_seconds"] is None
+
+
+def test_masked_linear_benchmark_reports_a_ratio_per_layer(tmp_path):
+    result = masked_linear.main(["--shapes", "64x32", "--tokens", "16", "--repeats", "3", "--warmup", "1",
+                                 "--json", str(tmp_path / "layer.json")])
+    layers = {row["layer"]: row for row in result["rows"]}
+    assert set(layers) == {"dense", "mft", "mft-ste", "mft-hard"} and layers["dense"]["ratio_to_dense"] == 1.0
+    assert all(row["median"] > 0 for row in result["rows"])
+    assert json.loads((tmp_path / "layer.json").read_text())["tokens"] == 16
