@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--plot", metavar="OUT.png", help="also write the three plots to this PNG (needs matplotlib)")
     analyze.add_argument("--json", action="store_true", help="print the statistics as JSON instead of a table")
     analyze.add_argument(
-        "--threshold", type=float, default=NEAR_ZERO_THRESHOLD, help=f"near zero: M < this (default: %(default)s)"
+        "--threshold", type=float, default=NEAR_ZERO_THRESHOLD, help="near zero: M < this (default: %(default)s)"
     )
     analyze.add_argument("--bins", type=int, default=50, help="histogram bins (default 50)")
     analyze.set_defaults(run=_analyze)

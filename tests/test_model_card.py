@@ -30,7 +30,7 @@ def test_save_pretrained_card_states_method_modules_init_t_and_statistics(tmp_pa
     # hand_masks: q has 4 of 512 masks below 0.1 and 6 below 0.5; down 2 and 3 of 1024
     q_mean = expected([module_name(layer, "q") for layer in range(LAYERS)])["mean"]
     assert f"| q | 2 | 512 | {q_mean:.4f} | 0.781% | 1.17% |" in text
-    assert f"| down | 2 | 1,024 | " in text and f"| {format_share(2 / 1024)} | {format_share(3 / 1024)} |" in text
+    assert "| down | 2 | 1,024 | " in text and f"| {format_share(2 / 1024)} | {format_share(3 / 1024)} |" in text
     assert f"Suggested H-MFT sparsity levels (near-zero share x 0.5, 1, 2): {format_share(3 / TOTAL_NUMEL)}" in text
     assert {"mft", "mask-fine-tuning"} <= set(card.data.tags) and card.data.library_name == "peft"
     assert "import peft_mft" in text
@@ -65,7 +65,7 @@ def test_saving_again_replaces_the_section(tmp_path):
     model.save_pretrained(tmp_path)
     text = card_of(tmp_path).text
     assert text.count(SECTION_START) == 1 and text.count("### Framework versions") == 1
-    assert f"| up | 2 | 1,024 | " in text and f"| {format_share(8 / 1024)} |" in text
+    assert "| up | 2 | 1,024 | " in text and f"| {format_share(8 / 1024)} |" in text
 
 
 def test_a_config_saved_alone_gets_no_card(tmp_path):
