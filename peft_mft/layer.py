@@ -11,6 +11,7 @@ from torch import nn
 
 from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features, check_adapters_to_merge
 from peft.utils import quantization_extra_repr, resolve_quantization_backend
+from peft.utils.integrations import gather_params_ctx
 
 from .config import MFTConfig
 from .mask import MaskSpec, masked_linear, masked_weight_reference
@@ -45,8 +46,10 @@ class MFTLayer(BaseTunerLayer):
                 scores += 2.0 * config.temperature * torch.randn(shape, device=device)
         else:
             if config.init_weights:
-                # |W|: at initialisation the zeroed entries are the smallest-magnitude weights.
-                scores = weight.detach().abs().to(torch.float32)
+                # |W|: at initialisation the zeroed entries are the smallest-magnitude weights. Under DeepSpeed
+                # ZeRO-3 the weight is partitioned (shape [0], real shape in `ds_shape`): gather it to read it.
+                with gather_params_ctx(self.get_base_layer().weight, modifier_rank=None):
+                    scores = self.get_base_weight().detach().abs().to(torch.float32)
             else:
                 scores = torch.randn(shape, dtype=torch.float32, device=device)
         self.mft_scores[adapter_name] = nn.Parameter(scores)
@@ -121,22 +124,24 @@ class Linear(nn.Module, MFTLayer):
                 "lossy. Load the base model without quantization, load the adapter on it with "
                 "PeftModel.from_pretrained, then call merge_and_unload()."
             )
-        original = self.get_base_weight()
-        merged, merged_names = original, []
-        for name in adapter_names:
-            if name in self.mft_scores:
-                merged = (merged * self.get_mask(name)).to(original.dtype)
-                merged_names.append(name)
-        if not merged_names:
-            return
-        if safe_merge and not torch.isfinite(merged).all():
-            raise ValueError(
-                f"NaN or inf in the merged weight of adapters {merged_names} ({self.out_features}x{self.in_features} "
-                "layer); the adapter seems broken. Nothing was merged into this layer."
-            )
-        if not self.merged:
-            self.register_buffer("weight_before_merge", original, persistent=False)
-        self.set_base_weight(merged)
+        # DeepSpeed ZeRO-3: gather the partitioned weight and scores; rank 0's merged weight is partitioned again.
+        with gather_params_ctx(self._weight_and_scores(), modifier_rank=0):
+            original = self.get_base_weight()
+            merged, merged_names = original, []
+            for name in adapter_names:
+                if name in self.mft_scores:
+                    merged = (merged * self.get_mask(name)).to(original.dtype)
+                    merged_names.append(name)
+            if not merged_names:
+                return
+            if safe_merge and not torch.isfinite(merged).all():
+                raise ValueError(
+                    f"NaN or inf in the merged weight of adapters {merged_names} ({self.out_features}x"
+                    f"{self.in_features} layer); the adapter seems broken. Nothing was merged into this layer."
+                )
+            if not self.merged:
+                self.register_buffer("weight_before_merge", original, persistent=False)
+            self.set_base_weight(merged)
         self.merged_adapters.extend(merged_names)
 
     def unmerge(self) -> None:
@@ -144,9 +149,13 @@ class Linear(nn.Module, MFTLayer):
         if not self.merged:
             warnings.warn("Already unmerged. Nothing to do.")
             return
-        self.set_base_weight(self.weight_before_merge)
+        with gather_params_ctx(self.get_base_layer().weight, modifier_rank=0):  # DeepSpeed ZeRO-3
+            self.set_base_weight(self.weight_before_merge)
         del self.weight_before_merge
         self.merged_adapters.clear()
+
+    def _weight_and_scores(self) -> list[nn.Parameter]:
+        return [self.get_base_layer().weight, *self.mft_scores.values()]
 
     def __repr__(self) -> str:
         return "mft." + super().__repr__()

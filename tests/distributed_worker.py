@@ -3,19 +3,20 @@
 Run in one process (imported by the test) or in several, started by
 `torchrun --standalone --nproc_per_node 2 tests/distributed_worker.py OUT_DIR MODES` (CPU, gloo), with the same
 global batch: `GLOBAL_BATCH` samples per step split across the processes. MODES is `ddp` (Trainer, with an atomic
-checkpoint), `fsdp2` (a plain loop on a model sharded with `fully_shard`) or both, `ddp,fsdp2`. Each writes its
-adapter with `peft_mft.save_adapter` to OUT_DIR/MODE/adapter.
+checkpoint), `fsdp2` (a plain loop on a model sharded with `fully_shard`), `zero3` (Trainer with DeepSpeed ZeRO-3
+and docs/deepspeed_zero3.json) or several, e.g. `ddp,fsdp2,zero3`. Each writes its adapter to OUT_DIR/MODE/adapter.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
 
 import torch
 from peft import get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, TrainingArguments
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script by torchrun
 
@@ -23,15 +24,19 @@ from peft_mft import MFTConfig, create_mft_optimizer, save_adapter  # noqa: E402
 from peft_mft.trainer import AtomicCheckpointTrainer  # noqa: E402
 
 GLOBAL_BATCH, STEPS, VOCAB = 4, 3, 64
+DEEPSPEED_CONFIG = Path(__file__).resolve().parents[1] / "docs" / "deepspeed_zero3.json"
+
+
+def llama_config() -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
 
 
 def make_model():
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-    )  # fmt: skip
-    return get_peft_model(LlamaForCausalLM(config), MFTConfig(init_weights=False))
+    return get_peft_model(LlamaForCausalLM(llama_config()), MFTConfig(init_weights=False))
 
 
 def dataset():
@@ -86,6 +91,64 @@ def train_fsdp2(output_dir: str, rank: int = 0, world_size: int = 1):
     save_adapter(model, os.path.join(output_dir, "adapter"), is_main_process=rank == 0, state_dict=state_dict)
 
 
+def train_zero3(output_dir: str, world_size: int = 1) -> None:
+    """DeepSpeed ZeRO-3 through `transformers.Trainer` with docs/deepspeed_zero3.json (world_size > 1), or the same
+    Trainer without DeepSpeed (the reference). The base model is loaded partitioned, so hard-mask scores start from
+    the gathered |W| (`ds_shape`). Writes the adapter, and with ZeRO-3 also OUT/merge.json: merged vs masked logits
+    and whether unmerging restored the exact weights."""
+    zero3 = world_size > 1
+    if zero3:
+        import deepspeed
+
+        deepspeed.init_distributed("gloo")  # on CPU the Trainer leaves deepspeed.comm to us; zero.Init needs it
+    # The same pretrained weights for every process and the reference, written before ZeRO-3 is configured;
+    # `from_pretrained` then loads them partitioned (shape [0], the real shape in `ds_shape`).
+    pretrained = Path(output_dir) / "pretrained"
+    torch.manual_seed(0)
+    LlamaForCausalLM(llama_config()).save_pretrained(pretrained)  # rank 0 writes
+    if zero3:
+        torch.distributed.barrier()
+    args = TrainingArguments(
+        output_dir=output_dir, per_device_train_batch_size=GLOBAL_BATCH // world_size, max_steps=STEPS,
+        report_to=[], use_cpu=True, seed=0, disable_tqdm=True, logging_steps=1, dataloader_num_workers=0,
+        save_strategy="no", learning_rate=0.1, weight_decay=0.0, lr_scheduler_type="constant",
+        deepspeed=str(DEEPSPEED_CONFIG) if zero3 else None, ddp_backend="gloo" if zero3 else None,
+    )  # fmt: skip
+    base = AutoModelForCausalLM.from_pretrained(pretrained)
+    model = get_peft_model(base, MFTConfig(mask_type="hard", sparsity=0.25))
+    # DeepSpeed wraps the optimizer itself, so the Trainer builds it: AdamW, lr 0.1, no weight decay, as
+    # create_mft_optimizer does for the scores.
+    trainer = AtomicCheckpointTrainer(model=model, args=args, train_dataset=dataset())
+    trainer.train()
+    trainer.save_model(os.path.join(output_dir, "adapter"))  # gathers the partitioned scores under ZeRO-3
+    if not zero3:
+        return
+    tokens = torch.stack([row["input_ids"] for row in dataset()])
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    weight = layer.get_base_layer().weight
+    model.eval()
+    with torch.no_grad():
+        masked = model(input_ids=tokens).logits
+        with deepspeed.zero.GatheredParameters([weight]):
+            original = weight.detach().clone()
+        model.merge_adapter()
+        merged = model(input_ids=tokens).logits
+        with deepspeed.zero.GatheredParameters([weight]):
+            merged_weight = weight.detach().clone()
+        model.unmerge_adapter()
+        with deepspeed.zero.GatheredParameters([weight]):
+            restored = weight.detach().clone()
+    if trainer.args.should_save:
+        result = {
+            "partitioned_shape": list(weight.shape),
+            "ds_shape": list(weight.ds_shape),
+            "merged_minus_masked": (merged - masked).abs().max().item(),
+            "merge_changed_weight": not torch.equal(merged_weight, original),
+            "unmerge_exact": torch.equal(restored, original),
+        }
+        Path(output_dir, "merge.json").write_text(json.dumps(result))
+
+
 if __name__ == "__main__":
     out, modes, world_size = Path(sys.argv[1]), sys.argv[2].split(","), int(os.environ["WORLD_SIZE"])
     for mode in modes:  # one launch for several modes saves a process start-up per mode
@@ -95,6 +158,8 @@ if __name__ == "__main__":
             if not torch.distributed.is_initialized():
                 torch.distributed.init_process_group("gloo")
             train_fsdp2(str(out / mode), rank=torch.distributed.get_rank(), world_size=world_size)
+        elif mode == "zero3":
+            train_zero3(str(out / mode), world_size=world_size)
         else:
-            raise ValueError(f"unknown mode {mode!r}; use ddp, fsdp2 or both: ddp,fsdp2")
+            raise ValueError(f"unknown mode {mode!r}; use ddp, fsdp2, zero3 or several: ddp,fsdp2,zero3")
     torch.distributed.destroy_process_group()
