@@ -33,15 +33,29 @@ def describe_modules(modules: list[str], limit: int = 5) -> str:
     return f"{shown}{more}"
 
 
-def nonfinite_score_modules(model: nn.Module, adapter_names: Optional[Iterable[str]] = None) -> list[str]:
+def _local_scores(scores: torch.Tensor) -> torch.Tensor:
+    """The part of `scores` this process holds: the local shard of an FSDP2 `DTensor`, the partition of a DeepSpeed
+    ZeRO-3 parameter (whose `.data` is empty between gathers), else the tensor itself."""
+    if hasattr(scores, "to_local"):
+        return scores.to_local()
+    if scores.numel() == 0 and hasattr(scores, "ds_tensor"):
+        return scores.ds_tensor
+    return scores
+
+
+def nonfinite_score_modules(
+    model: nn.Module, adapter_names: Optional[Iterable[str]] = None, all_processes: bool = False
+) -> list[str]:
     """Names of the MFT layers of `model` whose scores (of `adapter_names`, default all) hold NaN or inf, as
     '<module name>' ('<module name> [adapter]' for adapters other than 'default'), relative to the base model.
 
-    One device-side reduction over all scores and a single host synchronisation when everything is finite.
+    Each process looks at the scores it holds (its shard under FSDP2 / ZeRO-3). `all_processes=True` (every process
+    must call it) combines the answers with one all-reduce, so that all processes agree. One device-side reduction
+    and a single host synchronisation when everything is finite.
     """
     wanted = None if adapter_names is None else set(adapter_names)
     entries = [
-        (name, adapter, scores)
+        (name, adapter, _local_scores(scores))
         for name, module in model.named_modules()
         if isinstance(module, MFTLayer)
         for adapter, scores in module.mft_scores.items()
@@ -49,22 +63,28 @@ def nonfinite_score_modules(model: nn.Module, adapter_names: Optional[Iterable[s
     ]
     if not entries:
         return []
-    flags = [torch.isfinite(scores).all() for _, _, scores in entries]
-    if bool(torch.stack([flag.to(flags[0].device) for flag in flags]).all()):
+    device = entries[0][2].device
+    finite = torch.stack([torch.isfinite(scores).all().to(device) for _, _, scores in entries]).to(torch.int32)
+    if all_processes and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+    if bool(finite.all()):
         return []
     return [
         name.removeprefix("base_model.model.") + ("" if adapter == "default" else f" [{adapter}]")
-        for (name, adapter, _), flag in zip(entries, flags)
-        if not bool(flag)
+        for (name, adapter, _), flag in zip(entries, finite.tolist())
+        if not flag
     ]
 
 
-def check_finite_scores(model: nn.Module, adapter_names: Optional[Iterable[str]] = None, action: str = "continue") -> None:
+def check_finite_scores(
+    model: nn.Module, adapter_names: Optional[Iterable[str]] = None, action: str = "continue", all_processes: bool = False
+) -> None:
     """Raise `NonFiniteScoresError` naming the modules if any score of `adapter_names` (default all) is NaN/inf.
 
-    `action` completes the message ("Cannot {action}: ..."), e.g. "merge" or "continue training".
+    `action` completes the message ("Cannot {action}: ..."), e.g. "merge" or "continue training". `all_processes`:
+    see `nonfinite_score_modules`.
     """
-    broken = nonfinite_score_modules(model, adapter_names)
+    broken = nonfinite_score_modules(model, adapter_names, all_processes=all_processes)
     if broken:
         raise NonFiniteScoresError(
             f"Cannot {action}: the MFT scores of {describe_modules(broken)} hold NaN or inf. Training diverged (lower the "
@@ -81,7 +101,7 @@ def check_finite_state_dict(state_dict: dict[str, torch.Tensor], action: str, so
     broken = [
         key.split(SCORES_KEY)[0].removeprefix("base_model.model.")
         for key, tensor in state_dict.items()
-        if SCORES_KEY in key and tensor.numel() and tensor.device.type != "meta" and not torch.isfinite(tensor).all()
+        if SCORES_KEY in key and tensor.device.type != "meta" and not torch.isfinite(_local_scores(tensor)).all()
     ]
     if broken:
         raise NonFiniteScoresError(
@@ -119,7 +139,8 @@ def warn_if_soft_mask_saturates(init_score: float, temperature: float) -> None:
 class FiniteScoresCallback(TrainerCallback):
     """`transformers.Trainer` callback that stops training with `NonFiniteScoresError`, naming the modules, as soon as
     a score becomes NaN/inf (checked every `every_n_steps` optimizer steps, after the update), before a broken
-    adapter reaches a checkpoint. Costs one pass over the scores per check."""
+    adapter reaches a checkpoint. Costs one pass over the scores (each process: its shard) and, in a distributed
+    run, one small all-reduce per check."""
 
     def __init__(self, every_n_steps: int = 1):
         if every_n_steps < 1:
@@ -128,4 +149,5 @@ class FiniteScoresCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if model is not None and state.global_step % self.every_n_steps == 0:
-            check_finite_scores(model, action=f"continue training after step {state.global_step}")
+            # Every process runs the callback; under FSDP / ZeRO-3 each holds a shard, so they agree via all-reduce.
+            check_finite_scores(model, action=f"continue training after step {state.global_step}", all_processes=True)

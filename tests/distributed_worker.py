@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Tr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script by torchrun
 
-from peft_mft import MFTConfig, create_mft_optimizer, save_adapter  # noqa: E402
+from peft_mft import FiniteScoresCallback, MFTConfig, create_mft_optimizer, save_adapter  # noqa: E402
 from peft_mft.trainer import AtomicCheckpointTrainer  # noqa: E402
 
 GLOBAL_BATCH, STEPS, VOCAB = 4, 3, 64
@@ -55,7 +55,8 @@ def train_with_trainer(output_dir: str, world_size: int = 1) -> AtomicCheckpoint
         logging_steps=1, dataloader_num_workers=0, ddp_backend="gloo" if world_size > 1 else None,
     )  # fmt: skip
     trainer = AtomicCheckpointTrainer(
-        model=model, args=args, train_dataset=dataset(), optimizers=(create_mft_optimizer(model, lr=0.1), None)
+        model=model, args=args, train_dataset=dataset(), optimizers=(create_mft_optimizer(model, lr=0.1), None),
+        callbacks=[FiniteScoresCallback()],  # all-reduces its verdict across the processes
     )
     trainer.train()
     save_adapter(trainer.model, os.path.join(output_dir, "adapter"), is_main_process=trainer.args.should_save)
@@ -118,7 +119,9 @@ def train_zero3(output_dir: str, world_size: int = 1) -> None:
     model = get_peft_model(base, MFTConfig(mask_type="hard", sparsity=0.25))
     # DeepSpeed wraps the optimizer itself, so the Trainer builds it: AdamW, lr 0.1, no weight decay, as
     # create_mft_optimizer does for the scores.
-    trainer = AtomicCheckpointTrainer(model=model, args=args, train_dataset=dataset())
+    trainer = AtomicCheckpointTrainer(
+        model=model, args=args, train_dataset=dataset(), callbacks=[FiniteScoresCallback()]  # checks ZeRO-3 partitions
+    )
     trainer.train()
     trainer.save_model(os.path.join(output_dir, "adapter"))  # gathers the partitioned scores under ZeRO-3
     if not zero3:

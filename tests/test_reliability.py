@@ -391,6 +391,19 @@ def test_check_finite_scores_names_the_module(value):
         check_finite_scores(poisoned(value))
 
 
+def test_the_check_reads_the_local_partition_of_a_deepspeed_zero3_parameter():
+    """Under ZeRO-3 a parameter's `.data` is empty between gathers and this process's share lives in `ds_tensor`."""
+    model = trained_like(1)
+    scores = first_layer(model).mft_scores["default"]
+    partition = scores.detach().flatten()[:10].clone()
+    scores.data = torch.empty(0)
+    scores.ds_tensor = partition
+    check_finite_scores(model)
+    partition[3] = float("nan")
+    with pytest.raises(NonFiniteScoresError, match=re.escape(repr(FIRST_MODULE))):
+        check_finite_scores(model)
+
+
 def test_saving_nan_scores_is_refused_and_the_previous_adapter_kept(saved):
     folder, model = saved
     with pytest.raises(NonFiniteScoresError, match=rf"save MFT adapter 'default'.*{re.escape(repr(FIRST_MODULE))}"):
