@@ -127,24 +127,25 @@ def test_a_process_killed_mid_save_leaves_the_previous_adapter_intact(saved):
     assert torch.equal(logits(PeftModel.from_pretrained(make_llama(), folder)), logits(model))
 
 
-def test_plain_save_pretrained_interrupted_leaves_a_truncated_file_that_loading_names(tmp_path, monkeypatch):
-    """What the docs say about plain `save_pretrained`: it writes in place, so an interrupted save corrupts the
-    folder; loading then fails with the file named rather than with safetensors' bare message."""
+def test_plain_save_pretrained_interrupted_while_writing_the_config_mixes_two_adapters(tmp_path, monkeypatch):
+    """What docs/reliability.md says about plain `save_pretrained`: it writes the weights (safetensors >= 0.8 renames
+    that one file into place) and then the config in place, so an interruption in between leaves the new weights
+    beside a truncated config. `save_adapter` in the same situation keeps the previous folder (tests above);
+    `load_adapter` names the broken file."""
     folder = save_adapter(trained_like(1), tmp_path / "adapter")
-    def truncated(tensors, filename, metadata=None):
-        from safetensors.torch import save_file
+    old_weights = (folder / "adapter_model.safetensors").read_bytes()
 
-        save_file(tensors, filename, metadata=metadata)
-        data = Path(filename).read_bytes()
-        Path(filename).write_bytes(data[: len(data) // 2])
+    def write_half_then_die(self, save_directory, **kwargs):
+        (Path(save_directory) / "adapter_config.json").write_text('{"peft_type": "MF')
         raise KeyboardInterrupt("killed mid-save")
 
-    monkeypatch.setattr("peft.peft_model.safe_save_file", truncated)
+    monkeypatch.setattr("peft.config.PeftConfigMixin.save_pretrained", write_half_then_die)
     with pytest.raises(KeyboardInterrupt):
         trained_like(2).save_pretrained(folder)
     monkeypatch.undo()
-    with pytest.raises(AdapterFileError, match=re.escape(str(folder / "adapter_model.safetensors")) + ".*truncated"):
-        PeftModel.from_pretrained(make_llama(), folder)
+    assert (folder / "adapter_model.safetensors").read_bytes() != old_weights  # new weights, broken config
+    with pytest.raises(AdapterFileError, match=re.escape(str(folder / "adapter_config.json")) + " is not a valid JSON object"):
+        load_adapter(make_llama(), folder)
 
 
 def test_save_adapter_keeps_other_files_in_the_folder(saved):
