@@ -42,10 +42,13 @@ class AdapterFileError(ValueError):
 
 
 def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() and hasattr(os, "O_DIRECTORY") else 0))
+    try:
+        fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() and hasattr(os, "O_DIRECTORY") else 0))
+    except OSError:  # directories cannot be opened on Windows; the rename is still atomic there
+        return
     try:
         os.fsync(fd)
-    except OSError:  # some file systems cannot fsync a directory; the rename is still atomic there
+    except OSError:  # some file systems cannot fsync a directory
         pass
     finally:
         os.close(fd)
@@ -121,7 +124,7 @@ def atomic_directory(directory: PathLike, keep_other_files: bool = True) -> Iter
     With `keep_other_files`, files already in `directory` that the new content does not replace (a tokenizer, other
     adapters' subfolders) are hard-linked into the new folder, so nothing but the rewritten files changes.
     """
-    target = Path(directory).absolute()
+    target = Path(directory).resolve()  # through a symlink: replace the folder it points to, keep the link
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".{target.name}{STAGING_MARKER}{uuid.uuid4().hex[:8]}")
     staging.mkdir()

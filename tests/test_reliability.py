@@ -168,6 +168,15 @@ def test_replacing_without_an_atomic_exchange_still_works(saved, monkeypatch):
     assert staging_leftovers(folder) == []
 
 
+def test_saving_through_a_symlink_replaces_the_folder_it_points_to(saved):
+    folder, _ = saved
+    link = folder.parent / "latest"
+    link.symlink_to(folder)
+    save_adapter(trained_like(2), link)
+    assert link.is_symlink() and link.resolve() == folder.resolve()
+    assert torch.equal(logits(load_adapter(make_llama(), folder)), logits(trained_like(2)))
+
+
 def test_atomic_directory_error_leaves_target_untouched(tmp_path):
     target = tmp_path / "out"
     target.mkdir()
