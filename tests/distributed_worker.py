@@ -63,6 +63,20 @@ def train_with_trainer(output_dir: str, world_size: int = 1) -> AtomicCheckpoint
     return trainer
 
 
+def global_batch() -> torch.Tensor:
+    return torch.stack([row["input_ids"] for row in dataset()])
+
+
+def train_loop(model, input_ids: torch.Tensor) -> None:
+    """STEPS steps of AdamW (create_mft_optimizer, lr 0.1) on `input_ids` (this process's share of the batch)."""
+    optimizer = create_mft_optimizer(model, lr=0.1)
+    model.train()
+    for _ in range(STEPS):
+        model(input_ids=input_ids, labels=input_ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
 def train_fsdp2(output_dir: str, rank: int = 0, world_size: int = 1):
     """FSDP2 (`torch.distributed.fsdp.fully_shard`, what accelerate's FSDP2 plugin applies): each decoder layer and
     the whole model sharded across the processes; a plain loop with the global batch split by rank. With
@@ -74,15 +88,7 @@ def train_fsdp2(output_dir: str, rank: int = 0, world_size: int = 1):
         for layer in model.base_model.model.model.layers:
             fully_shard(layer)
         fully_shard(model)
-    optimizer = create_mft_optimizer(model, lr=0.1)
-    batch = torch.stack([row["input_ids"] for row in dataset()])
-    shard = batch.chunk(world_size)[rank]
-    model.train()
-    for _ in range(STEPS):
-        loss = model(input_ids=shard, labels=shard).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    train_loop(model, global_batch().chunk(world_size)[rank])
     state_dict = None
     if world_size > 1:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -126,7 +132,7 @@ def train_zero3(output_dir: str, world_size: int = 1) -> None:
     trainer.save_model(os.path.join(output_dir, "adapter"))  # gathers the partitioned scores under ZeRO-3
     if not zero3:
         return
-    tokens = torch.stack([row["input_ids"] for row in dataset()])
+    tokens = global_batch()
     layer = model.base_model.model.model.layers[0].self_attn.q_proj
     weight = layer.get_base_layer().weight
     model.eval()

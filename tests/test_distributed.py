@@ -81,3 +81,13 @@ def hard_mask_initial_scores(folder: Path) -> dict:
 
     weights = LlamaForCausalLM.from_pretrained(folder / "pretrained").state_dict()
     return {f"base_model.model.{key.removesuffix('.weight')}.mft_scores": value.abs() for key, value in weights.items()}
+
+
+def test_the_tolerance_would_catch_gradients_that_are_not_averaged(two_processes):
+    """Negative control: one process training alone on its half of the global batch (what an unsynchronised process
+    does) ends far outside the tolerance used above."""
+    model = worker.make_model()
+    worker.train_loop(model, worker.global_batch().chunk(2)[0])
+    alone = {key.replace(".default", ""): value for key, value in model.state_dict().items() if "mft_scores" in key}
+    distributed = scores(two_processes / "fsdp2")
+    assert max((alone[key] - distributed[key]).abs().max().item() for key in distributed) > 0.05
