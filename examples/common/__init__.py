@@ -3,6 +3,12 @@
 Benchmarks import from here too (``from examples.common import ...``) so every script runs the same code.
 """
 
+import logging
+
+# bitsandbytes warns at import that an optional accelerated CPU kernel package ("kernels") is absent; it falls back
+# to its own kernels, so the warning is noise in every example's output.
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
 from .data import DataFormatError, LlavaCollator, LlavaDataset, Record, VLMProcessor, load_llava_json
 from .evaluation import evaluate_vqa, normalize_answer
 from .methods import METHODS, MethodArgs, PreparedModel, add_method_args, prepare_model

@@ -95,7 +95,7 @@ def run(args, load: Callable[..., LoadedVLM], default_source: Callable[[], str])
     )
     result = train_and_evaluate(prepared, processor, train_records, eval_records, config,
                                 check_merged=args.check_merged)
-    result["model"] = source
+    result["model"] = str(source)
     summary = {k: v for k, v in result.items() if k != "loss_history"}
     print(json.dumps(summary, indent=1))
     if args.metrics_json:

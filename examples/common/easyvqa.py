@@ -1,10 +1,11 @@
 """easy-vqa (MIT; 4,000 train / 1,000 test images of one coloured shape) converted to LLaVA JSON files.
 
-- ``train.json``: the train split, the questions of one image grouped into multi-turn records of at most
-  ``questions_per_record`` questions (the LLaVA instruction format);
-- ``test.json``: the test split, one question per record (held out: used for evaluation only);
+- ``train.json``: the train split minus its last ``val_images`` images, the questions of one image grouped into
+  multi-turn records of at most ``questions_per_record`` questions (the LLaVA instruction format);
+- ``val.json``: the questions of those held-back train images, one per record: for choosing hyperparameters;
+- ``test.json``: the test split, one question per record, shuffled once (held out: evaluation only);
 - ``captions.json``: one caption per train image ("A blue circle."), derived from the train questions, for the
-  stage-1 projector alignment (LLaVA aligns its projector on image-caption pairs).
+  stage-1 projector alignment (LLaVA aligns its projector on image-caption pairs before instruction tuning).
 
 The files reference the images inside the installed ``easy_vqa`` package; ``image_folder`` is that data folder.
 """
@@ -21,10 +22,10 @@ from .cache import cache_dir
 
 COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
 SHAPES = ("circle", "rectangle", "triangle")
-# LLaVA-1.5's short-answer VQA instruction.
-SHORT_ANSWER = "Answer the question using a single word or phrase."
 CAPTION_PROMPT = "Describe the image briefly."
-FORMAT_VERSION = 2
+# Questions go in as they are: LLaVA-1.5's "Answer the question using a single word or phrase." would add 11
+# tokens to every 20-token question, and every easy-vqa answer is one word anyway.
+FORMAT_VERSION = 3
 
 
 def easy_vqa_data_folder() -> Path:
@@ -62,39 +63,47 @@ def infer_caption(qas: list[tuple[str, str]]) -> str | None:
     return f"A {color} {shape}." if color and shape else None
 
 
-def prepare_easy_vqa(questions_per_record: int = 4, destination: Path | None = None) -> dict[str, Path]:
-    """Write train/test/captions JSON (once; reused if present). Returns their paths and the image folder."""
+def _single_question(rid: str, image: str, q: str, a: str) -> dict:
+    return {"id": rid, "image": image, "conversations": [{"from": "human", "value": f"<image>\n{q}"},
+                                                         {"from": "gpt", "value": a}]}
+
+
+def prepare_easy_vqa(
+    questions_per_record: int = 4, val_images: int = 200, destination: Path | None = None
+) -> dict[str, Path]:
+    """Write train/val/test/captions JSON (once; reused if present). Returns their paths and the image folder."""
     folder = easy_vqa_data_folder()
-    dest = destination or cache_dir("easy_vqa", f"v{FORMAT_VERSION}-q{questions_per_record}")
-    paths = {name: dest / f"{name}.json" for name in ("train", "test", "captions")}
+    dest = destination or cache_dir("easy_vqa", f"v{FORMAT_VERSION}-q{questions_per_record}-val{val_images}")
+    paths = {name: dest / f"{name}.json" for name in ("train", "val", "test", "captions")}
     if not all(p.is_file() for p in paths.values()):
         by_image = defaultdict(list)
         for q, a, image_id in _load_split(folder, "train"):
             by_image[image_id].append((q, a))
-        train, captions = [], []
+        train, val, captions = [], [], []
+        held_back = set(sorted(by_image)[len(by_image) - val_images :]) if val_images else set()
         for image_id in sorted(by_image):
             qas = by_image[image_id]
             image = f"train/images/{image_id}.png"
-            for start in range(0, len(qas), questions_per_record):
-                conv = []
-                for k, (q, a) in enumerate(qas[start : start + questions_per_record]):
-                    text = f"{q}\n{SHORT_ANSWER}"
-                    conv += [{"from": "human", "value": ("<image>\n" + text) if k == 0 else text},
-                             {"from": "gpt", "value": a}]
-                train.append({"id": f"train-{image_id}-{start // questions_per_record}", "image": image,
-                              "conversations": conv})
             caption = infer_caption(qas)
             if caption:
                 captions.append({"id": f"caption-{image_id}", "image": image, "conversations": [
                     {"from": "human", "value": f"<image>\n{CAPTION_PROMPT}"}, {"from": "gpt", "value": caption}]})
-        test = [
-            {"id": f"test-{n}", "image": f"test/images/{image_id}.png",
-             "conversations": [{"from": "human", "value": f"<image>\n{q}\n{SHORT_ANSWER}"},
-                               {"from": "gpt", "value": a}]}
-            for n, (q, a, image_id) in enumerate(_load_split(folder, "test"))
-        ]
-        random.Random(0).shuffle(test)  # a prefix of the file is then a uniform sample of the test split
-        for name, data in (("train", train), ("test", test), ("captions", captions)):
+            if image_id in held_back:
+                val += [_single_question(f"val-{image_id}-{k}", image, q, a) for k, (q, a) in enumerate(qas)]
+                continue
+            for start in range(0, len(qas), questions_per_record):
+                conv = []
+                for k, (q, a) in enumerate(qas[start : start + questions_per_record]):
+                    conv += [{"from": "human", "value": ("<image>\n" + q) if k == 0 else q},
+                             {"from": "gpt", "value": a}]
+                train.append({"id": f"train-{image_id}-{start // questions_per_record}", "image": image,
+                              "conversations": conv})
+        test = [_single_question(f"test-{n}", f"test/images/{image_id}.png", q, a)
+                for n, (q, a, image_id) in enumerate(_load_split(folder, "test"))]
+        # shuffled once: a prefix of the file is then a uniform sample of the split
+        random.Random(0).shuffle(test)
+        random.Random(1).shuffle(val)
+        for name, data in (("train", train), ("val", val), ("test", test), ("captions", captions)):
             tmp = paths[name].with_suffix(".tmp")
             tmp.write_text(json.dumps(data, indent=0))
             tmp.replace(paths[name])

@@ -121,6 +121,16 @@ def assemble_embedded_llava(token_grid: int = 3, seed: int = 0):
     return model, tokenizer, preprocessor
 
 
+def embedded_cache_path(
+    token_grid: int = 3, stage1_steps: int = 60, stage1_batch_size: int = 16, stage1_lr: float = 1e-3, seed: int = 0
+) -> Path:
+    """Where `embedded_llava_checkpoint` keeps (or will keep) the model for these arguments; complete when it
+    holds ``stage1.json``."""
+    key = json.dumps([ASSEMBLY_VERSION, token_grid, stage1_steps, stage1_batch_size, stage1_lr, seed])
+    digest = hashlib.sha1(key.encode()).hexdigest()[:10]
+    return cache_dir() / f"embedded-llava-smollm2-effnetlite0-g{token_grid}-s{stage1_steps}-{digest}"
+
+
 def embedded_llava_checkpoint(
     token_grid: int = 3,
     stage1_steps: int = 60,
@@ -130,11 +140,9 @@ def embedded_llava_checkpoint(
 ) -> Path:
     """Folder of the embedded LLaVA with its stage-1-aligned projector; built on first use, then cached.
 
-    Stage 1 trains only the projector on easy-vqa train captions for ``stage1_steps`` steps (about 2.5 s a step
-    on 2 CPU cores with the defaults). The cache key holds every argument."""
-    key = json.dumps([ASSEMBLY_VERSION, token_grid, stage1_steps, stage1_batch_size, stage1_lr, seed])
-    digest = hashlib.sha1(key.encode()).hexdigest()[:10]
-    final = cache_dir() / f"embedded-llava-smollm2-effnetlite0-g{token_grid}-s{stage1_steps}-{digest}"
+    Stage 1 trains only the projector on easy-vqa train captions for ``stage1_steps`` steps. The cache key holds
+    every argument (see `embedded_cache_path`)."""
+    final = embedded_cache_path(token_grid, stage1_steps, stage1_batch_size, stage1_lr, seed)
     if (final / "stage1.json").is_file():
         return final
 

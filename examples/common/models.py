@@ -73,8 +73,13 @@ def load_llava(
             bnb_4bit_compute_dtype=dtype,
             llm_int8_skip_modules=QLORA_SKIP_MODULES,
         )
-        if device_map is None:
-            device_map = {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
+        if device_map is None:  # bitsandbytes quantizes while loading, so the weights go to their device now
+            if torch.cuda.is_available():
+                from accelerate import PartialState
+
+                device_map = {"": PartialState().local_process_index}
+            else:
+                device_map = {"": "cpu"}
     model = LlavaForConditionalGeneration.from_pretrained(source, dtype=dtype, device_map=device_map, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(source)
     if tokenizer.pad_token_id is None:

@@ -172,8 +172,11 @@ def train_and_evaluate(
         "peak_memory_kind": memory.kind,
         "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h],
     }
+    is_main = trainer.is_world_process_zero()
     del trainer
     gc.collect()
+    if not is_main:  # under `accelerate launch`, rank 0 alone evaluates and saves
+        return result
 
     eval_kwargs = dict(batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens,
                        disable_tqdm=config.disable_tqdm)

@@ -1,0 +1,146 @@
+"""The main job: MFT against LoRA, QLoRA and full fine-tuning on the embedded default VLM, one table.
+
+    python -m examples.compare            # every method, same steps / batch / data order / seed
+    python -m examples.compare --quick    # smoke run: a few steps and questions per method
+
+The model is the embedded default (SmolLM2-135M-Instruct + EfficientNet-Lite0 as a `LlavaForConditionalGeneration`,
+projector aligned in stage 1; built from pip packages on first use and cached), the data easy-vqa (train split for
+training, a fixed sample of its test split for evaluation). Each method starts from a fresh copy of the checkpoint.
+Printed per method: trainable parameters, size of what is saved (adapter, or the whole model for `full`), median
+optimizer-step time, peak memory during training, exact-match test accuracy, and the accuracy of the merged model
+(`merge_and_unload()`), which must equal the unmerged one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from examples.common.data import load_llava_json
+from examples.common.easyvqa import prepare_easy_vqa
+from examples.common.embedded import embedded_cache_path, embedded_llava_checkpoint
+from examples.common.evaluation import evaluate_vqa
+from examples.common.methods import METHODS, MethodArgs, prepare_model
+from examples.common.models import load_llava
+from examples.common.training import TrainConfig, train_and_evaluate
+
+FULL = {"steps": 24, "batch_size": 8, "eval_samples": 200}
+QUICK = {"steps": 2, "batch_size": 2, "eval_samples": 8}
+QUICK_STAGE1_STEPS = 4  # used only when the full stage-1 projector is not cached yet
+
+
+def _fmt_count(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n:,}"
+
+
+def _fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def format_table(rows: list[dict], baseline: dict | None) -> str:
+    header = ["method", "trainable params", "saved size", "median step", "peak memory", "test acc", "merged acc"]
+    lines = []
+    if baseline is not None:
+        lines.append(["(no fine-tuning)", "0", "-", "-", "-", f"{100 * baseline['accuracy']:.1f}%", "-"])
+    for r in rows:
+        if "error" in r:
+            lines.append([r["method"], "-", "-", "-", "-", "failed: " + r["error"][:60], "-"])
+            continue
+        merged = r.get("merged_accuracy")
+        merged_text = "- (no adapter)" if merged is None else f"{100 * merged:.1f}%"
+        if merged is not None and not r.get("merged_identical_predictions", True):
+            merged_text += f" ({r['merged_differing_predictions']} answers differ)"
+        lines.append([
+            r["method"], _fmt_count(r["trainable_parameters"]), _fmt_bytes(r.get("saved_bytes")),
+            f"{r['median_step_seconds']:.2f} s", _fmt_bytes(r["peak_memory_bytes"]),
+            f"{100 * r['accuracy']:.1f}%", merged_text,
+        ])
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+    fmt = " | ".join(f"{{:<{w}}}" for w in widths)
+    out = [fmt.format(*header), "-|-".join("-" * w for w in widths)]
+    out += [fmt.format(*line) for line in lines]
+    return "\n".join(out)
+
+
+def main(argv=None) -> list[dict]:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
+    p.add_argument("--steps", type=int, default=None, help=f"optimizer steps per method (default {FULL['steps']})")
+    p.add_argument("--batch-size", type=int, default=None, help=f"default {FULL['batch_size']}")
+    p.add_argument("--eval-samples", type=int, default=None, help=f"test questions (default {FULL['eval_samples']})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-baseline", action="store_true", help="skip evaluating the model before fine-tuning")
+    p.add_argument("--output-dir", default="outputs/compare")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    preset = QUICK if args.quick else FULL
+    steps = args.steps or preset["steps"]
+    batch_size = args.batch_size or preset["batch_size"]
+    eval_samples = args.eval_samples or preset["eval_samples"]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        p.error(f"unknown methods {unknown}; choose from {METHODS}")
+
+    start = time.time()
+    if args.quick and not (embedded_cache_path() / "stage1.json").is_file():
+        # a smoke run does not wait for the full projector alignment; it builds a barely aligned one instead
+        checkpoint = embedded_llava_checkpoint(stage1_steps=QUICK_STAGE1_STEPS)
+    else:
+        checkpoint = embedded_llava_checkpoint()
+    data = prepare_easy_vqa()
+    train_records = load_llava_json(data["train"], data["image_folder"])
+    eval_records = load_llava_json(data["test"], data["image_folder"], limit=eval_samples)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"model {checkpoint}\ntrain {len(train_records)} records, eval {len(eval_records)} test questions; "
+          f"{steps} steps x batch {batch_size} per method, seed {args.seed}")
+
+    processor = None
+    baseline = None
+    if not args.no_baseline:
+        loaded = load_llava(str(checkpoint))
+        processor = loaded.processor()
+        baseline = evaluate_vqa(loaded.model, processor, eval_records, desc="eval (no fine-tuning)")
+        del loaded
+        gc.collect()
+
+    rows = []
+    for method in methods:
+        loaded = load_llava(str(checkpoint), quantize_4bit=method == "qlora")
+        processor = processor or loaded.processor()
+        try:
+            prepared = prepare_model(loaded.model, method, MethodArgs())
+            result = train_and_evaluate(
+                prepared, processor, train_records, eval_records,
+                TrainConfig(output_dir=str(out / method), max_steps=steps, batch_size=batch_size, seed=args.seed,
+                            logging_steps=max(1, steps // 6), eval_batch_size=32, desc=method),
+            )
+        except Exception as err:  # noqa: BLE001 - one failing method must not hide the others' results
+            logging.exception("%s failed", method)
+            result = {"method": method, "error": f"{type(err).__name__}: {err}"}
+        rows.append(result)
+        del loaded
+        gc.collect()
+        (out / "results.json").write_text(json.dumps({"baseline": baseline and {
+            k: v for k, v in baseline.items() if k != "predictions"}, "runs": rows}, indent=1))
+
+    print()
+    print(format_table(rows, baseline))
+    print(f"\n{len(eval_records)} easy-vqa test questions; {steps} steps x batch {batch_size}; "
+          f"total {time.time() - start:.0f} s. Details: {out / 'results.json'}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""compare.py's table and run_results.py's plan, on made-up run records (nothing is trained here)."""
+
+from __future__ import annotations
+
+import pytest
+
+from examples import run_results as rr
+from examples.compare import format_table
+
+
+def _ok(spec, accuracy):
+    result = {"accuracy": accuracy, "merged_accuracy": accuracy, "merged_identical_predictions": True,
+              "trainable_parameters": 1000, "saved_bytes": 4096, "median_step_seconds": 1.0,
+              "peak_memory_bytes": 2**30, "saved_to": "x"}
+    return {"kind": "run", "status": "ok", "key": rr.run_key(spec), "spec": spec, "result": result}
+
+
+def test_table_lists_every_method_and_flags_merge_differences():
+    rows = [
+        {"method": "mft", "trainable_parameters": 107_237_376, "saved_bytes": 429_000_000, "median_step_seconds": 5.2,
+         "peak_memory_bytes": 4 * 2**30, "accuracy": 0.5, "merged_accuracy": 0.5, "merged_identical_predictions": True},
+        {"method": "qlora", "trainable_parameters": 4_932_608, "saved_bytes": 19_800_000, "median_step_seconds": 3.0,
+         "peak_memory_bytes": 3 * 2**30, "accuracy": 0.45, "merged_accuracy": 0.44,
+         "merged_identical_predictions": False, "merged_differing_predictions": 3},
+        {"method": "full", "trainable_parameters": 134_515_008, "saved_bytes": 560_000_000, "median_step_seconds": 7.0,
+         "peak_memory_bytes": 5 * 2**30, "accuracy": 0.55},
+        {"method": "lora", "error": "RuntimeError: boom"},
+    ]
+    table = format_table(rows, {"accuracy": 0.1})
+    assert "107.24M" in table and "50.0%" in table and "(3 answers differ)" in table
+    assert "- (no adapter)" in table and "failed: RuntimeError: boom" in table and "(no fine-tuning)" in table
+
+
+def test_main_runs_use_the_best_validation_hyperparameters():
+    runs = [_ok(s, 0.5) for s in rr.sweep_specs()]
+    best_mft = next(s for s in rr.sweep_specs() if s["method"] == "mft" and s["lr"] == 0.3)
+    best_lora = next(s for s in rr.sweep_specs() if s["method"] == "lora" and s["lr"] == 1e-3)
+    runs += [_ok(best_mft, 0.9), _ok(best_lora, 0.8)]  # later records of the same key win
+    runs = [r for r in runs if not (r["key"] in (rr.run_key(best_mft), rr.run_key(best_lora)) and
+                                    r["result"]["accuracy"] == 0.5)]
+    specs, pick, *_ = rr.plan(runs, compute_analysis=False)
+    assert pick["mft"]["lr"] == 0.3 and pick["lora"]["lr"] == 1e-3 and pick["full"]["lr"] == 3e-5  # tie: default
+    main = [s for s in specs if s["phase"] == "B"]
+    assert len(main) == 7 * len(rr.SEEDS)
+    assert {s["lr"] for s in main if s["method"] in ("lora", "qlora")} == {1e-3}
+    assert {(s["targets"]) for s in main if s["method"] == "mft"} == {"attn", "mlp", "both"}
+
+
+def test_main_runs_wait_for_the_sweeps():
+    specs, pick, *_ = rr.plan([_ok(rr.sweep_specs()[0], 0.5)], compute_analysis=False)
+    assert pick is None and all(s["phase"] == "A" for s in specs)
+
+
+@pytest.mark.parametrize(
+    "levels, expected",
+    [
+        ([{"threshold": 0.1, "suggested_sparsity": []}, {"threshold": 0.5, "suggested_sparsity": [0.001, 0.002]}],
+         ([0.001, 0.002], 0.5)),
+        ([{"threshold": 0.1, "suggested_sparsity": []}], ([], None)),
+    ],
+)
+def test_hard_sparsities_come_from_the_first_threshold_with_masks_below_it(levels, expected):
+    assert rr.hard_sparsities({"levels": levels}) == expected
+
+
+def test_report_is_written_from_records(tmp_path, monkeypatch):
+    monkeypatch.setattr(rr, "REPORT_FILE", tmp_path / "RESULTS.md")
+    text = rr.write_report([_ok(rr.sweep_specs()[0], 0.42)])
+    assert "42.0" in text and "pending" in text and (tmp_path / "RESULTS.md").read_text() == text
