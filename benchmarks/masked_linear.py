@@ -23,6 +23,17 @@ from .timing import load_average, machine_description, summarize, time_interleav
 
 # SmolLM2-135M: q/o 576x576, k/v 192x576, gate/up 1536x576, down 576x1536 (out x in).
 DEFAULT_SHAPES = ("576x576", "192x576", "1536x576", "576x1536")
+# Element-wise traffic of `MaskedLinearFunction` per masked weight (float32 W, S), forward + backward, counted from
+# its passes (a pass reading r and writing w float32 tensors moves 4 (r + w) bytes):
+#   soft forward: S/T (8), sigmoid_ (8), /normalizer (8), *W (12) = 36
+#   soft backward: S/T (8), sigmoid_ (8), /normalizer (8), *W (12), dS *= W*M (12), dS -= dS*sigmoid (16), /T (8) = 72
+#   STE backward: the same up to W*M (36), then dS *= W (12) = 48
+#   hard forward: |S| (8), sampled bound (5), candidates (5), |S| (8), > threshold (8), *W (12) = 46
+#   hard backward: |S| (8), > threshold (8), *W (12), dS *= W (12) = 40
+ELEMENTWISE_BYTES_PER_WEIGHT = {"mft": 36 + 72, "mft-ste": 36 + 48, "mft-hard": 46 + 40}
+# A mask fused into the GEMMs (applied while packing W, and in the epilogue of g^T x) would still read S in the
+# forward and in the backward, and W and S once more for dL/dS: 16 bytes per weight.
+FUSED_LOWER_BOUND_BYTES_PER_WEIGHT = 16
 SPECS = {
     "mft": MaskSpec("soft", temperature=2.3, normalizer=0.9548),
     "mft-ste": MaskSpec("soft", temperature=2.3, normalizer=0.9548, straight_through=True),
@@ -99,6 +110,28 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def analysis(shapes, tokens: int) -> str:
+    """FLOPs of the three GEMMs against the bytes the mask's element-wise passes move, per shape (a Markdown table)."""
+    lines = [
+        f"{tokens} tokens. GEMMs: x W^T, g W, g^T x = 6 x tokens x out x in FLOPs, identical for dense and masked. "
+        "Element-wise: bytes moved per step by the mask passes (float32), ours and a GEMM-fused lower bound.",
+        "",
+        "| shape (out x in) | GEMM GFLOP | mask FLOP / GEMM FLOP | mft MB | mft-ste MB | mft-hard MB | fused bound MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for out_features, in_features in shapes:
+        weights = out_features * in_features
+        gemm = 6 * tokens * weights
+        # ~15 FLOPs per weight for the soft mask's forward and backward (two sigmoids, a handful of products)
+        megabytes = [ELEMENTWISE_BYTES_PER_WEIGHT[name] * weights / 1e6 for name in ("mft", "mft-ste", "mft-hard")]
+        lines.append(
+            f"| {out_features}x{in_features} | {gemm / 1e9:.2f} | {15 * weights / gemm:.4f} | "
+            + " | ".join(f"{mb:.0f}" for mb in megabytes)
+            + f" | {FUSED_LOWER_BOUND_BYTES_PER_WEIGHT * weights / 1e6:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", type=parse_shape, default=[parse_shape(s) for s in DEFAULT_SHAPES],
@@ -111,7 +144,12 @@ def main(argv=None) -> dict:
                         help="weight and activation dtype (scores stay float32)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", default=None, help="also write the result here")
+    parser.add_argument("--analysis", action="store_true", help="only print FLOPs and bytes moved per shape")
     args = parser.parse_args(argv)
+    if args.analysis:
+        text = analysis(args.shapes, args.tokens)
+        print(text)
+        return {"analysis": text}
     if args.threads:
         torch.set_num_threads(args.threads)
     result = run(args.shapes, args.tokens, args.repeats, args.warmup, torch.device(args.device),

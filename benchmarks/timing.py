@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import platform
 import statistics
@@ -109,3 +111,30 @@ class PeakMemory:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) * 1024
         raise RuntimeError("/proc/self/status has no VmHWM line; cannot read the peak resident set size.")
+
+
+_MADV_DONTNEED = 4
+
+
+def release_checkpoint_pages(suffix: str = ".safetensors") -> int:
+    """Drop this process's resident pages of memory-mapped checkpoint files (Linux); returns the bytes of mappings.
+
+    `from_pretrained` maps safetensors files and its tensors view them. A weight that set-up replaced (cast to bf16,
+    quantized to 4-bit) leaves its file pages resident and counted in RSS although nothing reads them. Call this after
+    set-up and before training: no page has been written yet, so dropping is safe, and pages still in use (frozen
+    weights) are simply read back from the file on their next access, where they count again.
+    """
+    try:
+        with open("/proc/self/maps") as f:
+            ranges = [line.split()[0] for line in f if line.rstrip().endswith(suffix)]
+    except OSError:
+        return 0
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    released = 0
+    for address_range in ranges:
+        start, end = (int(part, 16) for part in address_range.split("-"))
+        if libc.madvise(start, end - start, _MADV_DONTNEED) != 0:
+            raise OSError(ctypes.get_errno(), f"madvise(MADV_DONTNEED) failed on a mapping of a {suffix} file")
+        released += end - start
+    return released

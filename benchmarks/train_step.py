@@ -7,8 +7,8 @@
 
 Each variant (see `benchmarks.variants`: `METHOD[+OPTION...]`) runs in a fresh Python process, so its peak memory
 is its own. Per variant: optimizer step time (forward + backward + `optimizer.step()` + `zero_grad`, after warm-up;
-median, interquartile range, min, max), peak memory after warm-up (CPU: resident-set high-water mark; CUDA: max
-allocated), trainable parameters, optimizer-state bytes, adapter bytes on disk (and compact MFT formats), merge time.
+median, interquartile range, min, max), peak memory after warm-up (CPU: resident-set high-water mark, with the
+checkpoint's memory-mapped pages dropped after set-up so that weights it replaced do not count; CUDA: max allocated), trainable parameters, optimizer-state bytes, adapter bytes on disk (and compact MFT formats), merge time.
 Every figure is also given as a ratio to `full`, so runs on noisy machines compare. Writes `train_step.json` and
 `train_step.md` under `--out`; `--accuracy-steps N` instead trains each variant N steps with the examples' Trainer
 helper and measures exact-match accuracy (`memory_accuracy.json` / `.md`).
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from .timing import PeakMemory, load_average, machine_description, summarize, synchronize
+from .timing import PeakMemory, load_average, machine_description, release_checkpoint_pages, summarize, synchronize
 from .variants import Variant, parse_variant, prepare_variant
 
 MAIN_VARIANTS = ("full", "mft", "mft-ste", "mft-hard", "lora-r8", "lora-r64", "qlora-r8", "mft+4bit-base")
@@ -153,6 +153,7 @@ def measure_variant(variant: Variant, args, device: torch.device) -> dict:
                         args.batch_size, args.seq_len, device, pixel_dtype)
     prepared = prepare_variant(model, variant)
     model, optimizer = prepared.model, prepared.optimizer
+    release_checkpoint_pages()  # weights replaced by set-up (bf16, 4-bit) must not count; see its docstring
     model.train()
     memory = PeakMemory(device)
     losses = []
@@ -202,11 +203,15 @@ def accuracy_variant(variant: Variant, args, device: torch.device) -> dict:
     """Train `args.accuracy_steps` steps with the examples' `train_and_evaluate` and measure exact-match accuracy."""
     from examples.common.training import TrainConfig, train_and_evaluate
 
+    if "step-in-backward" in variant.options:
+        raise ValueError(f"{variant.name}: step-in-backward has no Trainer counterpart here (Trainer clips gradients "
+                         "and schedules one optimizer); measure it without --accuracy-steps.")
     loaded, source = _load(args.model, variant, device)
     processor = loaded.processor(max_length=args.seq_len)
     train_records = _records(args.data, args.image_folder)
     eval_records = _eval_records(args)
     prepared = prepare_variant(loaded.model, variant)
+    release_checkpoint_pages()
     with tempfile.TemporaryDirectory(prefix="mft-accuracy-") as workdir:
         config = TrainConfig(output_dir=workdir, max_steps=args.accuracy_steps, batch_size=args.batch_size,
                              seed=args.seed, logging_steps=max(1, args.accuracy_steps // 10), disable_tqdm=True,

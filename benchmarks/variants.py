@@ -10,7 +10,10 @@ A variant is written `METHOD[+OPTION...]`:
   - `bf16-base`: MFT only; the frozen masked weights held in bfloat16 while scores, activations and GEMMs stay float32
     (the masked linear multiplies the bf16 weight by the float32 mask);
   - `4bit-base`: MFT only; the language model loaded in bitsandbytes NF4 (as for QLoRA), scores float32;
-  - `gc`: gradient checkpointing (non-reentrant).
+  - `gc`: gradient checkpointing (non-reentrant);
+  - `step-in-backward`: each parameter's optimizer step runs as soon as its gradient is complete, and the gradient is
+    freed at once, so gradients of the whole model never exist together (PyTorch's "optimizer step in backward"
+    recipe, `Tensor.register_post_accumulate_grad_hook`). No gradient clipping or accumulation then; timed loop only.
 
 Model loading, data and `prepare_model` come from `examples.common`, so a variant here trains exactly what
 `python -m examples.llava.train --method ...` trains.
@@ -27,7 +30,7 @@ from torch import nn
 from examples.common.methods import MethodArgs, PreparedModel, prepare_model
 
 MFT_METHODS = ("mft", "mft-ste", "mft-hard")
-OPTIONS = ("adamw8bit", "paged-adamw8bit", "sgd", "bf16-base", "4bit-base", "gc")
+OPTIONS = ("adamw8bit", "paged-adamw8bit", "sgd", "bf16-base", "4bit-base", "gc", "step-in-backward")
 SGD_MOMENTUM = 0.9
 _METHOD = re.compile(r"^(mft|mft-ste|mft-hard|full|(?:q?lora)-r(\d+))$")
 
@@ -142,6 +145,38 @@ def _optimizer(prepared: PreparedModel, variant: Variant) -> torch.optim.Optimiz
     return optimizer_cls(groups, lr=prepared.lr, **kwargs)
 
 
+class StepInBackward:
+    """Stands in for an optimizer: one optimizer per parameter, stepped from a post-accumulate-grad hook that then
+    frees the gradient. `step()` and `zero_grad()` do nothing (the work happened in the backward); `state` and
+    `param_groups` gather those of the per-parameter optimizers."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.optimizers = {}
+        for group in optimizer.param_groups:
+            options = {k: v for k, v in group.items() if k != "params"}
+            for param in group["params"]:
+                self.optimizers[param] = type(optimizer)([{"params": [param], **options}])
+                param.register_post_accumulate_grad_hook(self._step_and_free)
+
+    def _step_and_free(self, param: torch.Tensor) -> None:
+        self.optimizers[param].step()
+        param.grad = None
+
+    def step(self) -> None:
+        pass
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        pass
+
+    @property
+    def state(self) -> dict:
+        return {param: optimizer.state[param] for param, optimizer in self.optimizers.items() if param in optimizer.state}
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [group for optimizer in self.optimizers.values() for group in optimizer.param_groups]
+
+
 def prepare_variant(model: nn.Module, variant: Variant) -> PreparedModel:
     """Freeze, wrap and build the optimizer for `variant` (the model must be loaded in 4-bit exactly when
     `variant.quantized_base`). Mutates `model`."""
@@ -153,4 +188,6 @@ def prepare_variant(model: nn.Module, variant: Variant) -> PreparedModel:
     if "bf16-base" in variant.options:
         hold_masked_weights_in(prepared.model, torch.bfloat16)
     prepared.optimizer = _optimizer(prepared, variant)
+    if "step-in-backward" in variant.options:
+        prepared.optimizer = StepInBackward(prepared.optimizer)
     return prepared

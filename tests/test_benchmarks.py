@@ -1,12 +1,14 @@
 """The benchmark scripts on a tiny random LLaVA, in seconds: variants, the fixed batch, the figures they report."""
 
 import json
+import os
 
 import pytest
 import torch
 
 from benchmarks import masked_linear, train_step
-from benchmarks.variants import Variant, hold_masked_weights_in, parse_variant, prepare_variant
+from benchmarks.timing import release_checkpoint_pages
+from benchmarks.variants import StepInBackward, Variant, hold_masked_weights_in, parse_variant, prepare_variant
 from examples.common.models import load_llava
 
 from .examples.tiny import make_dataset, save_tiny_llava
@@ -121,3 +123,39 @@ def test_masked_linear_benchmark_reports_a_ratio_per_layer(tmp_path):
     assert set(layers) == {"dense", "mft", "mft-ste", "mft-hard"} and layers["dense"]["ratio_to_dense"] == 1.0
     assert all(row["median"] > 0 for row in result["rows"])
     assert json.loads((tmp_path / "layer.json").read_text())["tokens"] == 16
+
+
+@pytest.mark.parametrize("optimizer_cls, kwargs", [(torch.optim.AdamW, {}), (torch.optim.SGD, {"momentum": 0.9})])
+def test_step_in_backward_updates_like_the_plain_optimizer_and_frees_gradients(optimizer_cls, kwargs):
+    torch.manual_seed(0)
+    plain, fused = torch.nn.Linear(12, 8), torch.nn.Linear(12, 8)
+    fused.load_state_dict(plain.state_dict())
+
+    def groups(layer):
+        return [{"params": [layer.weight], "lr": 0.1, "weight_decay": 0.0}, {"params": [layer.bias], "lr": 0.01}]
+
+    plain_optimizer = optimizer_cls(groups(plain), lr=0.1, **kwargs)
+    fused_optimizer = StepInBackward(optimizer_cls(groups(fused), lr=0.1, **kwargs))
+    x = torch.randn(4, 12)
+    for _ in range(3):
+        plain(x).pow(2).sum().backward()
+        plain_optimizer.step()
+        plain_optimizer.zero_grad()
+        fused(x).pow(2).sum().backward()
+        assert fused.weight.grad is None and fused.bias.grad is None
+        fused_optimizer.step()
+    assert torch.equal(fused.weight, plain.weight) and torch.equal(fused.bias, plain.bias)
+    assert len(fused_optimizer.state) == 2 and [g["lr"] for g in fused_optimizer.param_groups] == [0.1, 0.01]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="Linux only")
+def test_release_checkpoint_pages_keeps_mapped_weights_readable(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    original = torch.randn(512, 256)
+    save_file({"w": original}, tmp_path / "w.safetensors")
+    mapped = load_file(tmp_path / "w.safetensors")["w"]
+    assert torch.equal(mapped, original)
+    released = release_checkpoint_pages()
+    assert torch.equal(mapped, original)  # read back from the file
+    assert released >= original.numel() * 4  # load_file maps the file
