@@ -43,6 +43,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .config import MFTConfig
+from .io import atomic_directory
 from .mask import MaskSpec, num_zeroed
 
 PathLike = Union[str, os.PathLike]
@@ -200,9 +201,6 @@ def export_compact_adapter(adapter_folder: PathLike, output_folder: PathLike, fm
         scores_bytes += tensor.numel() * tensor.element_size()
     if not layers:
         raise ValueError(f"{source / SAFETENSORS_WEIGHTS_NAME} holds no '*{SCORES_SUFFIX}' tensors: not an MFT adapter.")
-    output.mkdir(parents=True, exist_ok=True)
-    config.save_pretrained(str(output))
-    save_file({k: v.contiguous() for k, v in packed.items()}, str(output / COMPACT_WEIGHTS_NAME))
     meta = {
         "format": fmt,
         "format_version": COMPACT_FORMAT_VERSION,
@@ -211,7 +209,10 @@ def export_compact_adapter(adapter_folder: PathLike, output_folder: PathLike, fm
         "max_abs_mask_error": max_error,
         "note": "Inference only: training resumes only from the float32 scores written by save_pretrained.",
     }
-    (output / COMPACT_META_NAME).write_text(json.dumps(meta, indent=1))
+    with atomic_directory(output, keep_other_files=False) as staging:  # a crash leaves any previous export intact
+        config.save_pretrained(str(staging))
+        save_file({k: v.contiguous() for k, v in packed.items()}, str(staging / COMPACT_WEIGHTS_NAME))
+        (staging / COMPACT_META_NAME).write_text(json.dumps(meta, indent=1))
     return CompactExport(str(output), fmt, len(layers), masked_weights, (output / COMPACT_WEIGHTS_NAME).stat().st_size,
                          scores_bytes, max_error)
 

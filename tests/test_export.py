@@ -149,3 +149,21 @@ def test_tampered_hard_mask_with_wrong_zero_count_is_refused(tmp_path):
     save_file(tensors, path)
     with pytest.raises(ValueError, match="zeroed entries, but sparsity 0.2"):
         load_compact_adapter(make_llava(), tmp_path / "bits")
+
+
+def test_interrupted_export_leaves_the_previous_export_intact(tmp_path, monkeypatch):
+    import peft_mft.export
+
+    _, folder = _trained_adapter(tmp_path, "hard")
+    out = tmp_path / "compact"
+    export_compact_adapter(folder, out, "hard-bits")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(peft_mft.export, "save_file", crash)
+    with pytest.raises(OSError, match="disk full"):
+        export_compact_adapter(folder, out, "hard-indices")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".compact")) == []
