@@ -13,7 +13,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import TrainerCallback, TrainingArguments, set_seed
+
+from peft_mft.io import atomic_directory
+from peft_mft.trainer import AtomicCheckpointTrainer
 
 from .data import LlavaCollator, LlavaDataset, Record, VLMProcessor
 from .evaluation import evaluate_vqa
@@ -146,7 +149,7 @@ def train_and_evaluate(
         disable_tqdm=config.disable_tqdm,
     )
     timer, memory = StepTimer(), PeakMemory()
-    trainer = Trainer(
+    trainer = AtomicCheckpointTrainer(  # a checkpoint appears complete or not at all
         model=model,
         args=args,
         train_dataset=LlavaDataset(train_records, processor),
@@ -186,10 +189,11 @@ def train_and_evaluate(
         _write_json(out / "predictions.json", evaluation["predictions"])
     if save:
         saved = out / ("model" if not prepared.is_peft else "adapter")
-        model.save_pretrained(saved)
-        if not prepared.is_peft:
-            processor.tokenizer.save_pretrained(saved)
-            processor.image_preprocessor.save_pretrained(saved)
+        with atomic_directory(saved) as staging:  # a crash mid-save leaves the previous save intact
+            model.save_pretrained(staging)
+            if not prepared.is_peft:
+                processor.tokenizer.save_pretrained(staging)
+                processor.image_preprocessor.save_pretrained(staging)
         result["saved_to"] = str(saved)
         result["saved_bytes"] = weights_size_bytes(saved)
     if eval_records and check_merged and prepared.is_peft:
