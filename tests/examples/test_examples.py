@@ -236,3 +236,26 @@ def test_efficientnet_imagenet_weights_load():
     model = EfficientNetLiteVisionModel(EfficientNetLiteVisionConfig())
     model.load_imagenet_weights()
     assert model.backbone._bn0.running_var.abs().sum() > 0
+
+
+# A processor-style template (content as a list of typed parts), like llava-hf's chat_template.json.
+PARTS_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' ' }}"
+    "{% endfor %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+
+def test_processor_style_template_gets_answer_labels_and_eos(workdir, tmp_path):
+    template = tmp_path / "template.jinja"
+    template.write_text(PARTS_TEMPLATE)
+    processor = load_llava(str(workdir["llava"]), chat_template=str(template)).processor()
+    assert processor._content_style == "parts"
+    record = load_llava_json(workdir["test"], workdir["root"] / "data")[0]
+    item = processor.encode_training(record)
+    answer = item["labels"][item["labels"] != IGNORE_INDEX].tolist()
+    # the template ends no turn with EOS, so EOS is appended to the answer (as LLaVA's training does)
+    assert processor.tokenizer.convert_ids_to_tokens(answer) == ["red", "<|im_end|>"]
+    prompt, reference = processor.encode_prompts(record)[0]
+    assert processor.tokenizer.convert_ids_to_tokens(prompt[-2:]) == ["ASSISTANT", ":"] and reference == "red"
