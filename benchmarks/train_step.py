@@ -3,15 +3,17 @@
     python -m benchmarks.train_step                                  # embedded SmolLM2-135M VLM, CPU, every variant
     python -m benchmarks.train_step --methods mft,full --steps 5      # a subset
     python -m benchmarks.train_step --model llava-hf/llava-interleave-qwen-0.5b-hf --device cuda
-    python -m benchmarks.train_step --accuracy-steps 150 --methods full,mft,mft+bf16-base+adamw8bit+gc
+    python -m benchmarks.train_step --accuracy-steps 24 --eval-samples 200 --methods full,mft,mft+bf16-base+adamw8bit+gc
 
 Each variant (see `benchmarks.variants`: `METHOD[+OPTION...]`) runs in a fresh Python process, so its peak memory
 is its own. Per variant: optimizer step time (forward + backward + `optimizer.step()` + `zero_grad`, after warm-up;
 median, interquartile range, min, max), peak memory after warm-up (CPU: resident-set high-water mark, with the
-checkpoint's memory-mapped pages dropped after set-up so that weights it replaced do not count; CUDA: max allocated), trainable parameters, optimizer-state bytes, adapter bytes on disk (and compact MFT formats), merge time.
+checkpoint's memory-mapped pages dropped after set-up so that weights it replaced do not count; CUDA: max
+allocated), trainable parameters, optimizer-state bytes, adapter bytes on disk (and compact MFT formats), merge time.
 Every figure is also given as a ratio to `full`, so runs on noisy machines compare. Writes `train_step.json` and
 `train_step.md` under `--out`; `--accuracy-steps N` instead trains each variant N steps with the examples' Trainer
-helper and measures exact-match accuracy (`memory_accuracy.json` / `.md`).
+helper, exactly as `python -m examples.compare` trains each method (same data order, seed, schedule), and measures
+exact-match accuracy on easy-vqa test questions (`memory_accuracy.json` / `.md`).
 
 The batch: the first `--batch-size` records of the training data (default: easy-vqa, as in the examples), encoded by
 the examples' processor, right-padded (or cut) to `--seq-len` tokens. No gradient clipping or scheduler in the timed
@@ -207,15 +209,15 @@ def accuracy_variant(variant: Variant, args, device: torch.device) -> dict:
         raise ValueError(f"{variant.name}: step-in-backward has no Trainer counterpart here (Trainer clips gradients "
                          "and schedules one optimizer); measure it without --accuracy-steps.")
     loaded, source = _load(args.model, variant, device)
-    processor = loaded.processor(max_length=args.seq_len)
+    processor = loaded.processor()  # no truncation, as examples.compare
     train_records = _records(args.data, args.image_folder)
     eval_records = _eval_records(args)
     prepared = prepare_variant(loaded.model, variant)
     release_checkpoint_pages()
     with tempfile.TemporaryDirectory(prefix="mft-accuracy-") as workdir:
         config = TrainConfig(output_dir=workdir, max_steps=args.accuracy_steps, batch_size=args.batch_size,
-                             seed=args.seed, logging_steps=max(1, args.accuracy_steps // 10), disable_tqdm=True,
-                             desc=variant.name)
+                             seed=args.seed, logging_steps=max(1, args.accuracy_steps // 6), eval_batch_size=32,
+                             disable_tqdm=True, desc=variant.name)
         result = train_and_evaluate(prepared, processor, train_records, eval_records, config, save=False,
                                     check_merged=False)
     result.update(variant=variant.name, model=source, optimizer=type(prepared.optimizer).__name__,
@@ -252,9 +254,12 @@ def run_variant(args, variant: Variant, device: torch.device) -> dict:
     return (accuracy_variant if args.accuracy_steps else measure_variant)(variant, args, device)
 
 
-def _run_all(args, variants: list[Variant], device: torch.device) -> list[dict]:
+def _run_all(args, variants: list[Variant], device: torch.device, on_result=lambda results: None) -> list[dict]:
+    """Run every variant (each in a worker process unless `args.in_process`); `on_result(results)` after each."""
     results = []
     for variant in variants:
+        if results:
+            on_result(results)
         print(f"[train_step] {variant.name} ...", file=sys.stderr, flush=True)
         if variant.quantized_base and not _bitsandbytes_supports(device):
             results.append({"variant": variant.name, "skipped": f"bitsandbytes 4-bit is not available on {device.type}"})
@@ -386,7 +391,7 @@ def parse_args(argv=None):
     parser.add_argument("--eval-image-folder", default=None)
     parser.add_argument("--eval-samples", type=int, default=500, help="held-out records evaluated with --accuracy-steps")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=128, help="tokens per row (max length with --accuracy-steps)")
+    parser.add_argument("--seq-len", type=int, default=128, help="tokens per row (timed steps; not used for accuracy)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (optimizer state is created)")
     parser.add_argument("--accuracy-steps", type=int, default=0, help="train N steps and measure accuracy instead")
@@ -415,27 +420,34 @@ def main(argv=None) -> dict:
     variants = [parse_variant(text) for text in args.methods.split(",") if text.strip()]
     command = "python -m benchmarks.train_step " + " ".join(sys.argv[1:] if argv is None else argv)
     load_start = load_average()
-    results = _run_all(args, variants, device)
-    add_ratios(results)
-    model = next((r["model"] for r in results if "model" in r), args.model or "embedded")
-    report = {
-        "benchmark": "train_step",
-        "command": command,
-        "setup": {"model": model, "batch_size": args.batch_size, "seq_len": args.seq_len, "steps": args.steps,
-                  "warmup": args.warmup, "accuracy_steps": args.accuracy_steps, "eval_samples": args.eval_samples,
-                  "in_process": args.in_process},
-        "machine": machine_description(device),
-        "load_average_start": load_start,
-        "load_average_end": load_average(),
-        "results": results,
-    }
     out = Path(args.out or Path(__file__).parent / "results" / device.type)
     out.mkdir(parents=True, exist_ok=True)
     stem = "memory_accuracy" if args.accuracy_steps else "train_step"
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
-    table = markdown(report)
-    (out / f"{stem}.md").write_text(table + "\n")
-    print(table)
+
+    def report_for(results: list[dict]) -> dict:
+        add_ratios(results)
+        model = next((r["model"] for r in results if "model" in r), args.model or "embedded")
+        return {
+            "benchmark": "train_step",
+            "command": command,
+            "setup": {"model": model, "batch_size": args.batch_size, "seq_len": args.seq_len, "steps": args.steps,
+                      "warmup": args.warmup, "accuracy_steps": args.accuracy_steps, "eval_samples": args.eval_samples,
+                      "in_process": args.in_process},
+            "machine": machine_description(device),
+            "load_average_start": load_start,
+            "load_average_end": load_average(),
+            "complete": len(results) == len(variants),
+            "results": results,
+        }
+
+    def write(results: list[dict]) -> dict:
+        report = report_for(results)
+        (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
+        (out / f"{stem}.md").write_text(markdown(report) + "\n")
+        return report
+
+    report = write(_run_all(args, variants, device, on_result=write))
+    print(markdown(report))
     return report
 
 

@@ -303,11 +303,20 @@ class VLMProcessor:
                 yield None, True  # the template ends no turn with EOS: append it so generation learns to stop
             rendered = full
 
+    def _bos(self, rendered: str) -> list[int]:
+        """[BOS] when the tokenizer adds one by default and the template did not write it already."""
+        if self._bos_id is None or rendered.startswith(self.tokenizer.bos_token):
+            return []
+        return [self._bos_id]
+
     def encode_training(self, record: Record) -> dict:
         """-> {"input_ids": LongTensor (L,), "labels": LongTensor (L,)} with labels only on answers."""
-        ids: list[int] = [self._bos_id] if self._bos_id is not None else []
-        labels: list[int] = [IGNORE_INDEX] * len(ids)
-        for text, is_answer in self._segments(record):
+        ids: list[int] = []
+        labels: list[int] = []
+        for n, (text, is_answer) in enumerate(self._segments(record)):
+            if n == 0:
+                ids = self._bos(text)
+                labels = [IGNORE_INDEX] * len(ids)
             piece = [self.eos_token_id] if text is None else self._tokenize(text)
             ids.extend(piece)
             labels.extend(piece if is_answer else [IGNORE_INDEX] * len(piece))
@@ -320,8 +329,8 @@ class VLMProcessor:
         out = []
         for i, (role, text) in enumerate(record.turns):
             if role == "assistant":
-                ids = ([self._bos_id] if self._bos_id is not None else []) + self._tokenize(
-                    self._apply(messages[:i], add_generation_prompt=True))
+                prompt = self._apply(messages[:i], add_generation_prompt=True)
+                ids = self._bos(prompt) + self._tokenize(prompt)
                 out.append((self._truncate(record, ids, None)[0], text))
         return out
 

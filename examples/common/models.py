@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,19 +99,3 @@ def count_image_tokens(model, preprocessor: ImagePreprocessor) -> int:
     features = base.model.get_image_features(pixel_values=pixel.to(param.device, param.dtype))
     features = features.pooler_output if hasattr(features, "pooler_output") else features
     return int(features[0].shape[0])
-
-
-def describe_checkpoint(source: str) -> dict:
-    """Small summary of a checkpoint folder for logs (model type, sizes)."""
-    config = AutoConfig.from_pretrained(source)
-    return json.loads(
-        json.dumps(
-            {
-                "model_type": config.model_type,
-                "text_model": config.text_config.model_type,
-                "vision_model": config.vision_config.model_type,
-                "hidden_size": config.text_config.hidden_size,
-                "layers": config.text_config.num_hidden_layers,
-            }
-        )
-    )

@@ -259,3 +259,19 @@ def test_processor_style_template_gets_answer_labels_and_eos(workdir, tmp_path):
     assert processor.tokenizer.convert_ids_to_tokens(answer) == ["red", "<|im_end|>"]
     prompt, reference = processor.encode_prompts(record)[0]
     assert processor.tokenizer.convert_ids_to_tokens(prompt[-2:]) == ["ASSISTANT", ":"] and reference == "red"
+
+
+@pytest.mark.parametrize("template_writes_bos", [False, True])
+def test_exactly_one_bos_when_the_tokenizer_adds_one(workdir, template_writes_bos):
+    from examples.common.data import VLMProcessor
+    from examples.common.embedded import EMBEDDED_CHAT_TEMPLATE
+
+    tokenizer = make_tokenizer(with_bos=True)
+    template = ("{{ bos_token }}" if template_writes_bos else "") + EMBEDDED_CHAT_TEMPLATE
+    processor = VLMProcessor(tokenizer, ImagePreprocessor(height=16, width=16),
+                             image_token_id=tokenizer.convert_tokens_to_ids("<image>"), num_image_tokens=4,
+                             chat_template=template)
+    record = load_llava_json(workdir["test"], workdir["root"] / "data")[0]
+    bos = tokenizer.bos_token_id
+    for ids in (processor.encode_training(record)["input_ids"].tolist(), processor.encode_prompts(record)[0][0]):
+        assert ids[0] == bos and ids.count(bos) == 1

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 from safetensors.torch import save_file
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import (
     CLIPVisionConfig,
     CLIPVisionModel,
@@ -25,14 +25,16 @@ from examples.common.embedded import EMBEDDED_CHAT_TEMPLATE
 from examples.common.images import CLIP_MEAN, CLIP_STD, ImagePreprocessor
 from examples.common.tinyllava import TINYLLAVA_SYSTEM
 
-SPECIALS = ["<pad>", "[UNK]", "<|im_start|>", "<|im_end|>", "<image>"]
+SPECIALS = ["<pad>", "[UNK]", "<|im_start|>", "<|im_end|>", "<image>", "<s>"]
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
 SHAPES = ("circle", "rectangle")
 QUESTION_SUFFIX = "Answer with one word."
 IMAGE_SIZE = 16
 
 
-def make_tokenizer() -> PreTrainedTokenizerFast:
+def make_tokenizer(with_bos: bool = False) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over the words the tiny data uses; ``with_bos``: it adds "<s>" in front by default
+    (like Llama's)."""
     text = " ".join([
         "user assistant system USER ASSISTANT : what color is the shape ? is there a in image yes no",
         QUESTION_SUFFIX, TINYLLAVA_SYSTEM, " ".join(COLORS), " ".join(SHAPES), "Describe briefly . A",
@@ -42,8 +44,13 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.add_special_tokens(SPECIALS)
+    extra = {}
+    if with_bos:
+        backend.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
+                                                               special_tokens=[("<s>", vocab["<s>"])])
+        extra["bos_token"] = "<s>"
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<pad>",
-                                  unk_token="[UNK]")
+                                  unk_token="[UNK]", **extra)
     tok.chat_template = EMBEDDED_CHAT_TEMPLATE
     return tok
 
