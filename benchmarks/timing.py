@@ -65,6 +65,8 @@ def machine_description(device: torch.device) -> dict:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
+        # settings that change speed or memory (allocator, thread pools)
+        "environment": {k: v for k, v in sorted(os.environ.items()) if k.startswith(("MALLOC_", "OMP_", "MKL_"))},
     }
     if device.type == "cuda":
         info["device_name"] = torch.cuda.get_device_name(device)

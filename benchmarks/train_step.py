@@ -12,8 +12,9 @@ checkpoint's memory-mapped pages dropped after set-up so that weights it replace
 allocated), trainable parameters, optimizer-state bytes, adapter bytes on disk (and compact MFT formats), merge time.
 Every figure is also given as a ratio to `full`, so runs on noisy machines compare. Writes `train_step.json` and
 `train_step.md` under `--out`; `--accuracy-steps N` instead trains each variant N steps with the examples' Trainer
-helper, exactly as `python -m examples.compare` trains each method (same data order, seed, schedule), and measures
-exact-match accuracy on easy-vqa test questions (`memory_accuracy.json` / `.md`).
+helper, as `python -m examples.compare` trains each method (same data order, seed, schedule; but float32, like the
+timed loop, where compare defaults to bf16 autocast), and measures exact-match accuracy on easy-vqa test questions
+(`memory_accuracy.json` / `.md`).
 
 The batch: the first `--batch-size` records of the training data (default: easy-vqa, as in the examples), encoded by
 the examples' processor, right-padded (or cut) to `--seq-len` tokens. No gradient clipping or scheduler in the timed
@@ -205,9 +206,6 @@ def accuracy_variant(variant: Variant, args, device: torch.device) -> dict:
     """Train `args.accuracy_steps` steps with the examples' `train_and_evaluate` and measure exact-match accuracy."""
     from examples.common.training import TrainConfig, train_and_evaluate
 
-    if "step-in-backward" in variant.options:
-        raise ValueError(f"{variant.name}: step-in-backward has no Trainer counterpart here (Trainer clips gradients "
-                         "and schedules one optimizer); measure it without --accuracy-steps.")
     loaded, source = _load(args.model, variant, device)
     processor = loaded.processor()  # no truncation, as examples.compare
     train_records = _records(args.data, args.image_folder)
@@ -217,10 +215,13 @@ def accuracy_variant(variant: Variant, args, device: torch.device) -> dict:
     with tempfile.TemporaryDirectory(prefix="mft-accuracy-") as workdir:
         config = TrainConfig(output_dir=workdir, max_steps=args.accuracy_steps, batch_size=args.batch_size,
                              seed=args.seed, logging_steps=max(1, args.accuracy_steps // 6), eval_batch_size=32,
-                             disable_tqdm=True, desc=variant.name)
+                             disable_tqdm=True, desc=variant.name,
+                             # each gradient is consumed in the backward: nothing is left to clip
+                             **({"max_grad_norm": 0.0} if "step-in-backward" in variant.options else {}))
         result = train_and_evaluate(prepared, processor, train_records, eval_records, config, save=False,
                                     check_merged=False)
     result.update(variant=variant.name, model=source, optimizer=type(prepared.optimizer).__name__,
+                  step_seconds_median=result["median_step_seconds"],
                   optimizer_state_bytes=_optimizer_state_bytes(prepared.optimizer), load_average_after=load_average())
     return result
 
@@ -316,7 +317,8 @@ def markdown(report: dict) -> str:
     lines = [
         f"Model `{setup['model']}`, batch {setup['batch_size']} x {setup['seq_len']} tokens, {machine['device_name']} "
         f"({machine['device']}, {machine['torch_threads']} threads), torch {machine['torch']}; "
-        f"load average at start {report['load_average_start']}, at end {report['load_average_end']}.",
+        f"load average at start {report['load_average_start']}, at end {report['load_average_end']}"
+        + "".join(f", {k}={v}" for k, v in machine.get("environment", {}).items()) + ".",
         f"Command: `{report['command']}`",
         "",
     ]

@@ -13,7 +13,8 @@ A variant is written `METHOD[+OPTION...]`:
   - `gc`: gradient checkpointing (non-reentrant);
   - `step-in-backward`: each parameter's optimizer step runs as soon as its gradient is complete, and the gradient is
     freed at once, so gradients of the whole model never exist together (PyTorch's "optimizer step in backward"
-    recipe, `Tensor.register_post_accumulate_grad_hook`). No gradient clipping or accumulation then; timed loop only.
+    recipe, `Tensor.register_post_accumulate_grad_hook`). No gradient clipping or accumulation then (with
+    `--accuracy-steps`, Trainer runs with `max_grad_norm=0`; its LR schedule still applies).
 
 Model loading, data and `prepare_model` come from `examples.common`, so a variant here trains exactly what
 `python -m examples.llava.train --method ...` trains.
@@ -145,10 +146,13 @@ def _optimizer(prepared: PreparedModel, variant: Variant) -> torch.optim.Optimiz
     return optimizer_cls(groups, lr=prepared.lr, **kwargs)
 
 
-class StepInBackward:
-    """Stands in for an optimizer: one optimizer per parameter, stepped from a post-accumulate-grad hook that then
-    frees the gradient. `step()` and `zero_grad()` do nothing (the work happened in the backward); `state` and
-    `param_groups` gather those of the per-parameter optimizers."""
+class StepInBackward(torch.optim.Optimizer):
+    """An optimizer whose work happens in the backward: one optimizer per parameter, stepped from a
+    post-accumulate-grad hook that then frees the gradient, so gradients of the whole model never exist together.
+
+    `step()` and `zero_grad()` do nothing. `param_groups` are the per-parameter optimizers' own group dicts, so an LR
+    scheduler (Trainer's included) that sets `group["lr"]` drives them; `state` gathers theirs. Not for gradient
+    accumulation or clipping (each gradient is consumed as soon as it is complete): train with `max_grad_norm=0`."""
 
     def __init__(self, optimizer: torch.optim.Optimizer):
         self.optimizers = {}
@@ -157,12 +161,16 @@ class StepInBackward:
             for param in group["params"]:
                 self.optimizers[param] = type(optimizer)([{"params": [param], **options}])
                 param.register_post_accumulate_grad_hook(self._step_and_free)
+        # Not Optimizer.__init__, which builds groups of its own: these must stay the per-parameter optimizers'
+        # dicts. __setstate__ sets up the hook registries and step patching as unpickling does.
+        self.__setstate__({"defaults": dict(optimizer.defaults),
+                           "param_groups": [group for opt in self.optimizers.values() for group in opt.param_groups]})
 
     def _step_and_free(self, param: torch.Tensor) -> None:
         self.optimizers[param].step()
         param.grad = None
 
-    def step(self) -> None:
+    def step(self, closure=None) -> None:
         pass
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -170,11 +178,7 @@ class StepInBackward:
 
     @property
     def state(self) -> dict:
-        return {param: optimizer.state[param] for param, optimizer in self.optimizers.items() if param in optimizer.state}
-
-    @property
-    def param_groups(self) -> list[dict]:
-        return [group for optimizer in self.optimizers.values() for group in optimizer.param_groups]
+        return {param: opt.state[param] for param, opt in self.optimizers.items() if param in opt.state}
 
 
 def prepare_variant(model: nn.Module, variant: Variant) -> PreparedModel:

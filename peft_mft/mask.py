@@ -128,6 +128,7 @@ class MaskSpec:
             return torch.ones_like(scores)
         return hard_mask(scores, hard_threshold)
 
+
 def _soft_sigmoid(scores: torch.Tensor, spec: MaskSpec) -> torch.Tensor:
     """`sigmoid(S / temperature)` as one new tensor, computed in place (no autograd; for the Function)."""
     return torch.div(_at_least_float32(scores), spec.temperature).sigmoid_()

@@ -116,6 +116,23 @@ def test_train_step_reports_every_figure_and_its_ratio_to_full(tiny):
     assert full["merge_seconds"] is None
 
 
+def test_accuracy_mode_trains_with_trainer_including_step_in_backward(tiny):
+    out = tiny["root"] / "accuracy"
+    report = train_step.main([
+        "--model", str(tiny["model"]), "--data", str(tiny["train"]), "--eval-data", str(tiny["test"]),
+        "--methods", "full,mft+step-in-backward", "--batch-size", "2", "--accuracy-steps", "3", "--eval-samples", "4",
+        "--in-process", "--out", str(out),
+    ])
+    results = {r["variant"]: r for r in report["results"]}
+    assert set(results) == {"full", "mft+step-in-backward"} and "| mft+step-in-backward | " in (
+        out / "memory_accuracy.md").read_text()
+    fused = results["mft+step-in-backward"]
+    assert fused["optimizer"] == "StepInBackward" and fused["optimizer_state_bytes"] > 0  # it stepped in the backward
+    assert 0 <= fused["accuracy"] <= 1 and fused["eval_questions"] > 0 and fused["peak_memory_bytes"] > 0
+    full = results["full"]
+    assert fused["ratio_to_full"]["step_seconds_median"] == fused["median_step_seconds"] / full["median_step_seconds"]
+
+
 def test_masked_linear_benchmark_reports_a_ratio_per_layer(tmp_path):
     result = masked_linear.main(["--shapes", "64x32", "--tokens", "16", "--repeats", "3", "--warmup", "1",
                                  "--json", str(tmp_path / "layer.json")])
@@ -148,6 +165,26 @@ def test_step_in_backward_updates_like_the_plain_optimizer_and_frees_gradients(o
     assert len(fused_optimizer.state) == 2 and [g["lr"] for g in fused_optimizer.param_groups] == [0.1, 0.01]
 
 
+def test_step_in_backward_follows_an_lr_scheduler():
+    torch.manual_seed(0)
+    plain, fused = torch.nn.Linear(6, 3), torch.nn.Linear(6, 3)
+    fused.load_state_dict(plain.state_dict())
+    plain_optimizer = torch.optim.AdamW(plain.parameters(), lr=0.1)
+    fused_optimizer = StepInBackward(torch.optim.AdamW(fused.parameters(), lr=0.1))
+    halve = lambda step: 0.5 ** step  # noqa: E731
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, halve) for o in (plain_optimizer, fused_optimizer)]
+    x = torch.randn(4, 6)
+    for _ in range(3):
+        for layer, optimizer in ((plain, plain_optimizer), (fused, fused_optimizer)):
+            layer(x).pow(2).sum().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        for scheduler in schedulers:
+            scheduler.step()
+    assert [o.param_groups[0]["lr"] for o in fused_optimizer.optimizers.values()] == [0.1 / 8] * 2
+    assert torch.equal(fused.weight, plain.weight) and torch.equal(fused.bias, plain.bias)
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="Linux only")
 def test_release_checkpoint_pages_keeps_mapped_weights_readable(tmp_path):
     from safetensors.torch import load_file, save_file
@@ -159,3 +196,12 @@ def test_release_checkpoint_pages_keeps_mapped_weights_readable(tmp_path):
     released = release_checkpoint_pages()
     assert torch.equal(mapped, original)  # read back from the file
     assert released >= original.numel() * 4  # load_file maps the file
+
+
+def test_machine_description_records_allocator_and_thread_settings(monkeypatch):
+    from benchmarks.timing import machine_description
+
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+    monkeypatch.setenv("UNRELATED_SETTING", "1")
+    environment = machine_description(torch.device("cpu"))["environment"]
+    assert environment["MALLOC_MMAP_THRESHOLD_"] == "131072" and "UNRELATED_SETTING" not in environment
