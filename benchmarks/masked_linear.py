@@ -21,8 +21,10 @@ from peft_mft.mask import MaskSpec, masked_linear
 
 from .timing import load_average, machine_description, summarize, time_interleaved
 
-# SmolLM2-135M: q/o 576x576, k/v 192x576, gate/up 1536x576, down 576x1536 (out x in).
+# SmolLM2-135M: q/o 576x576, k/v 192x576, gate/up 1536x576, down 576x1536 (out x in), and how many of each shape
+# one decoder layer holds.
 DEFAULT_SHAPES = ("576x576", "192x576", "1536x576", "576x1536")
+DEFAULT_COUNTS = (2, 2, 2, 1)
 # Element-wise traffic of `MaskedLinearFunction` per masked weight (float32 W, S), forward + backward, counted from
 # its passes (a pass reading r and writing w float32 tensors moves 4 (r + w) bytes):
 #   soft forward: S/T (8), sigmoid_ (8), /normalizer (8), *W (12) = 36
@@ -76,7 +78,13 @@ def layer_functions(out_features: int, in_features: int, tokens: int, device, dt
     return functions
 
 
-def run(shapes, tokens: int, repeats: int, warmup: int, device: torch.device, dtype: torch.dtype) -> dict:
+def run(shapes, tokens: int, repeats: int, warmup: int, device: torch.device, dtype: torch.dtype,
+        counts=None) -> dict:
+    """Time every layer on every shape; `counts[i]` copies of shape i make one decoder layer (default: one each),
+    whose total time per layer variant is reported as `decoder_layer`."""
+    counts = list(counts or [1] * len(shapes))
+    if len(counts) != len(shapes):
+        raise ValueError(f"{len(counts)} counts for {len(shapes)} shapes; give one count per shape.")
     rows = []
     for out_features, in_features in shapes:
         times = time_interleaved(layer_functions(out_features, in_features, tokens, device, dtype), repeats, warmup, device)
@@ -85,8 +93,16 @@ def run(shapes, tokens: int, repeats: int, warmup: int, device: torch.device, dt
             stats = summarize(seconds)
             rows.append({"shape": f"{out_features}x{in_features}", "layer": name, **stats,
                          "ratio_to_dense": stats["median"] / dense})
+    decoder_layer = {}
+    for name in ("dense", *SPECS):
+        medians = [row["median"] for row in rows if row["layer"] == name]
+        decoder_layer[name] = sum(count * median for count, median in zip(counts, medians))
+    decoder_layer = {name: {"seconds": total, "ratio_to_dense": total / decoder_layer["dense"]}
+                     for name, total in decoder_layer.items()}
     return {
         "benchmark": "masked_linear",
+        "counts": counts,
+        "decoder_layer": decoder_layer,
         "command": "python -m benchmarks.masked_linear " + " ".join(sys.argv[1:]),
         "tokens": tokens,
         "dtype": str(dtype).removeprefix("torch."),
@@ -107,6 +123,11 @@ def markdown(result: dict) -> str:
     for row in result["rows"]:
         lines.append(f"| {row['shape']} | {row['layer']} | {row['median'] * 1e3:.2f} | {row['iqr'] * 1e3:.2f} | "
                      f"{row['ratio_to_dense']:.3f} |")
+    mix = " + ".join(f"{count} x {shape}" for count, shape in zip(result["counts"], dict.fromkeys(
+        row["shape"] for row in result["rows"])))
+    for name, total in result["decoder_layer"].items():
+        lines.append(f"| decoder layer ({mix}) | {name} | {total['seconds'] * 1e3:.2f} | | "
+                     f"{total['ratio_to_dense']:.3f} |")
     return "\n".join(lines)
 
 
@@ -136,6 +157,9 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", type=parse_shape, default=[parse_shape(s) for s in DEFAULT_SHAPES],
                         help="OUTxIN weight shapes (default: SmolLM2-135M's projections)")
+    parser.add_argument("--counts", nargs="+", type=int, default=None,
+                        help="copies of each shape in one decoder layer (default: 2 2 2 1 for the default shapes, "
+                             "else 1 each)")
     parser.add_argument("--tokens", type=int, default=1024, help="rows of x: batch size x sequence length")
     parser.add_argument("--repeats", type=int, default=30, help="timed calls per layer (interleaved)")
     parser.add_argument("--warmup", type=int, default=3)
@@ -152,8 +176,10 @@ def main(argv=None) -> dict:
         return {"analysis": text}
     if args.threads:
         torch.set_num_threads(args.threads)
+    defaults = [parse_shape(s) for s in DEFAULT_SHAPES]
+    counts = args.counts or (DEFAULT_COUNTS if args.shapes == defaults else None)
     result = run(args.shapes, args.tokens, args.repeats, args.warmup, torch.device(args.device),
-                 getattr(torch, args.dtype))
+                 getattr(torch, args.dtype), counts)
     print(markdown(result))
     if args.json:
         with open(args.json, "w") as f:

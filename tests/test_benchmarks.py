@@ -142,6 +142,17 @@ def test_masked_linear_benchmark_reports_a_ratio_per_layer(tmp_path):
     assert json.loads((tmp_path / "layer.json").read_text())["tokens"] == 16
 
 
+def test_masked_linear_benchmark_sums_a_decoder_layer_from_shape_counts():
+    result = masked_linear.main(["--shapes", "64x32", "32x64", "--counts", "3", "1", "--tokens", "8", "--repeats",
+                                 "2", "--warmup", "0"])
+    medians = {(row["shape"], row["layer"]): row["median"] for row in result["rows"]}
+    for name, total in result["decoder_layer"].items():
+        assert total["seconds"] == pytest.approx(3 * medians["64x32", name] + medians["32x64", name])
+    assert result["decoder_layer"]["dense"]["ratio_to_dense"] == 1.0
+    with pytest.raises(ValueError, match="2 counts for 1 shapes"):
+        masked_linear.run([(4, 4)], 2, 1, 0, torch.device("cpu"), torch.float32, counts=[1, 2])
+
+
 @pytest.mark.parametrize("optimizer_cls, kwargs", [(torch.optim.AdamW, {}), (torch.optim.SGD, {"momentum": 0.9})])
 def test_step_in_backward_updates_like_the_plain_optimizer_and_frees_gradients(optimizer_cls, kwargs):
     torch.manual_seed(0)
