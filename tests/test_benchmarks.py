@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from benchmarks import masked_linear, train_step
+from benchmarks import accuracy_seeds, masked_linear, train_step
 from benchmarks.timing import release_checkpoint_pages
 from benchmarks.variants import StepInBackward, Variant, hold_masked_weights_in, parse_variant, prepare_variant
 from examples.common.models import load_llava
@@ -131,6 +131,19 @@ def test_accuracy_mode_trains_with_trainer_including_step_in_backward(tiny):
     assert 0 <= fused["accuracy"] <= 1 and fused["eval_questions"] > 0 and fused["peak_memory_bytes"] > 0
     full = results["full"]
     assert fused["ratio_to_full"]["step_seconds_median"] == fused["median_step_seconds"] / full["median_step_seconds"]
+
+    other_seed = tiny["root"] / "accuracy-seed1"
+    train_step.main(["--model", str(tiny["model"]), "--data", str(tiny["train"]), "--eval-data", str(tiny["test"]),
+                     "--methods", "full", "--batch-size", "2", "--accuracy-steps", "1", "--eval-samples", "4",
+                     "--seed", "1", "--in-process", "--out", str(other_seed)])
+    reports = [out / "memory_accuracy.json", other_seed / "memory_accuracy.json"]
+    table = accuracy_seeds.main([str(p) for p in reports])
+    accuracies = [100 * full["accuracy"], 100 * json.loads(reports[1].read_text())["results"][0]["accuracy"]]
+    mean, spread = sum(accuracies) / 2, abs(accuracies[0] - accuracies[1]) / 2 ** 0.5
+    assert f"| full | {accuracies[0]:.1f} | {accuracies[1]:.1f} | {mean:.1f} ± {spread:.1f} |" in table
+    assert f"| mft+step-in-backward | {100 * fused['accuracy']:.1f} | - | " in table
+    with pytest.raises(ValueError, match="appears in two reports"):
+        accuracy_seeds.main([str(reports[0]), str(reports[0])])
 
 
 def test_masked_linear_benchmark_reports_a_ratio_per_layer(tmp_path):
