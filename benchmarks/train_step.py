@@ -9,7 +9,8 @@ Each variant (see `benchmarks.variants`: `METHOD[+OPTION...]`) runs in a fresh P
 is its own. Per variant: optimizer step time (forward + backward + `optimizer.step()` + `zero_grad`, after warm-up;
 median, interquartile range, min, max), peak memory after warm-up (CPU: resident-set high-water mark, with the
 checkpoint's memory-mapped pages dropped after set-up so that weights it replaced do not count; CUDA: max
-allocated), trainable parameters, optimizer-state bytes, adapter bytes on disk (and compact MFT formats), merge time.
+allocated), trainable parameters, optimizer-state bytes, adapter bytes on disk (and compact MFT formats: bytes, mask error,
+logit drift on the batch), merge time.
 Every figure is also given as a ratio to `full`, so runs on noisy machines compare. Writes `train_step.json` and
 `train_step.md` under `--out`; `--accuracy-steps N` instead trains each variant N steps with the examples' Trainer
 helper, as `python -m examples.compare` trains each method (same data order, seed, schedule; but float32, like the
@@ -120,8 +121,32 @@ def _optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     return sum(value.nbytes for state in optimizer.state.values() for value in state.values() if torch.is_tensor(value))
 
 
-def _adapter_figures(prepared, variant: Variant, workdir: Path) -> dict:
-    """Bytes of the saved adapter (or full model), compact MFT formats, and merge time."""
+def compact_logit_drift(model, folder: Path, batch: dict) -> float:
+    """Largest absolute change of any logit on `batch` when the model's trained scores are replaced by those decoded
+    from the compact export in `folder`; the trained scores are put back afterwards."""
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+    from peft_mft.export import SCORES_SUFFIX, read_compact_masks, scores_for_mask
+
+    config, _, masks, _ = read_compact_masks(folder)
+    spec = config.mask_spec(torch.device("cpu"))
+    trained = {key: value.detach().clone() for key, value in get_peft_model_state_dict(model).items()}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            reference = model(**batch).logits
+            set_peft_model_state_dict(model, {key + SCORES_SUFFIX: scores_for_mask(mask, spec)
+                                              for key, mask in masks.items()})
+            return (model(**batch).logits - reference).abs().max().item()
+    finally:
+        set_peft_model_state_dict(model, trained)
+        model.train(was_training)
+
+
+def _adapter_figures(prepared, variant: Variant, workdir: Path, batch: dict) -> dict:
+    """Bytes of the saved adapter (or full model), compact MFT formats (bytes, mask error, logit drift on `batch`),
+    and merge time."""
     from examples.common.training import weights_size_bytes
 
     folder = workdir / "saved"
@@ -133,7 +158,8 @@ def _adapter_figures(prepared, variant: Variant, workdir: Path) -> dict:
         mask_type = "hard" if variant.method == "mft-hard" else "soft"
         for fmt in COMPACT_FORMATS[mask_type]:
             export = export_compact_adapter(folder, workdir / fmt, fmt)
-            figures["compact"][fmt] = {"bytes": export.bytes_on_disk, "max_abs_mask_error": export.max_abs_mask_error}
+            figures["compact"][fmt] = {"bytes": export.bytes_on_disk, "max_abs_mask_error": export.max_abs_mask_error,
+                                       "max_abs_logit_drift": compact_logit_drift(prepared.model, workdir / fmt, batch)}
     figures["merge_seconds"] = None
     if prepared.is_peft:
         try:
@@ -198,7 +224,7 @@ def measure_variant(variant: Variant, args, device: torch.device) -> dict:
         "load_average_after": load_average(),
     }
     with tempfile.TemporaryDirectory(prefix="mft-bench-") as workdir:
-        result.update(_adapter_figures(prepared, variant, Path(workdir)))
+        result.update(_adapter_figures(prepared, variant, Path(workdir), batch))
     return result
 
 
@@ -371,14 +397,14 @@ def markdown(report: dict) -> str:
     compact = [(r["variant"], fmt, c) for r in results for fmt, c in r.get("compact", {}).items()]
     if compact:
         lines += ["", "Compact MFT adapters (`peft_mft.export`; inference only, training resumes from the fp32 scores):",
-                  "", "| variant | format | MiB | x fp32 scores | x lora-r8 adapter | max abs mask error |",
-                  "|---|---|---|---|---|---|"]
+                  "", "| variant | format | MiB | x fp32 scores | x lora-r8 adapter | max abs mask error | "
+                  "max abs logit drift |", "|---|---|---|---|---|---|---|"]
         lora = next((r["adapter_bytes"] for r in results if r["variant"] == "lora-r8" and "adapter_bytes" in r), None)
         for name, fmt, c in compact:
             scores = next(r["adapter_bytes"] for r in results if r["variant"] == name)
             versus_lora = f"{c['bytes'] / lora:.2f}" if lora else "-"
             lines.append(f"| {name} | {fmt} | {_mb(c['bytes'])} | {c['bytes'] / scores:.3f} | {versus_lora} | "
-                         f"{c['max_abs_mask_error']:.2e} |")
+                         f"{c['max_abs_mask_error']:.2e} | {c['max_abs_logit_drift']:.2e} |")
     return "\n".join(lines)
 
 

@@ -111,6 +111,8 @@ def test_train_step_reports_every_figure_and_its_ratio_to_full(tiny):
     assert 4 * masked <= sgd["optimizer_state_bytes"] <= 4 * masked + 4 * 1000  # SGD: one momentum buffer
     assert hard["adapter_bytes"] >= 4 * masked and hard["merge_seconds"] >= 0
     assert hard["compact"]["hard-bits"]["max_abs_mask_error"] == 0.0
+    assert hard["compact"]["hard-bits"]["max_abs_logit_drift"] == hard["compact"]["hard-indices"]["max_abs_logit_drift"] == 0.0
+    assert all(0 <= c["max_abs_logit_drift"] < 1e-3 for c in sgd["compact"].values())
     assert hard["compact"]["hard-indices"]["bytes"] < hard["compact"]["hard-bits"]["bytes"] < hard["adapter_bytes"] / 16
     assert lora["trainable_parameters"] < masked and lora["merge_seconds"] >= 0
     assert full["merge_seconds"] is None
@@ -144,6 +146,29 @@ def test_accuracy_mode_trains_with_trainer_including_step_in_backward(tiny):
     assert f"| mft+step-in-backward | {100 * fused['accuracy']:.1f} | - | " in table
     with pytest.raises(ValueError, match="appears in two reports"):
         accuracy_seeds.main([str(reports[0]), str(reports[0])])
+
+
+def test_compact_logit_drift_sees_other_masks_and_restores_the_trained_scores(tiny, tmp_path):
+    from peft.utils import get_peft_model_state_dict
+
+    from peft_mft.export import export_compact_adapter
+
+    loaded, records = _processor_and_records(tiny)
+    batch = train_step.fixed_batch(loaded.processor(), records, 2, 48, torch.device("cpu"), torch.float32)
+    model = prepare_variant(loaded.model, parse_variant("mft-hard")).model
+    model.save_pretrained(tmp_path / "fresh")
+    export_compact_adapter(tmp_path / "fresh", tmp_path / "fresh-bits", "hard-bits")
+    with torch.no_grad():  # move the scores so that other weights are zeroed than in the fresh export
+        for key, scores in model.named_parameters():
+            if "mft_scores" in key:
+                scores.copy_(torch.rand_like(scores))
+    trained = {k: v.clone() for k, v in get_peft_model_state_dict(model).items()}
+    model.save_pretrained(tmp_path / "trained")
+    export_compact_adapter(tmp_path / "trained", tmp_path / "trained-bits", "hard-bits")
+    assert train_step.compact_logit_drift(model, tmp_path / "trained-bits", batch) == 0.0
+    assert train_step.compact_logit_drift(model, tmp_path / "fresh-bits", batch) > 1e-4
+    assert all(torch.equal(v, trained[k]) for k, v in get_peft_model_state_dict(model).items())
+    assert model.training
 
 
 def test_masked_linear_benchmark_reports_a_ratio_per_layer(tmp_path):
