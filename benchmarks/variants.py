@@ -13,7 +13,7 @@ A variant is written `METHOD[+OPTION...]`:
   - `gc`: gradient checkpointing (non-reentrant);
   - `step-in-backward`: each parameter's optimizer step runs as soon as its gradient is complete, and the gradient is
     freed at once, so gradients of the whole model never exist together (PyTorch's "optimizer step in backward"
-    recipe, `Tensor.register_post_accumulate_grad_hook`). No gradient clipping or accumulation then (with
+    recipe, `peft_mft.OptimizerInBackward`). No gradient clipping or accumulation then (with
     `--accuracy-steps`, Trainer runs with `max_grad_norm=0`; its LR schedule still applies).
 
 Model loading, data and `prepare_model` come from `examples.common`, so a variant here trains exactly what
@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from examples.common.methods import MethodArgs, PreparedModel, prepare_model
+from peft_mft.optimizer_in_backward import OptimizerInBackward
 
 MFT_METHODS = ("mft", "mft-ste", "mft-hard")
 OPTIONS = ("adamw8bit", "paged-adamw8bit", "sgd", "bf16-base", "4bit-base", "gc", "step-in-backward")
@@ -146,41 +147,6 @@ def _optimizer(prepared: PreparedModel, variant: Variant) -> torch.optim.Optimiz
     return optimizer_cls(groups, lr=prepared.lr, **kwargs)
 
 
-class StepInBackward(torch.optim.Optimizer):
-    """An optimizer whose work happens in the backward: one optimizer per parameter, stepped from a
-    post-accumulate-grad hook that then frees the gradient, so gradients of the whole model never exist together.
-
-    `step()` and `zero_grad()` do nothing. `param_groups` are the per-parameter optimizers' own group dicts, so an LR
-    scheduler (Trainer's included) that sets `group["lr"]` drives them; `state` gathers theirs. Not for gradient
-    accumulation or clipping (each gradient is consumed as soon as it is complete): train with `max_grad_norm=0`."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer):
-        self.optimizers = {}
-        for group in optimizer.param_groups:
-            options = {k: v for k, v in group.items() if k != "params"}
-            for param in group["params"]:
-                self.optimizers[param] = type(optimizer)([{"params": [param], **options}])
-                param.register_post_accumulate_grad_hook(self._step_and_free)
-        # Not Optimizer.__init__, which builds groups of its own: these must stay the per-parameter optimizers'
-        # dicts. __setstate__ sets up the hook registries and step patching as unpickling does.
-        self.__setstate__({"defaults": dict(optimizer.defaults),
-                           "param_groups": [group for opt in self.optimizers.values() for group in opt.param_groups]})
-
-    def _step_and_free(self, param: torch.Tensor) -> None:
-        self.optimizers[param].step()
-        param.grad = None
-
-    def step(self, closure=None) -> None:
-        pass
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        pass
-
-    @property
-    def state(self) -> dict:
-        return {param: opt.state[param] for param, opt in self.optimizers.items() if param in opt.state}
-
-
 def prepare_variant(model: nn.Module, variant: Variant) -> PreparedModel:
     """Freeze, wrap and build the optimizer for `variant` (the model must be loaded in 4-bit exactly when
     `variant.quantized_base`). Mutates `model`."""
@@ -193,5 +159,5 @@ def prepare_variant(model: nn.Module, variant: Variant) -> PreparedModel:
         hold_masked_weights_in(prepared.model, torch.bfloat16)
     prepared.optimizer = _optimizer(prepared, variant)
     if "step-in-backward" in variant.options:
-        prepared.optimizer = StepInBackward(prepared.optimizer)
+        prepared.optimizer = OptimizerInBackward(prepared.optimizer)
     return prepared

@@ -10,6 +10,7 @@ from .layer import Linear, MFTLayer
 from .mask import MaskSpec, masked_linear
 from .model import MFTModel
 from .optim import create_mft_optimizer, score_parameters
+from .optimizer_in_backward import OptimizerInBackward
 
 __all__ = [
     "MFT_PRESETS",
@@ -22,6 +23,7 @@ __all__ = [
     "MFTModel",
     "MaskSpec",
     "NonFiniteScoresError",
+    "OptimizerInBackward",
     "atomic_directory",
     "check_finite_scores",
     "create_mft_optimizer",
