@@ -3,14 +3,15 @@
     python -m benchmarks.train_step                                  # embedded SmolLM2-135M VLM, CPU, every variant
     python -m benchmarks.train_step --methods mft,full --steps 5      # a subset
     python -m benchmarks.train_step --model llava-hf/llava-interleave-qwen-0.5b-hf --device cuda
-    python -m benchmarks.train_step --accuracy-steps 24 --eval-samples 200 --methods full,mft,mft+bf16-base+adamw8bit+gc
+    python -m benchmarks.train_step --accuracy-steps 32 --eval-samples 400 \
+        --methods full,mft,mft+bf16-base+adamw8bit+gc+step-in-backward
 
 Each variant (see `benchmarks.variants`: `METHOD[+OPTION...]`) runs in a fresh Python process, so its peak memory
 is its own. Per variant: optimizer step time (forward + backward + `optimizer.step()` + `zero_grad`, after warm-up;
 median, interquartile range, min, max), peak memory after warm-up (CPU: resident-set high-water mark, with the
 checkpoint's memory-mapped pages dropped after set-up so that weights it replaced do not count; CUDA: max
-allocated), trainable parameters, optimizer-state bytes, adapter bytes on disk (and compact MFT formats: bytes, mask error,
-logit drift on the batch), merge time.
+allocated), trainable parameters, optimizer-state bytes, adapter bytes on disk (and compact MFT formats: bytes, mask
+error, logit drift on the batch), merge time.
 Every figure is also given as a ratio to `full`, so runs on noisy machines compare. Writes `train_step.json` and
 `train_step.md` under `--out`; `--accuracy-steps N` instead trains each variant N steps with the examples' Trainer
 helper, as `python -m examples.compare` trains each method (same data order, seed, schedule; but float32, like the
