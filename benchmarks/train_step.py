@@ -282,29 +282,31 @@ def run_variant(args, variant: Variant, device: torch.device) -> dict:
     return (accuracy_variant if args.accuracy_steps else measure_variant)(variant, args, device)
 
 
+def _run_one(args, variant: Variant, device: torch.device) -> dict:
+    """One variant's result (in a worker process unless `args.in_process`); a failure or skip is a result too."""
+    print(f"[train_step] {variant.name} ...", file=sys.stderr, flush=True)
+    if variant.quantized_base and not _bitsandbytes_supports(device):
+        return {"variant": variant.name, "skipped": f"bitsandbytes 4-bit is not available on {device.type}"}
+    if args.in_process:
+        result = run_variant(args, variant, device)
+        gc.collect()
+        return result
+    with tempfile.TemporaryDirectory(prefix="mft-bench-") as tmp:
+        result_file = Path(tmp) / "result.json"
+        completed = subprocess.run(_worker_command(args, variant.name, result_file), capture_output=True, text=True)
+        if completed.returncode != 0 or not result_file.is_file():
+            tail = (completed.stderr or completed.stdout).strip().splitlines()[-12:]
+            print("\n".join(tail), file=sys.stderr)
+            return {"variant": variant.name, "error": "\n".join(tail)}
+        return json.loads(result_file.read_text())
+
+
 def _run_all(args, variants: list[Variant], device: torch.device, on_result=lambda results: None) -> list[dict]:
-    """Run every variant (each in a worker process unless `args.in_process`); `on_result(results)` after each."""
+    """Run every variant; `on_result(results so far)` after each."""
     results = []
     for variant in variants:
-        if results:
-            on_result(results)
-        print(f"[train_step] {variant.name} ...", file=sys.stderr, flush=True)
-        if variant.quantized_base and not _bitsandbytes_supports(device):
-            results.append({"variant": variant.name, "skipped": f"bitsandbytes 4-bit is not available on {device.type}"})
-            continue
-        if args.in_process:
-            results.append(run_variant(args, variant, device))
-            gc.collect()
-            continue
-        with tempfile.TemporaryDirectory(prefix="mft-bench-") as tmp:
-            result_file = Path(tmp) / "result.json"
-            completed = subprocess.run(_worker_command(args, variant.name, result_file), capture_output=True, text=True)
-            if completed.returncode != 0 or not result_file.is_file():
-                tail = (completed.stderr or completed.stdout).strip().splitlines()[-12:]
-                results.append({"variant": variant.name, "error": "\n".join(tail)})
-                print("\n".join(tail), file=sys.stderr)
-                continue
-            results.append(json.loads(result_file.read_text()))
+        results.append(_run_one(args, variant, device))
+        on_result(results)
     return results
 
 
@@ -469,13 +471,12 @@ def main(argv=None) -> dict:
             "results": results,
         }
 
-    def write(results: list[dict]) -> dict:
+    def write(results: list[dict]) -> None:
         report = report_for(results)
         (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
         (out / f"{stem}.md").write_text(markdown(report) + "\n")
-        return report
 
-    report = write(_run_all(args, variants, device, on_result=write))
+    report = report_for(_run_all(args, variants, device, on_result=write))
     print(markdown(report))
     return report
 
