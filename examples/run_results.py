@@ -5,8 +5,8 @@
     python -m examples.run_results --dry-run           # list every run and whether it is done
 
 Every run is `python -m examples.llava.train ... --bf16` in its own process on the embedded default VLM, with the
-same number of optimizer steps, batch size, data order and precision (bf16 autocast training, fp32 evaluation). A finished run is appended at once to
-examples/results/runs.jsonl and skipped on restart. The plan, in phases that depend on earlier ones:
+same number of optimizer steps, batch size, data order and precision (bf16 autocast training, fp32 evaluation). A
+finished run is appended at once to examples/results/runs.jsonl and skipped on restart. The plan, in phases that depend on earlier ones:
 
 A. sweeps on a validation split (held-back train images), seed 0: S-MFT learning rate at the paper's default
    (init 7, T 2.3) and (init, T) = the paper's other presets at lr 0.1, LoRA learning rate, full fine-tuning
