@@ -3,6 +3,7 @@
 from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
 from peft.utils import register_peft_method
 
+from .bnb_layout import restore_standard_4bit_layouts
 from .checks import FiniteScoresCallback, NonFiniteScoresError, check_finite_scores
 from .config import MFT_PRESETS, PEFT_TYPE_MFT, MFTConfig
 from .io import AdapterFileError, atomic_directory, load_adapter, save_adapter
@@ -29,6 +30,7 @@ __all__ = [
     "create_mft_optimizer",
     "load_adapter",
     "masked_linear",
+    "restore_standard_4bit_layouts",
     "save_adapter",
     "score_parameters",
 ]

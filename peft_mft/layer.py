@@ -13,6 +13,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features, check
 from peft.utils import quantization_extra_repr, resolve_quantization_backend
 from peft.utils.integrations import gather_params_ctx
 
+from .bnb_layout import restore_standard_4bit_layout
 from .config import MFTConfig
 from .mask import MaskSpec, masked_linear, masked_weight_reference
 
@@ -34,6 +35,12 @@ class MFTLayer(BaseTunerLayer):
         self.merged_adapters = []
         self.in_features, self.out_features = _get_in_out_features(self.get_base_layer())
         self.kwargs = kwargs
+
+    def get_base_weight(self) -> torch.Tensor:
+        """The base weight, dequantized for quantized bases (a 4-bit one first gets its standard layout back, see
+        `peft_mft.bnb_layout`)."""
+        restore_standard_4bit_layout(self.get_base_layer())
+        return super().get_base_weight()
 
     def update_layer(self, adapter_name: str, config: MFTConfig, inference_mode: bool = False) -> None:
         """Add adapter `adapter_name`: scores initialised as `config` says, float32, on the base weight's device."""

@@ -31,9 +31,10 @@ def quantized_copy(linear: nn.Linear, kind: str) -> nn.Module:
     return layer.to("cpu")  # .to() quantizes
 
 
-def make_quantized(kind: str) -> TwoLayer:
+def make_quantized(kind: str, widths: tuple[int, int, int] = (32, 24, 8)) -> TwoLayer:
     torch.manual_seed(0)
-    return TwoLayer(quantized_copy(nn.Linear(32, 24), kind), quantized_copy(nn.Linear(24, 8), kind))
+    d_in, d_hidden, d_out = widths
+    return TwoLayer(quantized_copy(nn.Linear(d_in, d_hidden), kind), quantized_copy(nn.Linear(d_hidden, d_out), kind))
 
 
 @pytest.mark.parametrize("kind", ["4bit", "8bit"])
@@ -99,3 +100,54 @@ def test_forward_only_quantized_layer_gets_a_clear_error(monkeypatch):
     model = TwoLayer(FakeGPTQLinear(), nn.Linear(4, 4))
     with pytest.raises(TypeError, match="'first' is a gptq quantized layer.*forward only"):
         get_peft_model(model, MFTConfig(target_modules=["first"]))
+
+
+CPU_PACKABLE = (64, 64, 32)  # bitsandbytes packs for CPU when out_features % 32 == 0 and in_features % 64 == 0
+
+
+def packed_for_cpu(layer: nn.Module) -> bool:
+    return getattr(layer.weight.quant_state, "packing_format_for_cpu", False)
+
+
+def run_base_in_eval(model: nn.Module, x: torch.Tensor) -> None:
+    """An eval forward without gradients through the 4-bit base layers: on a CPU with AVX512-BF16 bitsandbytes then
+    repacks their weights into its CPU-only layout."""
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    if not packed_for_cpu(model.first if isinstance(model, TwoLayer) else model.base_model.model.first.base_layer):
+        pytest.skip("bitsandbytes keeps the standard 4-bit layout on this CPU (no AVX512-BF16)")
+
+
+# bitsandbytes' repack rounds the block scales to bf16, so the weight read back is close to, not equal to, the original
+REPACK_TOLERANCE = dict(atol=1e-2, rtol=1e-2)
+
+
+def test_masked_forward_after_bitsandbytes_repacked_the_weight_for_cpu():
+    model = get_peft_model(make_quantized("4bit", CPU_PACKABLE), MFTConfig(target_modules=["first", "second"], init_weights=False))
+    x = torch.randn(5, 64)
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+        with model.disable_adapter():
+            run_base_in_eval(model, x)
+        torch.testing.assert_close(model(x), expected, **REPACK_TOLERANCE)
+
+
+def test_lora_merge_after_bitsandbytes_repacked_the_weight_for_cpu():
+    from peft import LoraConfig
+
+    from peft_mft import restore_standard_4bit_layouts
+
+    base = make_quantized("4bit", CPU_PACKABLE)
+    base.is_loaded_in_4bit = True  # as transformers marks a model it loaded in 4-bit: LoRA then uses its bnb layers
+    model = get_peft_model(base, LoraConfig(target_modules=["first", "second"], r=4))
+    x = torch.randn(5, 64)
+    run_base_in_eval(model, x)  # LoRA's forward runs the 4-bit base layer's
+    with torch.no_grad():
+        expected = model(x)  # B = 0: merging adds nothing
+        assert restore_standard_4bit_layouts(model) == 2
+        assert not packed_for_cpu(base.first.base_layer) and not packed_for_cpu(base.second.base_layer)
+        merged = model.merge_and_unload()
+        torch.testing.assert_close(merged(x), expected, **REPACK_TOLERANCE)
+        assert restore_standard_4bit_layouts(merged) == 2  # merged's own eval forward packed them again

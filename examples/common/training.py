@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback, TrainingArguments, set_seed
 
+from peft_mft import restore_standard_4bit_layouts
 from peft_mft.io import atomic_directory
 from peft_mft.trainer import AtomicCheckpointTrainer
 
@@ -197,6 +198,7 @@ def train_and_evaluate(
         result["saved_to"] = str(saved)
         result["saved_bytes"] = weights_size_bytes(saved)
     if eval_records and check_merged and prepared.is_peft:
+        restore_standard_4bit_layouts(model)  # evaluation on the CPU repacked 4-bit weights; PEFT's merge reads them
         merged = model.merge_and_unload()
         merged_eval = evaluate_vqa(merged, processor, eval_records, desc=f"eval {prepared.method} merged", **eval_kwargs)
         same = [a["prediction"] == b["prediction"] for a, b in zip(evaluation["predictions"], merged_eval["predictions"])]
