@@ -51,16 +51,55 @@ def test_main_runs_wait_for_the_sweeps():
     assert pick is None and all(s["phase"] == "A" for s in specs)
 
 
+def _level(threshold, share):
+    return {"threshold": threshold, "share": share, "suggested_sparsity": [share / 2, share, 2 * share]}
+
+
 @pytest.mark.parametrize(
     "levels, expected",
     [
-        ([{"threshold": 0.1, "suggested_sparsity": []}, {"threshold": 0.5, "suggested_sparsity": [0.001, 0.002]}],
-         ([0.001, 0.002], 0.5)),
-        ([{"threshold": 0.1, "suggested_sparsity": []}], ([], None)),
+        ([_level(0.1, 0.0), _level(0.5, 0.002)], ([0.001, 0.002, 0.004], 0.5)),
+        ([_level(0.1, 0.0), _level(0.98, 2e-8), _level(0.99, 2e-4)], ([1e-4, 2e-4, 4e-4], 0.99)),  # too few at 0.98
+        ([_level(0.1, 0.0), _level(0.99, 5e-5)], ([], None)),
     ],
 )
-def test_hard_sparsities_come_from_the_first_threshold_with_masks_below_it(levels, expected):
+def test_hard_sparsities_come_from_the_first_threshold_with_enough_masks_below_it(levels, expected):
     assert rr.hard_sparsities({"levels": levels}) == expected
+
+
+def test_mask_analysis_at_other_thresholds_is_not_reused():
+    key = "k"
+    old = {"kind": "mask_analysis", "source_key": key, "levels": [_level(0.1, 0.0)]}
+    assert rr.stored_mask_analysis([old], key) is None
+    current = {**old, "levels": [_level(t, 0.0) for t in rr.MASK_THRESHOLDS]}
+    assert rr.stored_mask_analysis([old, current], key) is current
+    assert rr.stored_mask_analysis([current], "other") is None
+
+
+def _failed(spec):
+    return {"kind": "run", "status": "failed", "key": rr.run_key(spec), "spec": spec, "returncode": 1, "log_tail": "x"}
+
+
+def test_a_retired_run_is_planned_again_and_its_retry_counts(tmp_path, monkeypatch):
+    monkeypatch.setattr(rr, "RUNS_FILE", tmp_path / "runs.jsonl")
+    monkeypatch.setattr(rr, "REPORT_FILE", tmp_path / "RESULTS.md")
+    first = rr.sweep_specs()[0]
+    done = {**_ok(first, 0.42), "finished_at": "2026-11-25 08:00:00"}
+    rr.append_record(done)
+    with pytest.raises(SystemExit):
+        rr.main(["--rerun", rr.slug(first)])  # no reason
+    with pytest.raises(SystemExit):
+        rr.main(["--rerun", "no-such-run", "--reason", "bug"])
+    assert rr.load_runs() == [done]
+    rr.main(["--rerun", rr.slug(first), "--reason", "merge bug fixed"])
+    runs = rr.load_runs()
+    assert rr.run_key(first) not in rr.finished(runs) and runs[0] == done  # kept in the file, no longer counted
+    assert rr.failures(runs + [_failed(first)]) == {rr.run_key(first): 1}
+    assert rr.failures([_failed(first)] + runs) == {}  # failures before the re-run record do not count
+    redone = {**_ok(first, 0.5), "finished_at": "2026-11-25 09:00:00"}
+    assert rr.finished(runs + [redone])[rr.run_key(first)] is redone
+    text = rr.write_report(runs + [redone])
+    assert "50.0" in text and "merge bug fixed" in text and rr.slug(first) in text
 
 
 def test_report_is_written_from_records(tmp_path, monkeypatch):
