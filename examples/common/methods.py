@@ -115,6 +115,29 @@ def _is_4bit(model: nn.Module) -> bool:
     return any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
 
 
+def merge_adapter(model: nn.Module) -> nn.Module:
+    """The trained adapter merged into a plain model (``merge_and_unload()``), equal in output to ``model``.
+
+    A 4-bit base (QLoRA) is dequantized first (transformers' ``dequantize()``) and the adapter merged in fp32:
+    merging into NF4 weights rounds them to the 4-bit grid again, which loses most of a small LoRA update (the
+    merged QLoRA model of the embedded default answered like the untuned model, 0% exact match)."""
+    if not _is_4bit(model):
+        return model.merge_and_unload()
+    import copy
+
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    from peft_mft import restore_standard_4bit_layouts
+
+    config = copy.deepcopy(model.peft_config[model.active_adapter])
+    adapter_state = get_peft_model_state_dict(model)
+    base = model.unload()
+    restore_standard_4bit_layouts(base)  # dequantize() reads the weights with dequantize_4bit
+    plain = get_peft_model(base.dequantize(), config)
+    set_peft_model_state_dict(plain, adapter_state)
+    return plain.merge_and_unload()
+
+
 def lora_target_names(model: nn.Module, targets: str, layers: list[int] | None, regex: str | None = None) -> list[str]:
     """Full names of the modules LoRA adapts: those `peft_mft` would mask for ``targets`` (or ``regex``),
     outside the vision tower, restricted to ``layers`` (modules outside numbered layers, the projector, stay)."""

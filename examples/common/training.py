@@ -15,13 +15,12 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback, TrainingArguments, set_seed
 
-from peft_mft import restore_standard_4bit_layouts
 from peft_mft.io import atomic_directory
 from peft_mft.trainer import AtomicCheckpointTrainer
 
 from .data import LlavaCollator, LlavaDataset, Record, VLMProcessor
 from .evaluation import evaluate_vqa
-from .methods import PreparedModel
+from .methods import PreparedModel, merge_adapter
 
 logger = logging.getLogger(__name__)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -198,8 +197,7 @@ def train_and_evaluate(
         result["saved_to"] = str(saved)
         result["saved_bytes"] = weights_size_bytes(saved)
     if eval_records and check_merged and prepared.is_peft:
-        restore_standard_4bit_layouts(model)  # evaluation on the CPU repacked 4-bit weights; PEFT's merge reads them
-        merged = model.merge_and_unload()
+        merged = merge_adapter(model)
         merged_eval = evaluate_vqa(merged, processor, eval_records, desc=f"eval {prepared.method} merged", **eval_kwargs)
         same = [a["prediction"] == b["prediction"] for a, b in zip(evaluation["predictions"], merged_eval["predictions"])]
         result.update(merged_accuracy=merged_eval["accuracy"], merged_identical_predictions=all(same),
