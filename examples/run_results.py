@@ -352,7 +352,9 @@ def _row(label: str, hp: str, results: list[dict]) -> str:
     merged_text = _mean_std(merged) if merged else "n/a (full model)"
     same = [r.get("merged_identical_predictions") for r in results if "merged_identical_predictions" in r]
     if same:
-        merged_text += "" if all(same) else f" ({sum(not s for s in same)} seed(s) with differing answers)"
+        differing = [r.get("merged_differing_predictions", 0) for r in results if r.get("merged_identical_predictions") is False]
+        merged_text += "" if all(same) else (f" ({'+'.join(map(str, differing))} of {results[0]['eval_questions']} "
+                                             f"answers differ, in {len(differing)} seed(s))")
     r0 = results[0]
     step = statistics.median(r["median_step_seconds"] for r in results)
     peak = max(r["peak_memory_bytes"] for r in results) / 2**30
@@ -476,8 +478,13 @@ def write_report(all_runs: list[dict]) -> str:
                          f"`{r['log_tail'].strip().splitlines()[-1][:200] if r['log_tail'].strip() else ''}`")
     if retired(all_runs):
         lines += ["", "## Re-runs", "", "Finished runs retired and run again (their records stay in runs.jsonl):", ""]
-        lines += [f"- `{r['slug']}` (finished {r['retired_finished_at']}), retired {r['at']}: {r['reason']}"
-                  for r in retired(all_runs)]
+        old = {(r["key"], r["finished_at"]): r["result"] for r in all_runs if r.get("kind") == "run" and "result" in r}
+        for r in retired(all_runs):
+            result = old.get((r["key"], r["retired_finished_at"]), {})
+            figures = ", ".join(f"{label} {100 * result[k]:.2f}%" for k, label in
+                                (("accuracy", "test acc"), ("merged_accuracy", "merged")) if result.get(k) is not None)
+            lines.append(f"- `{r['slug']}` (finished {r['retired_finished_at']}{'; ' + figures if figures else ''}), "
+                         f"retired {r['at']}: {r['reason']}")
     lines += ["", "Commands: `nice -n 10 python -m examples.run_results` (runs what is missing, resumable); "
               "`python -m examples.run_results --report-only` (this file from runs.jsonl).", ""]
     text = "\n".join(lines)

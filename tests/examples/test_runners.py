@@ -11,7 +11,7 @@ from examples.compare import format_table
 def _ok(spec, accuracy):
     result = {"accuracy": accuracy, "merged_accuracy": accuracy, "merged_identical_predictions": True,
               "trainable_parameters": 1000, "saved_bytes": 4096, "median_step_seconds": 1.0,
-              "peak_memory_bytes": 2**30, "saved_to": "x"}
+              "peak_memory_bytes": 2**30, "saved_to": "x", "eval_questions": 400}
     return {"kind": "run", "status": "ok", "key": rr.run_key(spec), "spec": spec, "result": result}
 
 
@@ -99,10 +99,16 @@ def test_a_retired_run_is_planned_again_and_its_retry_counts(tmp_path, monkeypat
     redone = {**_ok(first, 0.5), "finished_at": "2026-11-25 09:00:00"}
     assert rr.finished(runs + [redone])[rr.run_key(first)] is redone
     text = rr.write_report(runs + [redone])
-    assert "50.0" in text and "merge bug fixed" in text and rr.slug(first) in text
+    assert "50.0" in text and "merge bug fixed" in text and "test acc 42.00%" in text and rr.slug(first) in text
 
 
 def test_report_is_written_from_records(tmp_path, monkeypatch):
     monkeypatch.setattr(rr, "REPORT_FILE", tmp_path / "RESULTS.md")
     text = rr.write_report([_ok(rr.sweep_specs()[0], 0.42)])
     assert "42.0" in text and "pending" in text and (tmp_path / "RESULTS.md").read_text() == text
+
+
+def test_report_counts_answers_the_merged_model_changed():
+    results = [{**_ok(rr.sweep_specs()[0], 0.5)["result"], "merged_identical_predictions": same,
+                "merged_differing_predictions": n} for same, n in ((False, 3), (True, 0), (False, 1))]
+    assert "(3+1 of 400 answers differ, in 2 seed(s))" in rr._row("QLoRA", "lr 1", results)
