@@ -4,7 +4,8 @@ On a CPU with AVX512-BF16, `bitsandbytes.nn.Linear4bit.forward` repacks its weig
 without gradients, into a layout only its CPU kernel reads (`quant_state.packing_format_for_cpu`). Reading that weight
 with `bitsandbytes.functional.dequantize_4bit`, as PEFT does (MFT's masked forward, LoRA's merge), gives wrong values.
 bitsandbytes restores the standard layout itself before saving or moving a weight; these helpers do the same before it
-is read. bitsandbytes repacks again on its next such forward.
+is read. bitsandbytes repacks again on its next such forward. Its repack rounds the block scales to bf16, and the
+restored weight keeps that rounding: close to the weight before the repack, not bit-identical.
 """
 
 from __future__ import annotations
