@@ -420,9 +420,10 @@ def write_report(all_runs: list[dict]) -> str:
         lines.append(_row("S-MFT Both", f"lr {m['lr']:g}, init {m['init_score']:g}, T {m['temperature']:g}",
                           _seed_results(runs, both)))
         lr_sweep, main = hard_specs(levels, runs)
+        lr_checked = all(run_key(s) in runs for s in lr_sweep)
         for sp in levels:
             group = [s for s in main if s["sparsity"] == sp]
-            hp = f"lr {group[0]['lr']:g}" if group else "pending lr check"
+            hp = f"lr {group[0]['lr']:g}" if lr_checked else "pending lr check"
             lines.append(_row(f"H-MFT {100 * sp:.3g}%", hp, _seed_results(runs, group)))
     elif analysis:
         lines.append(f"Not run: fewer than {100 * MIN_LEVEL_SHARE:g}% of the S-MFT-Both (seed 0) masks fall below any "

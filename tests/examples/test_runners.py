@@ -112,3 +112,26 @@ def test_report_counts_answers_the_merged_model_changed():
     results = [{**_ok(rr.sweep_specs()[0], 0.5)["result"], "merged_identical_predictions": same,
                 "merged_differing_predictions": n} for same, n in ((False, 3), (True, 0), (False, 1))]
     assert "(3+1 of 400 answers differ, in 2 seed(s))" in rr._row("QLoRA", "lr 1", results)
+
+
+def test_h_mft_rows_follow_the_mask_analysis_and_the_lr_check(tmp_path, monkeypatch):
+    monkeypatch.setattr(rr, "REPORT_FILE", tmp_path / "RESULTS.md")
+    runs = [_ok(s, 0.5) for s in rr.sweep_specs()]
+    _, pick, *_ = rr.plan(runs, compute_analysis=False)
+    source = next(s for s in rr.main_specs(pick) if s["method"] == "mft" and s["targets"] == "both" and s["seed"] == 0)
+    runs.append(_ok(source, 0.6))
+    shares = {0.98: 2e-4, 0.99: 0.01}
+    runs.append({"kind": "mask_analysis", "source_key": rr.run_key(source),
+                 "levels": [{**_level(t, shares.get(t, 0.0)), "by_projection": {"q": shares.get(t, 0.0)}}
+                            for t in rr.MASK_THRESHOLDS]})
+    specs, _, _, levels, threshold = rr.plan(runs, compute_analysis=False)
+    assert levels == [1e-4, 2e-4, 4e-4] and threshold == 0.98
+    lr_sweep = [s for s in specs if s["phase"] == "C"]
+    assert [s["lr"] for s in lr_sweep] == list(rr.HARD_LRS) and {s["sparsity"] for s in lr_sweep} == {2e-4}
+    assert "pending lr check" in rr.write_report(runs)
+    runs += [_ok(s, 0.7 if s["lr"] == 0.01 else 0.4) for s in lr_sweep]
+    specs, *_ = rr.plan(runs, compute_analysis=False)
+    main = [s for s in specs if s["phase"] == "C" and s["split"] == "test"]
+    assert len(main) == 3 * len(rr.SEEDS) and {s["lr"] for s in main} == {0.01}
+    text = rr.write_report(runs)
+    assert "pending lr check" not in text and "| H-MFT 0.02% | lr 0.01 | pending" in text and "below 0.98" in text
