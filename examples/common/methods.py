@@ -116,11 +116,12 @@ def _is_4bit(model: nn.Module) -> bool:
 
 
 def merge_adapter(model: nn.Module) -> nn.Module:
-    """The trained adapter merged into a plain model (``merge_and_unload()``), equal in output to ``model``.
+    """The trained adapter merged into a plain model (``merge_and_unload()``) that computes what ``model`` computes.
 
     A 4-bit base (QLoRA) is dequantized first (transformers' ``dequantize()``) and the adapter merged in fp32:
     merging into NF4 weights rounds them to the 4-bit grid again, which loses most of a small LoRA update (the
-    merged QLoRA model of the embedded default answered like the untuned model, 0% exact match)."""
+    merged QLoRA model of the embedded default answered like the untuned model, 0% exact match). The fp32 result
+    can still differ slightly from the 4-bit model run by bitsandbytes' bf16 CPU kernel (examples/README.md)."""
     if not _is_4bit(model):
         return model.merge_and_unload()
     import copy
