@@ -80,6 +80,14 @@ def release_memory() -> None:
         pass
 
 
+def write_results(out: Path, baseline: dict | None, rows: list[dict], **settings) -> None:
+    """``out/results.json``: the settings (``elapsed_seconds`` so far, from the start), the untuned model's accuracy
+    and one record per finished method; rewritten after every method so an interrupted run keeps what finished."""
+    record = {"settings": {**settings, "cpu_count": os.cpu_count()},
+              "baseline": baseline and {k: v for k, v in baseline.items() if k != "predictions"}, "runs": rows}
+    (out / "results.json").write_text(json.dumps(record, indent=1))
+
+
 def main(argv=None) -> list[dict]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -147,8 +155,8 @@ def main(argv=None) -> list[dict]:
         rows.append(result)
         loaded = prepared = None
         release_memory()
-        (out / "results.json").write_text(json.dumps({"baseline": baseline and {
-            k: v for k, v in baseline.items() if k != "predictions"}, "runs": rows}, indent=1))
+        write_results(out, baseline, rows, steps=steps, batch_size=batch_size, eval_questions=len(eval_records),
+                      seed=args.seed, bf16=not args.fp32, elapsed_seconds=round(time.time() - start, 1))
 
     print()
     print(format_table(rows, baseline))

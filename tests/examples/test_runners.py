@@ -135,3 +135,15 @@ def test_h_mft_rows_follow_the_mask_analysis_and_the_lr_check(tmp_path, monkeypa
     assert len(main) == 3 * len(rr.SEEDS) and {s["lr"] for s in main} == {0.01}
     text = rr.write_report(runs)
     assert "pending lr check" not in text and "| H-MFT 0.02% | lr 0.01 | pending" in text and "below 0.98" in text
+
+
+def test_compare_results_file_holds_the_settings_and_every_finished_method(tmp_path):
+    import json
+
+    from examples.compare import write_results
+
+    rows = [{"method": "mft", "accuracy": 0.5}, {"method": "lora", "error": "RuntimeError: boom"}]
+    write_results(tmp_path, {"accuracy": 0.1, "predictions": [{"id": 1}]}, rows, steps=16, elapsed_seconds=12.5)
+    record = json.loads((tmp_path / "results.json").read_text())
+    assert record["settings"]["steps"] == 16 and record["settings"]["elapsed_seconds"] == 12.5
+    assert record["baseline"] == {"accuracy": 0.1} and record["runs"] == rows
