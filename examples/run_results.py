@@ -362,6 +362,34 @@ def _row(label: str, hp: str, results: list[dict]) -> str:
             f"{_fmt_mib(r0['saved_bytes'])} | {step:.2f} | {peak:.2f} |")
 
 
+TABLE1_GROUPS = (("S-MFT Attn", "mft", "attn"), ("S-MFT MLP", "mft", "mlp"), ("S-MFT Both", "mft", "both"),
+                 ("S-MFT STE (Both)", "mft-ste", "both"), ("LoRA", "lora", "both"), ("QLoRA", "qlora", "both"),
+                 ("Full FT", "full", "both"))
+
+
+def paired_differences(runs: dict[str, dict], pick: dict) -> list[str]:
+    """Markdown: each method's per-seed test accuracy minus the best method's (seeds share the data order, so the
+    differences are paired), once every method has all seeds; a gap counts as clear when |mean| > 2 std / sqrt(n)."""
+    by_seed = {}
+    for label, method, targets in TABLE1_GROUPS:
+        group = [s for s in main_specs(pick) if s["method"] == method and s["targets"] == targets]
+        if not all(run_key(s) in runs for s in group):
+            return []
+        by_seed[label] = {s["seed"]: runs[run_key(s)]["result"]["accuracy"] for s in group}
+    best = max(by_seed, key=lambda label: statistics.mean(by_seed[label].values()))
+    lines = ["", f"Paired by seed (same data order): test accuracy minus {best}'s, in points; 'clear' when "
+             f"|mean| > 2 std / sqrt({len(SEEDS)}).", "", "| method | " + " | ".join(f"seed {s}" for s in SEEDS)
+             + " | mean ± std | clear |", "|---|" + "---|" * (len(SEEDS) + 2)]
+    for label, accuracies in by_seed.items():
+        if label == best:
+            continue
+        diffs = [100 * (accuracies[s] - by_seed[best][s]) for s in SEEDS]
+        mean, std = statistics.mean(diffs), statistics.stdev(diffs)
+        clear = "yes" if abs(mean) > 2 * std / math.sqrt(len(diffs)) else "no"
+        lines.append(f"| {label} | " + " | ".join(f"{d:+.1f}" for d in diffs) + f" | {mean:+.1f} ± {std:.1f} | {clear} |")
+    return lines
+
+
 def write_report(all_runs: list[dict]) -> str:
     runs = finished(all_runs)
     specs, pick, analysis, levels, threshold = plan(all_runs, compute_analysis=False)
@@ -401,6 +429,7 @@ def write_report(all_runs: list[dict]) -> str:
                                   ("qlora", "QLoRA (NF4, r 16)", f"lr {lo['lr']:g}"), ("full", "Full FT", f"lr {fu['lr']:g}")):
             group = [s for s in main_specs(pick) if s["method"] == method]
             lines.append(_row(label, hp, _seed_results(runs, group)))
+        lines += paired_differences(runs, pick)
     else:
         lines.append("| (pending: sweeps not finished) | | | | | | | |")
 

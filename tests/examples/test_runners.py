@@ -147,3 +147,18 @@ def test_compare_results_file_holds_the_settings_and_every_finished_method(tmp_p
     record = json.loads((tmp_path / "results.json").read_text())
     assert record["settings"]["steps"] == 16 and record["settings"]["elapsed_seconds"] == 12.5
     assert record["baseline"] == {"accuracy": 0.1} and record["runs"] == rows
+
+
+def test_paired_differences_wait_for_every_seed_and_compare_with_the_best():
+    runs = [_ok(s, 0.5) for s in rr.sweep_specs()]
+    _, pick, *_ = rr.plan(runs, compute_analysis=False)
+    accuracy = {"lora": (0.80, 0.70, 0.75), "full": (0.60, 0.50, 0.55)}  # LoRA best; full 20 points behind each seed
+    main = [_ok(s, accuracy.get(s["method"], (0.78, 0.71, 0.70))[s["seed"]]) for s in rr.main_specs(pick)]
+    done = rr.finished(runs + main)
+    assert rr.paired_differences(rr.finished(runs + main[:-1]), pick) == []
+    lines = rr.paired_differences(done, pick)
+    assert "minus LoRA's" in lines[1]
+    full = next(line for line in lines if line.startswith("| Full FT"))
+    assert "-20.0" in full and "± 0.0 | yes |" in full
+    mft = next(line for line in lines if line.startswith("| S-MFT Both"))
+    assert "| -2.0 | +1.0 | -5.0 | -2.0 ± 3.0 | no |" in mft
