@@ -42,6 +42,7 @@ OUTPUTS = ROOT / "outputs" / "results"
 STEPS = 32
 BATCH_SIZE = 8
 SEEDS = (0, 1, 2)
+LOGGING_STEPS = 4  # the logged training loss is the mean over this many steps
 VAL_QUESTIONS = 200
 TEST_QUESTIONS = 400
 MFT_LRS = (0.01, 0.03, 0.1, 0.3)
@@ -143,7 +144,8 @@ def command(s: dict, metrics: Path) -> list[str]:
            "--batch-size", str(s["batch_size"]), "--eval-data", str(eval_file),
            "--eval-image-folder", str(data["image_folder"]),
            "--eval-samples", str(VAL_QUESTIONS if s["split"] == "val" else TEST_QUESTIONS),
-           "--eval-batch-size", "32", "--logging-steps", "4", "--bf16", "--output-dir", str(OUTPUTS / slug(s)),
+           "--eval-batch-size", "32", "--logging-steps", str(LOGGING_STEPS), "--bf16",
+           "--output-dir", str(OUTPUTS / slug(s)),
            "--metrics-json", str(metrics)]
     if s["method"] in ("mft", "mft-ste"):
         cmd += ["--init-score", str(s["init_score"]), "--temperature", str(s["temperature"])]
@@ -346,19 +348,21 @@ def _seed_results(runs: dict[str, dict], specs: list[dict]) -> list[dict]:
 
 def _row(label: str, hp: str, results: list[dict]) -> str:
     if not results:
-        return f"| {label} | {hp} | pending | | | | | |"
+        return f"| {label} | {hp} | pending | | | | | | |"
     acc = _mean_std([r["accuracy"] for r in results])
     merged = [r["merged_accuracy"] for r in results if r.get("merged_accuracy") is not None]
     merged_text = _mean_std(merged) if merged else "n/a (full model)"
     same = [r.get("merged_identical_predictions") for r in results if "merged_identical_predictions" in r]
     if same:
-        differing = [r.get("merged_differing_predictions", 0) for r in results if r.get("merged_identical_predictions") is False]
+        differing = [r.get("merged_differing_predictions", 0) for r in results
+                     if r.get("merged_identical_predictions") is False]
         merged_text += "" if all(same) else (f" ({'+'.join(map(str, differing))} of {results[0]['eval_questions']} "
                                              f"answers differ, in {len(differing)} seed(s))")
     r0 = results[0]
+    loss = statistics.mean(r["loss_history"][-1]["loss"] for r in results)
     step = statistics.median(r["median_step_seconds"] for r in results)
     peak = max(r["peak_memory_bytes"] for r in results) / 2**30
-    return (f"| {label} | {hp} | {acc} | {merged_text} | {_fmt_params(r0['trainable_parameters'])} | "
+    return (f"| {label} | {hp} | {acc} | {merged_text} | {loss:.2f} | {_fmt_params(r0['trainable_parameters'])} | "
             f"{_fmt_mib(r0['saved_bytes'])} | {step:.2f} | {peak:.2f} |")
 
 
@@ -407,7 +411,9 @@ def write_report(all_runs: list[dict]) -> str:
         f"{TEST_QUESTIONS} questions of the shuffled test split, exact match after greedy decoding.",
         f"- Every run: {STEPS} optimizer steps, batch {BATCH_SIZE} (4 questions per record), cosine schedule with 3% "
         f"warm-up, bf16 autocast training and fp32 evaluation, same data order per seed; vision tower frozen. Seeds "
-        f"{', '.join(map(str, SEEDS))}; mean ± std over seeds.",
+        f"{', '.join(map(str, SEEDS))}; mean ± std over seeds. Final train loss: the mean training loss of the last "
+        f"{LOGGING_STEPS} steps (answer tokens), mean over seeds. The untuned model answers in sentences, so its exact "
+        "match is near 0 (`python -m examples.compare` prints it as 'no fine-tuning').",
         f"- Machine: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), shared with other "
         "jobs, so step times are indicative only. Peak memory is the process's peak resident set size during training.",
         f"- Progress: {done} of {len(specs)} planned runs finished"
@@ -415,9 +421,9 @@ def write_report(all_runs: list[dict]) -> str:
         "",
         "## Table 1 analogue: methods (test accuracy, %)",
         "",
-        "| method | hyperparameters (picked on validation) | test acc | merged acc | trainable | saved | "
-        "median step (s) | peak RSS (GiB) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | hyperparameters (picked on validation) | test acc | merged acc | final train loss | trainable | "
+        "saved | median step (s) | peak RSS (GiB) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     if pick:
         m, lo, fu = pick["mft"], pick["lora"], pick["full"]
@@ -431,7 +437,7 @@ def write_report(all_runs: list[dict]) -> str:
             lines.append(_row(label, hp, _seed_results(runs, group)))
         lines += paired_differences(runs, pick)
     else:
-        lines.append("| (pending: sweeps not finished) | | | | | | | |")
+        lines.append("| (pending: sweeps not finished) | | | | | | | | |")
 
     lines += ["", "## Table 2 analogue: S-MFT vs H-MFT (test accuracy, %)", ""]
     if levels:
@@ -442,8 +448,8 @@ def write_report(all_runs: list[dict]) -> str:
                      + ("" if threshold == MASK_THRESHOLDS[0] else
                         f" In this {STEPS}-step run no mask came near 0 (see the mask table below), so the levels "
                         "come from the masks S-MFT weakened most, not from masks it switched off."))
-        lines += ["", "| variant | hyperparameters | test acc | merged acc | trainable | saved | median step (s) | "
-                  "peak RSS (GiB) |", "|---|---|---|---|---|---|---|---|"]
+        lines += ["", "| variant | hyperparameters | test acc | merged acc | final train loss | trainable | saved | "
+                  "median step (s) | peak RSS (GiB) |", "|---|---|---|---|---|---|---|---|---|"]
         m = pick["mft"]
         both = [s for s in main_specs(pick) if s["method"] == "mft" and s["targets"] == "both"]
         lines.append(_row("S-MFT Both", f"lr {m['lr']:g}, init {m['init_score']:g}, T {m['temperature']:g}",

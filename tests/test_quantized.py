@@ -124,7 +124,8 @@ REPACK_TOLERANCE = dict(atol=1e-2, rtol=1e-2)
 
 
 def test_masked_forward_after_bitsandbytes_repacked_the_weight_for_cpu():
-    model = get_peft_model(make_quantized("4bit", CPU_PACKABLE), MFTConfig(target_modules=["first", "second"], init_weights=False))
+    config = MFTConfig(target_modules=["first", "second"], init_weights=False)
+    model = get_peft_model(make_quantized("4bit", CPU_PACKABLE), config)
     x = torch.randn(5, 64)
     model.eval()
     with torch.no_grad():

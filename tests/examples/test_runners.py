@@ -11,7 +11,8 @@ from examples.compare import format_table
 def _ok(spec, accuracy):
     result = {"accuracy": accuracy, "merged_accuracy": accuracy, "merged_identical_predictions": True,
               "trainable_parameters": 1000, "saved_bytes": 4096, "median_step_seconds": 1.0,
-              "peak_memory_bytes": 2**30, "saved_to": "x", "eval_questions": 400}
+              "peak_memory_bytes": 2**30, "saved_to": "x", "eval_questions": 400,
+              "loss_history": [{"step": 4, "loss": 2.0}, {"step": 8, "loss": accuracy}]}
     return {"kind": "run", "status": "ok", "key": rr.run_key(spec), "spec": spec, "result": result}
 
 
