@@ -55,6 +55,9 @@ HARD_LRS = (1e-3, 0.01, 0.1)  # H-MFT scores start at |W| (mean 0.15 in SmolLM2)
 # MIN_LEVEL_SHARE of the masks below it sets the H-MFT levels; both are reported.
 MASK_THRESHOLDS = (0.1, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
 MIN_LEVEL_SHARE = 1e-4  # the paper's smallest H-MFT sparsity (0.01%, Qwen2.5-0.5B)
+# Also run at the paper's best H-MFT level for TinyLlama-1.1B (1.0%; the examples' default --sparsity): a reference
+# far above the levels a short S-MFT run suggests.
+REFERENCE_SPARSITY = 0.01
 PAPER_DEFAULT = {"lr": 0.1, "init_score": 7.0, "temperature": 2.3}
 
 
@@ -299,8 +302,13 @@ def hard_specs(levels: list[float], runs: dict[str, dict]) -> tuple[list[dict], 
     middle = levels[len(levels) // 2]
     lr_sweep = [spec("C", "val", "mft-hard", lr, sparsity=middle) for lr in HARD_LRS]
     lr = best(runs, lr_sweep, lr_sweep[-1])["lr"]
-    main = [spec("C", "test", "mft-hard", lr, seed, sparsity=sp) for seed in SEEDS for sp in levels]
+    main = [spec("C", "test", "mft-hard", lr, seed, sparsity=sp) for seed in SEEDS for sp in hard_levels(levels)]
     return lr_sweep, main
+
+
+def hard_levels(levels: list[float]) -> list[float]:
+    """The levels from the masks, then `REFERENCE_SPARSITY` (once)."""
+    return levels + [REFERENCE_SPARSITY] if levels and REFERENCE_SPARSITY not in levels else levels
 
 
 def plan(all_runs: list[dict], compute_analysis: bool = True):
@@ -456,10 +464,11 @@ def write_report(all_runs: list[dict]) -> str:
                           _seed_results(runs, both)))
         lr_sweep, main = hard_specs(levels, runs)
         lr_checked = all(run_key(s) in runs for s in lr_sweep)
-        for sp in levels:
+        for sp in hard_levels(levels):
             group = [s for s in main if s["sparsity"] == sp]
             hp = f"lr {group[0]['lr']:g}" if lr_checked else "pending lr check"
-            lines.append(_row(f"H-MFT {100 * sp:.3g}%", hp, _seed_results(runs, group)))
+            reference = " (reference: the paper's TinyLlama best)" if sp not in levels else ""
+            lines.append(_row(f"H-MFT {100 * sp:.3g}%{reference}", hp, _seed_results(runs, group)))
     elif analysis:
         lines.append(f"Not run: fewer than {100 * MIN_LEVEL_SHARE:g}% of the S-MFT-Both (seed 0) masks fall below any "
                      f"threshold up to {MASK_THRESHOLDS[-1]:g}, so the masks suggest no sparsity level.")

@@ -133,9 +133,11 @@ def test_h_mft_rows_follow_the_mask_analysis_and_the_lr_check(tmp_path, monkeypa
     runs += [_ok(s, 0.7 if s["lr"] == 0.01 else 0.4) for s in lr_sweep]
     specs, *_ = rr.plan(runs, compute_analysis=False)
     main = [s for s in specs if s["phase"] == "C" and s["split"] == "test"]
-    assert len(main) == 3 * len(rr.SEEDS) and {s["lr"] for s in main} == {0.01}
+    assert len(main) == 4 * len(rr.SEEDS) and {s["lr"] for s in main} == {0.01}
+    assert {s["sparsity"] for s in main} == {1e-4, 2e-4, 4e-4, rr.REFERENCE_SPARSITY}
     text = rr.write_report(runs)
     assert "pending lr check" not in text and "| H-MFT 0.02% | lr 0.01 | pending" in text and "below 0.98" in text
+    assert "| H-MFT 1% (reference: the paper's TinyLlama best) | lr 0.01 | pending" in text
 
 
 def test_compare_results_file_holds_the_settings_and_every_finished_method(tmp_path):
