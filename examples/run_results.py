@@ -375,8 +375,20 @@ def _row(label: str, hp: str, results: list[dict]) -> str:
 
 
 TABLE1_GROUPS = (("S-MFT Attn", "mft", "attn"), ("S-MFT MLP", "mft", "mlp"), ("S-MFT Both", "mft", "both"),
-                 ("S-MFT STE (Both)", "mft-ste", "both"), ("LoRA", "lora", "both"), ("QLoRA", "qlora", "both"),
-                 ("Full FT", "full", "both"))
+                 ("S-MFT STE (Both)", "mft-ste", "both"), ("LoRA (r 16)", "lora", "both"),
+                 ("QLoRA (NF4, r 16)", "qlora", "both"), ("Full FT", "full", "both"))
+
+
+def _group(pick: dict, method: str, targets: str) -> list[dict]:
+    """The main runs (every seed) of one Table 1 row."""
+    return [s for s in main_specs(pick) if s["method"] == method and s["targets"] == targets]
+
+
+def _hyperparameters(pick: dict, method: str) -> str:
+    if method in ("mft", "mft-ste"):
+        m = pick["mft"]
+        return f"lr {m['lr']:g}, init {m['init_score']:g}, T {m['temperature']:g}"
+    return f"lr {pick['lora' if method in ('lora', 'qlora') else 'full']['lr']:g}"
 
 
 def paired_differences(runs: dict[str, dict], pick: dict) -> list[str]:
@@ -384,7 +396,7 @@ def paired_differences(runs: dict[str, dict], pick: dict) -> list[str]:
     differences are paired), once every method has all seeds; a gap counts as clear when |mean| > 2 std / sqrt(n)."""
     by_seed = {}
     for label, method, targets in TABLE1_GROUPS:
-        group = [s for s in main_specs(pick) if s["method"] == method and s["targets"] == targets]
+        group = _group(pick, method, targets)
         if not all(run_key(s) in runs for s in group):
             return []
         by_seed[label] = {s["seed"]: runs[run_key(s)]["result"]["accuracy"] for s in group}
@@ -398,7 +410,8 @@ def paired_differences(runs: dict[str, dict], pick: dict) -> list[str]:
         diffs = [100 * (accuracies[s] - by_seed[best][s]) for s in SEEDS]
         mean, std = statistics.mean(diffs), statistics.stdev(diffs)
         clear = "yes" if abs(mean) > 2 * std / math.sqrt(len(diffs)) else "no"
-        lines.append(f"| {label} | " + " | ".join(f"{d:+.1f}" for d in diffs) + f" | {mean:+.1f} ± {std:.1f} | {clear} |")
+        cells = " | ".join(f"{d:+.1f}" for d in diffs)
+        lines.append(f"| {label} | {cells} | {mean:+.1f} ± {std:.1f} | {clear} |")
     return lines
 
 
@@ -434,15 +447,9 @@ def write_report(all_runs: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     if pick:
-        m, lo, fu = pick["mft"], pick["lora"], pick["full"]
-        mhp = f"lr {m['lr']:g}, init {m['init_score']:g}, T {m['temperature']:g}"
-        for targets, label in (("attn", "S-MFT Attn"), ("mlp", "S-MFT MLP"), ("both", "S-MFT Both")):
-            group = [s for s in main_specs(pick) if s["method"] == "mft" and s["targets"] == targets]
-            lines.append(_row(label, mhp, _seed_results(runs, group)))
-        for method, label, hp in (("mft-ste", "S-MFT STE (Both)", mhp), ("lora", "LoRA (r 16)", f"lr {lo['lr']:g}"),
-                                  ("qlora", "QLoRA (NF4, r 16)", f"lr {lo['lr']:g}"), ("full", "Full FT", f"lr {fu['lr']:g}")):
-            group = [s for s in main_specs(pick) if s["method"] == method]
-            lines.append(_row(label, hp, _seed_results(runs, group)))
+        for label, method, targets in TABLE1_GROUPS:
+            results = _seed_results(runs, _group(pick, method, targets))
+            lines.append(_row(label, _hyperparameters(pick, method), results))
         lines += paired_differences(runs, pick)
     else:
         lines.append("| (pending: sweeps not finished) | | | | | | | | |")
@@ -458,10 +465,8 @@ def write_report(all_runs: list[dict]) -> str:
                         "come from the masks S-MFT weakened most, not from masks it switched off."))
         lines += ["", "| variant | hyperparameters | test acc | merged acc | final train loss | trainable | saved | "
                   "median step (s) | peak RSS (GiB) |", "|---|---|---|---|---|---|---|---|---|"]
-        m = pick["mft"]
-        both = [s for s in main_specs(pick) if s["method"] == "mft" and s["targets"] == "both"]
-        lines.append(_row("S-MFT Both", f"lr {m['lr']:g}, init {m['init_score']:g}, T {m['temperature']:g}",
-                          _seed_results(runs, both)))
+        both = _seed_results(runs, _group(pick, "mft", "both"))
+        lines.append(_row("S-MFT Both", _hyperparameters(pick, "mft"), both))
         lr_sweep, main = hard_specs(levels, runs)
         lr_checked = all(run_key(s) in runs for s in lr_sweep)
         for sp in hard_levels(levels):

@@ -160,7 +160,7 @@ def test_paired_differences_wait_for_every_seed_and_compare_with_the_best():
     done = rr.finished(runs + main)
     assert rr.paired_differences(rr.finished(runs + main[:-1]), pick) == []
     lines = rr.paired_differences(done, pick)
-    assert "minus LoRA's" in lines[1]
+    assert "minus LoRA (r 16)'s" in lines[1]
     full = next(line for line in lines if line.startswith("| Full FT"))
     assert "-20.0" in full and "± 0.0 | yes |" in full
     mft = next(line for line in lines if line.startswith("| S-MFT Both"))
