@@ -297,10 +297,13 @@ def hard_sparsities(analysis: dict | None) -> tuple[list[float], float | None]:
 
 
 def hard_specs(levels: list[float], runs: dict[str, dict]) -> tuple[list[dict], list[dict]]:
+    """The H-MFT learning-rate check at the middle level, and the test runs at its pick ([] until it is done)."""
     if not levels:
         return [], []
     middle = levels[len(levels) // 2]
     lr_sweep = [spec("C", "val", "mft-hard", lr, sparsity=middle) for lr in HARD_LRS]
+    if not all(run_key(s) in runs for s in lr_sweep):
+        return lr_sweep, []
     lr = best(runs, lr_sweep, lr_sweep[-1])["lr"]
     main = [spec("C", "test", "mft-hard", lr, seed, sparsity=sp) for seed in SEEDS for sp in hard_levels(levels)]
     return lr_sweep, main
@@ -322,9 +325,7 @@ def plan(all_runs: list[dict], compute_analysis: bool = True):
         analysis = mask_analysis(pick, runs, all_runs, compute=compute_analysis)
         levels, threshold = hard_sparsities(analysis)
         lr_sweep, main = hard_specs(levels, runs)
-        specs += lr_sweep
-        if lr_sweep and all(run_key(s) in runs for s in lr_sweep):
-            specs += main
+        specs += lr_sweep + main
     return specs, pick, analysis, levels, threshold
 
 
@@ -467,11 +468,10 @@ def write_report(all_runs: list[dict]) -> str:
                   "median step (s) | peak RSS (GiB) |", "|---|---|---|---|---|---|---|---|---|"]
         both = _seed_results(runs, _group(pick, "mft", "both"))
         lines.append(_row("S-MFT Both", _hyperparameters(pick, "mft"), both))
-        lr_sweep, main = hard_specs(levels, runs)
-        lr_checked = all(run_key(s) in runs for s in lr_sweep)
+        _, main = hard_specs(levels, runs)
         for sp in hard_levels(levels):
             group = [s for s in main if s["sparsity"] == sp]
-            hp = f"lr {group[0]['lr']:g}" if lr_checked else "pending lr check"
+            hp = f"lr {group[0]['lr']:g}" if group else "pending lr check"
             reference = " (reference: the paper's TinyLlama best)" if sp not in levels else ""
             lines.append(_row(f"H-MFT {100 * sp:.3g}%{reference}", hp, _seed_results(runs, group)))
     elif analysis:
