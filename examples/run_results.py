@@ -59,6 +59,13 @@ MIN_LEVEL_SHARE = 1e-4  # the paper's smallest H-MFT sparsity (0.01%, Qwen2.5-0.
 # far above the levels a short S-MFT run suggests.
 REFERENCE_SPARSITY = 0.01
 PAPER_DEFAULT = {"lr": 0.1, "init_score": 7.0, "temperature": 2.3}
+# Long runs (phase L): validation accuracy every CURVE_EVERY steps, test accuracy at the best validation point and
+# at the end. A pilot S-MFT-Both run of PILOT_STEPS sets their length: the shortest of LONG_STEP_CHOICES by which the
+# pilot's validation accuracy came within one binomial s.e. of its best (the best method has plateaued there).
+CURVE_EVERY = 40
+PILOT_STEPS = 640
+LONG_STEP_CHOICES = (320, 480, 640)
+LONG_EXTRA_SEED_GROUPS = (("mft", "both"), ("lora", "both"), ("full", "both"))  # 3 seeds; the rest seed 0 first
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -72,6 +79,8 @@ def run_key(spec: dict) -> str:
 
 def slug(spec: dict) -> str:
     parts = [spec["split"], spec["method"], spec.get("targets", "both"), f"lr{spec['lr']:g}", f"s{spec['seed']}"]
+    if spec["steps"] != STEPS:
+        parts.append(f"n{spec['steps']}")
     if spec["method"] in ("mft", "mft-ste"):
         parts.insert(3, f"i{spec['init_score']:g}-t{spec['temperature']:g}")
     if spec["method"] == "mft-hard":
@@ -127,9 +136,12 @@ def retired(runs: list[dict]) -> list[dict]:
     return [r for r in runs if r.get("kind") == "rerun"]
 
 
-def spec(phase, split, method, lr, seed=0, targets="both", init_score=None, temperature=None, sparsity=None):
+def spec(phase, split, method, lr, seed=0, targets="both", init_score=None, temperature=None, sparsity=None,
+         steps=STEPS, curve_every=None):
     s = {"phase": phase, "split": split, "method": method, "lr": lr, "seed": seed, "targets": targets,
-         "steps": STEPS, "batch_size": BATCH_SIZE}
+         "steps": steps, "batch_size": BATCH_SIZE}
+    if curve_every:
+        s["curve_every"] = curve_every
     if method in ("mft", "mft-ste"):
         s.update(init_score=init_score, temperature=temperature)
     if method == "mft-hard":
@@ -154,7 +166,11 @@ def command(s: dict, metrics: Path) -> list[str]:
         cmd += ["--init-score", str(s["init_score"]), "--temperature", str(s["temperature"])]
     if s["method"] == "mft-hard":
         cmd += ["--sparsity", repr(s["sparsity"])]
-    if s["split"] == "val":
+    if s.get("curve_every"):
+        # Merging was checked on every method at 32 steps (Table 1); a long run spends its time on the curve.
+        cmd += ["--curve-data", str(data["val"]), "--curve-image-folder", str(data["image_folder"]),
+                "--curve-samples", str(VAL_QUESTIONS), "--curve-every", str(s["curve_every"])]
+    if s["split"] == "val" or s.get("curve_every"):
         cmd += ["--no-merge-check"]
     return cmd
 
@@ -314,6 +330,43 @@ def hard_levels(levels: list[float]) -> list[float]:
     return levels + [REFERENCE_SPARSITY] if levels and REFERENCE_SPARSITY not in levels else levels
 
 
+def long_spec(pick: dict, method: str, targets: str, seed: int, steps: int) -> dict:
+    """A phase-L run: test split, validation curve, the hyperparameters phase A picked."""
+    m = pick["mft"] if method in ("mft", "mft-ste") else pick["lora" if method in ("lora", "qlora") else "full"]
+    init = dict(init_score=m["init_score"], temperature=m["temperature"]) if method in ("mft", "mft-ste") else {}
+    return spec("L", "test", method, m["lr"], seed, targets, steps=steps, curve_every=CURVE_EVERY, **init)
+
+
+def pilot_spec(pick: dict) -> dict:
+    return long_spec(pick, "mft", "both", 0, PILOT_STEPS)
+
+
+def binomial_se(accuracy: float, n: int) -> float:
+    """Standard error of an accuracy measured on `n` independent questions."""
+    return math.sqrt(accuracy * (1 - accuracy) / n)
+
+
+def long_steps(pilot: dict | None) -> int | None:
+    """The long runs' length from the pilot's validation curve (see LONG_STEP_CHOICES); None until it is done."""
+    if pilot is None:
+        return None
+    curve = pilot["result"]["curve"]
+    top = max(point["val_accuracy"] for point in curve)
+    within = top - binomial_se(top, VAL_QUESTIONS)
+    for steps in LONG_STEP_CHOICES:
+        if max((p["val_accuracy"] for p in curve if p["step"] <= steps), default=0.0) >= within:
+            return steps
+    return LONG_STEP_CHOICES[-1]
+
+
+def long_specs(pick: dict, steps: int) -> list[dict]:
+    """Seed 0 of every Table 1 row, then the other seeds of LONG_EXTRA_SEED_GROUPS."""
+    out = [long_spec(pick, method, targets, 0, steps) for _, method, targets in TABLE1_GROUPS]
+    out += [long_spec(pick, method, targets, seed, steps) for seed in SEEDS[1:]
+            for method, targets in LONG_EXTRA_SEED_GROUPS]
+    return out
+
+
 def plan(all_runs: list[dict], compute_analysis: bool = True):
     """Every run known so far (later phases appear once the earlier ones they depend on are done)."""
     runs = finished(all_runs)
@@ -326,6 +379,9 @@ def plan(all_runs: list[dict], compute_analysis: bool = True):
         levels, threshold = hard_sparsities(analysis)
         lr_sweep, main = hard_specs(levels, runs)
         specs += lr_sweep + main
+        pilot = pilot_spec(pick)
+        steps = long_steps(runs.get(run_key(pilot)))
+        specs += [pilot] + ([s for s in long_specs(pick, steps) if s != pilot] if steps else [])
     return specs, pick, analysis, levels, threshold
 
 

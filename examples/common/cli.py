@@ -29,6 +29,12 @@ def build_parser(description: str, model_help: str) -> argparse.ArgumentParser:
     d.add_argument("--eval-image-folder", default=None)
     d.add_argument("--train-samples", type=int, default=None, help="use only the first N training records")
     d.add_argument("--eval-samples", type=int, default=500, help="evaluate on the first N held-out records (0: all)")
+    d.add_argument("--curve-data", default=None,
+                   help="validation JSON scored every --curve-every steps; --eval-data is then also scored at the "
+                        "best validation point")
+    d.add_argument("--curve-image-folder", default=None, help="default: --image-folder's")
+    d.add_argument("--curve-samples", type=int, default=200, help="validation records scored per point (0: all)")
+    d.add_argument("--curve-every", type=int, default=None, help="optimizer steps between validation points")
     d.add_argument("--max-length", type=int, default=1024, help="tokens per training sequence")
     d.add_argument("--chat-template", default=None, help="Jinja chat template file (default: the model's)")
     t = p.add_argument_group("training (transformers.Trainer)")
@@ -77,6 +83,12 @@ def run(args, load: Callable[..., LoadedVLM], default_source: Callable[[], str])
     eval_records = (
         load_llava_json(eval_data, eval_folder, limit=args.eval_samples or None) if eval_data else None
     )
+    if args.curve_data and not args.curve_every:
+        raise SystemExit("--curve-data needs --curve-every N (optimizer steps between validation points)")
+    curve_records = (
+        load_llava_json(args.curve_data, args.curve_image_folder or folder, limit=args.curve_samples or None)
+        if args.curve_data else None
+    )
     prepared = prepare_model(loaded.model, args.method, MethodArgs.from_namespace(args))
     config = TrainConfig(
         output_dir=args.output_dir,
@@ -92,9 +104,10 @@ def run(args, load: Callable[..., LoadedVLM], default_source: Callable[[], str])
         max_new_tokens=args.max_new_tokens,
         bf16=args.bf16,
         desc=args.method,
+        curve_every=args.curve_every,
     )
     result = train_and_evaluate(prepared, processor, train_records, eval_records, config,
-                                check_merged=args.check_merged)
+                                check_merged=args.check_merged, curve_records=curve_records)
     result["model"] = str(source)
     summary = {k: v for k, v in result.items() if k != "loss_history"}
     print(json.dumps(summary, indent=1))

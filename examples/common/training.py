@@ -44,6 +44,7 @@ class TrainConfig:
     dataloader_workers: int = 0
     disable_tqdm: bool = False
     desc: str = "train"
+    curve_every: int | None = None  # validation accuracy every N optimizer steps (needs curve records)
 
 
 class StepTimer(TrainerCallback):
@@ -101,6 +102,45 @@ class PeakMemory(TrainerCallback):
             self._thread.join()
 
 
+class ValidationCurve(TrainerCallback):
+    """Exact-match accuracy on held-out validation records every `every` optimizer steps (and at the last step),
+    keeping a CPU copy of the trainable parameters at the best point so far.
+
+    Ties keep the earlier checkpoint (fewer steps). `train_seconds` of a point is the summed duration of the optimizer
+    steps before it (from `timer`), so evaluation time is not counted as training time.
+    """
+
+    def __init__(self, records: list[Record], processor: VLMProcessor, every: int, timer: StepTimer, **eval_kwargs):
+        if every < 1:
+            raise ValueError(f"curve_every must be >= 1 optimizer steps, got {every}")
+        self.records, self.processor, self.every, self.timer = records, processor, every, timer
+        self.eval_kwargs = eval_kwargs
+        self.points: list[dict] = []
+        self.best: dict | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        step = state.global_step
+        if step % self.every and step != state.max_steps:
+            return
+        was_training = model.training
+        accuracy = evaluate_vqa(model, self.processor, self.records, desc=f"val @{step}", **self.eval_kwargs)["accuracy"]
+        model.train(was_training)
+        point = {"step": step, "val_accuracy": accuracy, "train_seconds": round(sum(self.timer.durations), 2)}
+        self.points.append(point)
+        logger.info("step %d: validation accuracy %.4f", step, accuracy)
+        if self.best is None or accuracy > self.best["val_accuracy"]:
+            self.best = point
+            self.best_state = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+    def restore_best(self, model) -> None:
+        """Load the best checkpoint's trainable parameters back into `model` (mutates it)."""
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in self.best_state.items():
+                params[name].copy_(value)
+
+
 def weights_size_bytes(folder: str | Path) -> int:
     """Bytes of the weight files in a saved folder (adapter or full model)."""
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
@@ -114,10 +154,15 @@ def train_and_evaluate(
     config: TrainConfig,
     save: bool = True,
     check_merged: bool = True,
+    curve_records: list[Record] | None = None,
 ) -> dict:
     """Train ``prepared.model`` with `transformers.Trainer`, then (if ``eval_records``) measure exact-match
     accuracy, save the adapter (or the full model for ``full``) under ``output_dir``, merge the adapter and measure
     the merged model's accuracy again.
+
+    With ``curve_records`` and ``config.curve_every``, validation accuracy is measured every ``curve_every`` steps
+    (``result["curve"]``) and ``eval_records`` are also scored at the best validation point
+    (``result["best_checkpoint"]``); the saved adapter and the merge check are those of the last step.
 
     Returns a JSON-able dict of metrics. Mutates ``prepared.model``: trained in place, and with ``check_merged``
     (PEFT methods) its adapter is merged away, so do not use it afterwards."""
@@ -149,13 +194,20 @@ def train_and_evaluate(
         disable_tqdm=config.disable_tqdm,
     )
     timer, memory = StepTimer(), PeakMemory()
+    eval_kwargs = dict(batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens,
+                       disable_tqdm=config.disable_tqdm)
+    callbacks = [timer, memory]
+    curve = None
+    if curve_records and config.curve_every:
+        curve = ValidationCurve(curve_records, processor, config.curve_every, timer, **eval_kwargs)
+        callbacks.append(curve)
     trainer = AtomicCheckpointTrainer(  # a checkpoint appears complete or not at all
         model=model,
         args=args,
         train_dataset=LlavaDataset(train_records, processor),
         data_collator=collator,
         optimizers=(prepared.optimizer, None),
-        callbacks=[timer, memory],
+        callbacks=callbacks,
     )
     logger.info("%s: %s, %d trainable parameters, lr %g", config.desc, prepared.method,
                 prepared.trainable_parameters, prepared.lr)
@@ -181,8 +233,8 @@ def train_and_evaluate(
     if not is_main:  # under `accelerate launch`, rank 0 alone evaluates and saves
         return result
 
-    eval_kwargs = dict(batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens,
-                       disable_tqdm=config.disable_tqdm)
+    if curve is not None:
+        result["curve"] = curve.points
     if eval_records:
         evaluation = evaluate_vqa(model, processor, eval_records, desc=f"eval {prepared.method}", **eval_kwargs)
         result.update(accuracy=evaluation["accuracy"], eval_questions=evaluation["total"])
@@ -196,6 +248,11 @@ def train_and_evaluate(
                 processor.image_preprocessor.save_pretrained(staging)
         result["saved_to"] = str(saved)
         result["saved_bytes"] = weights_size_bytes(saved)
+    if eval_records and curve is not None:
+        curve.restore_best(model)
+        at_best = evaluate_vqa(model, processor, eval_records, desc=f"eval {prepared.method} best", **eval_kwargs)
+        result["best_checkpoint"] = {**curve.best, "accuracy": at_best["accuracy"]}
+        _write_json(out / "predictions-best.json", at_best["predictions"])
     if eval_records and check_merged and prepared.is_peft:
         merged = merge_adapter(model)
         merged_eval = evaluate_vqa(merged, processor, eval_records, desc=f"eval {prepared.method} merged", **eval_kwargs)
