@@ -172,7 +172,7 @@ def _compare(args) -> int:
 def _harden(args) -> int:
     from .harden import harden_adapter
 
-    harden_adapter(args.adapter, args.sparsity, args.output, progress=True)
+    harden_adapter(args.adapter, args.sparsity, args.output, progress=True, overwrite=args.overwrite)
     zeroed = f"{format_share(args.sparsity)} of each matrix (sparsity {args.sparsity:g})"
     print(f"wrote {args.output}: hard masks zeroing {zeroed}")
     return 0
@@ -181,17 +181,23 @@ def _harden(args) -> int:
 # ---- merge -----------------------------------------------------------------------------------------------------------
 
 
-def merge_to_folder(base: str, adapter: str, output: str, dtype: str = "auto", progress: bool = True) -> Path:
+def merge_to_folder(
+    base: str, adapter: str, output: str, dtype: str = "auto", progress: bool = True, overwrite: bool = False
+) -> Path:
     """Load the base model in folder `base`, apply the MFT adapter in folder `adapter`, write the merged model.
 
     The output is a plain transformers model folder (safetensors weights `W * M`, config, and the base folder's
-    tokenizer / processor files) that loads without peft or peft_mft. Written atomically. `dtype`: 'auto' keeps the
-    base's saved dtype, else 'float32', 'bfloat16' or 'float16'.
+    tokenizer / processor files) that loads without peft or peft_mft. Written atomically, following the rule of
+    `peft_mft.output_folder` (never an input, never a non-empty folder of something else unless `overwrite`).
+    `dtype`: 'auto' keeps the base's saved dtype, else 'float32', 'bfloat16' or 'float16'.
     """
     import torch
     import transformers
 
-    from .io import atomic_directory, load_adapter
+    from .io import load_adapter
+    from .output_folder import check_output_folder, command_output
+
+    check_output_folder(output, [base, adapter], "merge", overwrite)  # before loading the model
 
     base_dir = Path(base)
     if not (base_dir / "config.json").is_file():
@@ -205,7 +211,7 @@ def merge_to_folder(base: str, adapter: str, output: str, dtype: str = "auto", p
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
     model = load_adapter(model_class.from_pretrained(base, dtype=torch_dtype), adapter)
     merged = model.merge_and_unload(progressbar=progress)
-    with atomic_directory(output, keep_other_files=False) as staging:
+    with command_output(output, [base, adapter], "merge", overwrite) as staging:
         merged.save_pretrained(staging)
         for pattern in _BASE_FILES_TO_COPY:
             for path in base_dir.glob(pattern):
@@ -215,7 +221,7 @@ def merge_to_folder(base: str, adapter: str, output: str, dtype: str = "auto", p
 
 
 def _merge(args) -> int:
-    merge_to_folder(args.base, args.adapter, args.output, dtype=args.dtype)
+    merge_to_folder(args.base, args.adapter, args.output, dtype=args.dtype, overwrite=args.overwrite)
     print(f"wrote {args.output}: merged model (safetensors), loads with transformers alone")
     return 0
 
@@ -231,7 +237,9 @@ def _export(args) -> int:
     from .io import read_adapter_config
 
     read_adapter_config(args.adapter)  # a missing folder or a non-MFT adapter fails here, naming the file
-    result = export_compact_adapter(args.adapter, args.output, _FORMAT_ALIASES.get(args.format, args.format))
+    result = export_compact_adapter(
+        args.adapter, args.output, _FORMAT_ALIASES.get(args.format, args.format), overwrite=args.overwrite
+    )
     print(
         f"wrote {args.output}: {result.format}, {result.layers} layers, {result.masked_weights:,} masked weights, "
         f"{result.bytes_on_disk:,} bytes ({result.bytes_on_disk / result.scores_bytes:.3g} x the float32 scores), "
@@ -241,6 +249,15 @@ def _export(args) -> int:
 
 
 # ---- entry point -----------------------------------------------------------------------------------------------------
+
+
+def _add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty OUT that is not an earlier output of this command: same-named files are "
+        "replaced, all others kept (without it such an OUT is refused; OUT may never be or hold an input)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -287,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     harden.add_argument(
         "--sparsity", type=_fraction, required=True, metavar="X", help="fraction zeroed per matrix: 0.0005 or 0.05%%"
     )
-    harden.add_argument("output", metavar="OUT", help="new adapter folder (replaced if it exists)")
+    harden.add_argument("output", metavar="OUT", help="new adapter folder (see --overwrite)")
+    _add_overwrite_argument(harden)
     harden.set_defaults(run=_harden)
 
     merge = commands.add_parser(
@@ -298,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     merge.add_argument("base", metavar="BASE", help="base model folder (written by save_pretrained)")
     merge.add_argument("adapter", metavar="ADAPTER", help="MFT adapter folder")
-    merge.add_argument("output", metavar="OUT", help="output folder (replaced if it exists)")
+    merge.add_argument("output", metavar="OUT", help="output folder (see --overwrite)")
+    _add_overwrite_argument(merge)
     merge.add_argument(
         "--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto", help="dtype to load and save in"
     )
@@ -320,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[*COMPACT_FORMATS, *_FORMAT_ALIASES],
         help="compact format; fp16, int8, bits and indices are short for soft-fp16, soft-int8, hard-bits, hard-indices",
     )
-    export.add_argument("output", metavar="OUT", help="output folder")
+    export.add_argument("output", metavar="OUT", help="output folder (see --overwrite)")
+    _add_overwrite_argument(export)
     export.set_defaults(run=_export)
     return parser
 

@@ -43,7 +43,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .config import MFTConfig
-from .io import atomic_directory
+from .output_folder import check_output_folder, command_output
 from .mask import MaskSpec, num_zeroed
 
 PathLike = Union[str, os.PathLike]
@@ -165,16 +165,21 @@ def _mask_init(config: MFTConfig, spec: MaskSpec) -> float:
     return float(spec.mask(torch.tensor([config.init_score], dtype=torch.float32))[0]) if spec.mask_type == "soft" else 1.0
 
 
-def export_compact_adapter(adapter_folder: PathLike, output_folder: PathLike, fmt: str) -> CompactExport:
+def export_compact_adapter(
+    adapter_folder: PathLike, output_folder: PathLike, fmt: str, overwrite: bool = False
+) -> CompactExport:
     """Write the adapter saved in `adapter_folder` (float32 scores, by `save_pretrained`) as a compact folder.
 
     `fmt`: one of `COMPACT_FORMATS` ("soft-fp16", "soft-int8" for soft masks; "hard-bits", "hard-indices" for hard
     masks). The masks are decoded again before returning, and the largest error is stored in `mft_compact.json`.
-    Does not modify `adapter_folder`. Inference only: training resumes only from the float32 scores.
+    Does not modify `adapter_folder`; `output_folder` follows the rule of `peft_mft.output_folder` (never an input,
+    never a non-empty folder of something else unless `overwrite`). Inference only: training resumes only from the
+    float32 scores.
     """
     if fmt not in COMPACT_FORMATS:
         raise ValueError(f"Unknown compact format {fmt!r}; choose one of {sorted(COMPACT_FORMATS)}.")
     source, output = Path(adapter_folder), Path(output_folder)
+    check_output_folder(output, [source], "export", overwrite)  # before reading the scores
     config, tensors = _read_folder(source)
     if COMPACT_FORMATS[fmt] != config.mask_type:
         usable = sorted(name for name, kind in COMPACT_FORMATS.items() if kind == config.mask_type)
@@ -209,7 +214,7 @@ def export_compact_adapter(adapter_folder: PathLike, output_folder: PathLike, fm
         "max_abs_mask_error": max_error,
         "note": "Inference only: training resumes only from the float32 scores written by save_pretrained.",
     }
-    with atomic_directory(output, keep_other_files=False) as staging:  # a crash leaves any previous export intact
+    with command_output(output, [source], "export", overwrite) as staging:  # a crash leaves the folder intact
         config.save_pretrained(str(staging))
         save_file({k: v.contiguous() for k, v in packed.items()}, str(staging / COMPACT_WEIGHTS_NAME))
         (staging / COMPACT_META_NAME).write_text(json.dumps(meta, indent=1))

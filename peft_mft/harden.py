@@ -12,11 +12,15 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .analysis import AdapterMasks, progress_bar
-from .io import atomic_directory
+from .output_folder import check_output_folder, command_output
 
 
 def harden_adapter(
-    adapter_dir: Union[str, os.PathLike], sparsity: float, output_dir: Union[str, os.PathLike], progress: bool = False
+    adapter_dir: Union[str, os.PathLike],
+    sparsity: float,
+    output_dir: Union[str, os.PathLike],
+    progress: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Write an H-MFT adapter that zeroes, in each weight matrix, the `sparsity` fraction with the smallest soft mask.
 
@@ -25,8 +29,9 @@ def harden_adapter(
     soft adapter had switched off most; ties at the threshold go by row-major index, as for any hard mask. Other
     saved tensors (`modules_to_save`) are copied unchanged. The output folder holds `adapter_config.json`
     (`mask_type="hard"`, `sparsity`), `adapter_model.safetensors` and a model card, and loads with
-    `PeftModel.from_pretrained` like any adapter. It is written atomically (`peft_mft.io.atomic_directory`) and
-    replaces whatever `output_dir` held. Returns the output folder.
+    `PeftModel.from_pretrained` like any adapter. It is written atomically and follows the output-folder rule of
+    `peft_mft.output_folder` (never the input, never a non-empty folder of something else unless `overwrite`).
+    Returns the output folder.
     """
     masks = AdapterMasks.from_folder(adapter_dir)
     if masks.config.mask_type != "soft":
@@ -36,8 +41,7 @@ def harden_adapter(
     if not (isinstance(sparsity, (int, float)) and 0.0 <= sparsity < 1.0):
         raise ValueError(f"sparsity is the fraction of weights zeroed and must be in [0, 1), got {sparsity!r}.")
     output_dir = Path(output_dir)
-    if output_dir.exists() and output_dir.resolve() == Path(adapter_dir).resolve():
-        raise ValueError(f"Output folder {str(output_dir)!r} is the input adapter; choose a new folder.")
+    check_output_folder(output_dir, [adapter_dir], "harden", overwrite)  # before the slow part
     config = dataclasses.replace(masks.config, mask_type="hard", sparsity=float(sparsity), straight_through=False)
 
     score_keys = set(masks.state_dict_keys.values())
@@ -46,7 +50,7 @@ def harden_adapter(
     for name in progress_bar(masks.module_names, progress, "Hardening masks", len(masks)):
         state_dict[masks.state_dict_keys[name]] = masks.mask(name).contiguous()
 
-    with atomic_directory(output_dir, keep_other_files=False) as staging:
+    with command_output(output_dir, [adapter_dir], "harden", overwrite) as staging:
         # Weights first: saving the config writes the model card, which reads the saved scores.
         save_file(state_dict, str(staging / SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
         config.save_pretrained(str(staging))

@@ -18,7 +18,7 @@ import shutil
 import sys
 import uuid
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Collection, Iterator, Optional, Union
 
 from peft import PeftModel
 from peft.utils.constants import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
@@ -69,14 +69,13 @@ def _link_or_copy(source: str, destination: str) -> None:
         shutil.copy2(source, destination)
 
 
-def _carry_over_other_entries(previous: Path, staging: Path) -> None:
+def _carry_over_other_entries(previous: Path, staging: Path, discard: Collection[str]) -> None:
     """Hard-link (or copy) into `staging` whatever `previous` holds that the new save did not write, such as a
-    tokenizer saved in the same folder, so that replacing the folder loses nothing but the replaced files."""
+    tokenizer saved in the same folder or a `.git` folder, so that replacing the folder loses nothing but the replaced
+    files and the entries named in `discard`."""
     for entry in previous.iterdir():
-        if entry.name.startswith("."):
-            continue
         destination = staging / entry.name
-        if destination.exists():
+        if entry.name in discard or destination.exists() or os.path.lexists(destination):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.copytree(entry, destination, copy_function=_link_or_copy, symlinks=True)
@@ -116,13 +115,15 @@ def replace_directory(staging: Path, target: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(directory: PathLike, keep_other_files: bool = True) -> Iterator[Path]:
+def atomic_directory(directory: PathLike, discard: Collection[str] = ()) -> Iterator[Path]:
     """Write a folder atomically: yields an empty staging folder beside `directory`; on normal exit it replaces
     `directory` in one rename (created if absent). On an exception, or if the process dies, `directory` is untouched
     (a killed process may leave the hidden staging folder `.<name>.saving-<id>` behind; delete it at leisure).
 
-    With `keep_other_files`, files already in `directory` that the new content does not replace (a tokenizer, other
-    adapters' subfolders) are hard-linked into the new folder, so nothing but the rewritten files changes.
+    Entries already in `directory` that the new content does not replace (a tokenizer, other adapters' subfolders,
+    hidden files) are hard-linked into the new folder, so nothing but the rewritten files changes; `discard` names
+    top-level entries of the previous content to drop instead (files an earlier run of the same writer made and this
+    one no longer writes, such as shards of a different count).
     """
     target = Path(directory).resolve()  # through a symlink: replace the folder it points to, keep the link
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -130,8 +131,8 @@ def atomic_directory(directory: PathLike, keep_other_files: bool = True) -> Iter
     staging.mkdir()
     try:
         yield staging
-        if keep_other_files and target.is_dir():
-            _carry_over_other_entries(target, staging)
+        if target.is_dir():
+            _carry_over_other_entries(target, staging, discard)
         fsync_tree(staging)
         replace_directory(staging, target)
     except BaseException:

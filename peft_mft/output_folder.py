@@ -1,0 +1,87 @@
+"""Output folders of the commands that write one (`harden`, `merge`, `export`): nothing of the user's is ever lost.
+
+The rule, for the CLI and the Python functions behind it alike:
+- the output may not equal, contain or lie inside an input folder (writing there could replace the input);
+- a non-empty output must be an earlier output of the same command, recognised by the marker file
+  `.peft-mft-output.json` that every run leaves; anything else needs `overwrite=True` (`--overwrite`);
+- only what that earlier run wrote is replaced or removed; every other entry of the folder is kept. With
+  `overwrite=True` the files the command writes replace same-named ones, and nothing else is touched.
+The folder is written atomically (`peft_mft.io.atomic_directory`): a crash leaves its previous content intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator, Sequence, Union
+
+from .io import atomic_directory
+
+PathLike = Union[str, os.PathLike]
+
+OUTPUT_MARKER_NAME = ".peft-mft-output.json"
+
+
+class OutputFolderError(ValueError):
+    """An output folder that a command refuses to write, because writing it could lose data; names the conflict."""
+
+
+def written_by(folder: PathLike) -> tuple[str | None, list[str]]:
+    """(command, top-level entries it wrote) from `folder`'s marker; (None, []) where there is none or it is unreadable."""
+    marker = Path(folder) / OUTPUT_MARKER_NAME
+    try:
+        record = json.loads(marker.read_text())
+        return str(record["command"]), [str(name) for name in record["entries"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, []
+
+
+def check_output_folder(output: PathLike, inputs: Sequence[PathLike], command: str, overwrite: bool = False) -> None:
+    """Raise `OutputFolderError` (one line naming both paths or the folder) when `command` may not write `output`.
+
+    `inputs`: the folders the command reads. See the module docstring for the rule.
+    """
+    out = Path(output)
+    resolved = out.resolve()
+    for source in inputs:
+        source_resolved = Path(source).resolve()
+        if resolved == source_resolved:
+            relation = "is the input"
+        elif resolved in source_resolved.parents:
+            relation = "contains the input"
+        elif source_resolved in resolved.parents:
+            relation = "lies inside the input"
+        else:
+            continue
+        raise OutputFolderError(
+            f"output {str(output)!r} {relation} {str(source)!r}; writing it could replace the input. Choose an output "
+            "folder outside every input."
+        )
+    if out.exists() and not out.is_dir():
+        raise OutputFolderError(f"output {str(output)!r} is a file, not a folder; choose a folder path.")
+    if out.is_dir() and any(out.iterdir()) and written_by(out)[0] != command and not overwrite:
+        raise OutputFolderError(
+            f"output folder {str(output)!r} is not empty and is not an earlier output of `peft-mft {command}`; choose a "
+            "new or empty folder, or pass --overwrite (overwrite=True) to write into it (same-named files are "
+            "replaced, every other file is kept)."
+        )
+
+
+@contextlib.contextmanager
+def command_output(
+    output: PathLike, inputs: Sequence[PathLike], command: str, overwrite: bool = False
+) -> Iterator[Path]:
+    """Check `output` (`check_output_folder`), then yield a staging folder that replaces it atomically on exit.
+
+    Entries that an earlier run of `command` wrote there and this run does not write again are removed; every other
+    entry is kept. The marker recording this run's entries is added last.
+    """
+    check_output_folder(output, inputs, command, overwrite)
+    previous_command, previous_entries = written_by(output)
+    earlier_output = set(previous_entries) if previous_command == command else set()
+    with atomic_directory(output, discard=earlier_output) as staging:
+        yield staging
+        entries = sorted(entry.name for entry in staging.iterdir())
+        (staging / OUTPUT_MARKER_NAME).write_text(json.dumps({"command": command, "entries": entries}, indent=1))
