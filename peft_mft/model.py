@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import warnings
 from typing import Optional
 
 import torch
@@ -17,6 +19,15 @@ from .config import MFTConfig
 from .io import check_scores_fit_model
 from .layer import Linear, MFTLayer
 from .targets import TRANSFORMERS_MODELS_TO_MFT_TARGET_MODULES_MAPPING, is_vision_tower_module, layer_index, targets_regex
+
+
+def describe_masked(names: list[str]) -> str:
+    """Module names grouped with their layer indices replaced by '*': 'model.layers.*.self_attn.q_proj (x2), ...'."""
+    counts: dict[str, int] = {}
+    for name in names:
+        pattern = re.sub(r"\.\d+\.", ".*.", name)
+        counts[pattern] = counts.get(pattern, 0) + 1
+    return ", ".join(f"{pattern} (x{count})" if count > 1 else pattern for pattern, count in counts.items())
 
 
 class MFTModel(BaseTuner):
@@ -39,13 +50,17 @@ class MFTModel(BaseTuner):
 
     def _prepare_adapter_config(self, peft_config: MFTConfig, model_config: dict) -> MFTConfig:
         """Resolve `targets` (or the architecture default) into `target_modules`."""
+        self._generic_rule_model_type = None
         if peft_config.target_modules is not None:
             return peft_config
         is_vlm = "vision_config" in model_config
+        model_type = model_config.get("model_type")
+        if model_type not in self.target_module_mapping:
+            self._generic_rule_model_type = str(model_type)  # inject_adapter warns with what the rule masked
         if peft_config.targets is not None:
             peft_config.target_modules = targets_regex(peft_config.targets, language_model_only=is_vlm)
             return peft_config
-        default = self.target_module_mapping.get(model_config.get("model_type"))
+        default = self.target_module_mapping.get(model_type)
         if default is None:
             default = targets_regex("both", language_model_only=is_vlm)
         peft_config.target_modules = default if isinstance(default, str) else set(default)
@@ -65,8 +80,18 @@ class MFTModel(BaseTuner):
         return match
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs) -> None:
+        """PEFT's injection; a model type MFT does not know gets the generic rule and a warning listing what it masked."""
         try:
             super().inject_adapter(model, adapter_name, **kwargs)
+            if getattr(self, "_generic_rule_model_type", None) is not None:
+                masked = [name for name, module in model.named_modules() if isinstance(module, MFTLayer)]
+                warnings.warn(
+                    f"MFT does not know the projections of model type {self._generic_rule_model_type!r}; the generic "
+                    f"rule (language-model attention/MLP projections by name, plus the projector) masked "
+                    f"{len(masked)} modules: {describe_masked(masked)}. Check that this is what you want, or pass "
+                    "MFTConfig(target_modules=[...]) to choose.",
+                    stacklevel=2,
+                )
         except NoMatchingPeftModuleError as exc:
             linear_names = [
                 name

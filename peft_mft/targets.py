@@ -10,9 +10,10 @@ from typing import Literal, Optional
 
 Targets = Literal["attn", "mlp", "both"]
 
-# Projection names across llama / mistral / qwen2 / gemma (q, k, v, o; gate, up, down) and phi (dense; fc1, fc2).
-ATTN_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "dense")
-MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj", "fc1", "fc2")
+# Projection names across llama / mistral / qwen2 / gemma (q, k, v, o; gate, up, down), phi (dense; fc1, fc2) and
+# phi3, whose q, k, v and gate, up projections are fused into one linear each (qkv_proj; gate_up_proj).
+ATTN_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "dense", "qkv_proj")
+MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj", "fc1", "fc2", "gate_up_proj")
 # The image-text projector's linear layers: LLaVA (transformers), LLaVA (original repo), TinyLLaVA, Qwen2-VL merger.
 # The last three are nn.Sequential(Linear, GELU, Linear, ...), whose linear layers sit at even indices.
 _EVEN = r"\d*[02468]"
