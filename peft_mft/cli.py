@@ -11,6 +11,7 @@ import json
 import math
 import shutil
 import sys
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -36,11 +37,15 @@ class _BadInput(Exception):
 
 
 def _fraction(text: str) -> float:
-    """'0.0005' or '0.05%' -> 0.0005."""
+    """'0.0005' or '0.05%' -> 0.0005; the percentage is divided in decimal, so '0.7%' is 0.007 exactly as written
+    (float division gives 0.006999999999999999)."""
     try:
-        return float(text[:-1]) / 100 if text.endswith("%") else float(text)
-    except ValueError:
+        value = Decimal(text[:-1]) / 100 if text.endswith("%") else Decimal(text)
+    except InvalidOperation:
         raise argparse.ArgumentTypeError(f"expected a fraction (0.0005) or a percentage (0.05%), got {text!r}")
+    if not value.is_finite():
+        raise argparse.ArgumentTypeError(f"expected a finite fraction, got {text!r}")
+    return float(value)
 
 
 # ---- analyze ---------------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Callable, Literal, NamedTuple, Optional, Union
 
 import torch
@@ -22,9 +23,14 @@ def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if tensor.dtype == torch.float64 else tensor.float()
 
 
+@torch.compiler.assume_constant_result  # a function of two constants; torch.compile cannot trace Fraction
 def num_zeroed(numel: int, sparsity: float) -> int:
-    """Number of entries a hard mask zeroes in a matrix of `numel` entries: `floor(sparsity * numel)`."""
-    return int(math.floor(sparsity * numel))
+    """Number of entries a hard mask zeroes in a matrix of `numel` entries: `floor(sparsity * numel)`, exactly.
+
+    `sparsity` is taken as the decimal it was written as (the shortest decimal that gives the same float: 0.29 is
+    29/100), so 0.29 of 100 is 29; float arithmetic gives 28 (0.29 * 100 == 28.999999999999996).
+    """
+    return math.floor(Fraction(repr(float(sparsity))) * numel)
 
 
 class HardThreshold(NamedTuple):
@@ -66,6 +72,8 @@ def _candidates_for_kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
 def hard_mask_threshold(scores: torch.Tensor, sparsity: float) -> Optional[HardThreshold]:
     """Threshold of a hard mask over `scores` (any shape); None when nothing is zeroed (k == 0).
 
+    Raises `ValueError` on CPU when a score is NaN or inf (it has no rank).
+
     Uses a selection (`torch.kthvalue`), not a full sort. On CUDA and under `torch.compile` no value is read back to the
     host; on CPU the tie counts are read (free there) so that `hard_mask` can skip tie-breaking when no tie is split.
     """
@@ -76,6 +84,14 @@ def hard_mask_threshold(scores: torch.Tensor, sparsity: float) -> Optional[HardT
     if abs_scores.device.type != "cpu" or torch.compiler.is_compiling():
         value = torch.kthvalue(abs_scores, k).values
         return HardThreshold(value, k - (abs_scores < value).sum(), False)
+    # NaN has no rank (it would be zeroed on top of the k smallest); on CPU the check costs no host synchronisation.
+    # Elsewhere NaN/inf scores are caught at save, load and merge and by peft_mft.FiniteScoresCallback.
+    finite = torch.isfinite(abs_scores)
+    if not finite.all():
+        raise ValueError(
+            f"Cannot rank scores of shape {tuple(scores.shape)} for a hard mask: {int((~finite).sum())} of "
+            f"{abs_scores.numel()} are NaN or inf (training diverged, or the adapter file is corrupted)."
+        )
     candidates = _candidates_for_kth_smallest(abs_scores, k)
     value = torch.kthvalue(candidates, k).values
     num_below, num_tied = int((candidates < value).sum()), int((candidates == value).sum())

@@ -150,8 +150,21 @@ def test_merge_shape_mismatch_exits_2_naming_module_and_shapes(capsys, adapter, 
     assert "32" in err_line and "24" in err_line
 
 
+def test_percentages_are_parsed_as_written(capsys, tmp_path):
+    adapter = tmp_path / "soft"
+    get_peft_model(make_llama(), MFTConfig(init_weights=False)).save_pretrained(adapter)
+    capsys.readouterr()
+    assert run(capsys, "harden", adapter, "--sparsity", "0.7%", tmp_path / "hard")[0] == 0
+    assert json.loads((tmp_path / "hard" / "adapter_config.json").read_text())["sparsity"] == 0.007
+    assert run(capsys, "harden", adapter, "--sparsity", "29%", tmp_path / "hard29")[0] == 0
+    hard = PeftModel.from_pretrained(make_llama(), tmp_path / "hard29")
+    mask = hard.base_model.model.model.layers[0].mlp.gate_proj.get_mask("default")  # 32 x 16 = 512 entries
+    assert int((mask == 0).sum()) == 148  # floor(0.29 * 512) = floor(148.48)
+
+
 def test_bad_arguments_exit_2(capsys, adapter, tmp_path):
-    for argv in (["harden", adapter, "--sparsity", "lots", tmp_path / "out"], ["harden", adapter, tmp_path / "out"], []):
+    for argv in (["harden", adapter, "--sparsity", "lots", tmp_path / "out"], ["harden", adapter, tmp_path / "out"], [],
+                 ["harden", adapter, "--sparsity", "nan", tmp_path / "out"]):
         with pytest.raises(SystemExit) as exit_info:
             main([str(arg) for arg in argv])
         assert exit_info.value.code == 2

@@ -90,14 +90,36 @@ def test_no_tensor_of_weight_size_is_saved_besides_weight_and_scores():
     assert all(t is weight or t is scores for t in big), [t.shape for t in saved]
 
 
-@pytest.mark.parametrize("sparsity", [0.0, 0.01, 0.1, 0.29, 0.5, 0.999])
-def test_hard_mask_zeroes_exactly_floor_sparsity_times_numel(sparsity):
-    scores = torch.randn(37, 23)
+# (sparsity, shape, entries zeroed), counted by hand: floor of the decimal sparsity times numel (851 = 37 x 23).
+HAND_COUNTS = [
+    (0.0, (37, 23), 0),
+    (0.01, (37, 23), 8),  # 8.51
+    (0.1, (37, 23), 85),  # 85.1
+    (0.29, (10, 10), 29),  # float: 0.29 * 100 = 28.999999999999996
+    (0.29, (37, 23), 246),  # 246.79
+    (0.5, (37, 23), 425),  # 425.5
+    (0.57, (10, 10), 57),  # float: 0.57 * 100 = 56.99999999999999
+    (0.007, (100, 1000), 700),  # '0.7%'
+    (0.999, (37, 23), 850),  # 850.149
+]
+
+
+@pytest.mark.parametrize("sparsity, shape, zeroed", HAND_COUNTS)
+def test_hard_mask_zeroes_exactly_floor_sparsity_times_numel(sparsity, shape, zeroed):
+    scores = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     mask = MaskSpec("hard", sparsity=sparsity).mask(scores)
-    expected = math.floor(sparsity * scores.numel())
-    assert int((mask == 0).sum()) == expected == num_zeroed(scores.numel(), sparsity)
-    if expected:
+    assert num_zeroed(scores.numel(), sparsity) == zeroed
+    assert int((mask == 0).sum()) == zeroed
+    if zeroed:
         assert scores.abs()[mask == 0].max() <= scores.abs()[mask == 1].min()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_hard_mask_refuses_nan_and_inf_scores_before_ranking(bad):
+    scores = torch.randn(20, 20)
+    scores[3, :2] = bad
+    with pytest.raises(ValueError, match=r"shape \(20, 20\).* 2 of 400 are NaN or inf"):
+        MaskSpec("hard", sparsity=0.1).mask(scores)
 
 
 def test_hard_mask_ties_zero_lowest_flat_index_first():
