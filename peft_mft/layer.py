@@ -73,6 +73,16 @@ class MFTLayer(BaseTunerLayer):
         if device is not None and scores.device != torch.device(device):
             self.mft_scores[adapter_name] = nn.Parameter(scores.to(device), requires_grad=scores.requires_grad)
 
+    def cast_scores_to_base_dtype(self, adapter_name: str) -> Optional[torch.dtype]:
+        """Cast `adapter_name`'s scores to the base weight's floating dtype (bf16/fp16 bases); returns that dtype, or
+        None where nothing changed (float32 or quantized bases)."""
+        scores = self.mft_scores.get(adapter_name)
+        dtype = self.get_base_layer().weight.dtype
+        if scores is None or not dtype.is_floating_point or scores.dtype == dtype:
+            return None
+        scores.data = scores.data.to(dtype)
+        return dtype
+
     def get_mask(self, adapter_name: str) -> torch.Tensor:
         """The current mask `M` of `adapter_name` (float32, (out_features, in_features)), without gradient."""
         with torch.no_grad():
@@ -160,6 +170,25 @@ class Linear(nn.Module, MFTLayer):
             self.set_base_weight(self.weight_before_merge)
         del self.weight_before_merge
         self.merged_adapters.clear()
+
+    def _apply(self, fn, recurse: bool = True):
+        """`nn.Module.to` / `.half()` / `.bfloat16()` / `.cuda()` move the scores but never lower their precision:
+        16-bit scores cannot hold small updates (bf16: 3.0 + 0.005 == 3.0). Casts to float32 or float64 apply."""
+        scores = self._modules.pop("mft_scores")
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            self._modules["mft_scores"] = scores
+        for param in scores.values():
+            # `fn` is opaque (a lambda of Module.to); applying it to an empty float32 tensor tells where and to what
+            # dtype this call moves floating-point tensors.
+            probe = fn(torch.empty(0, dtype=torch.float32, device=param.device))
+            dtype = probe.dtype if probe.dtype in (torch.float32, torch.float64) else param.dtype
+            if param.device != probe.device or param.dtype != dtype:
+                param.data = param.data.to(device=probe.device, dtype=dtype)
+                if param.grad is not None:
+                    param.grad = param.grad.to(device=probe.device, dtype=dtype)
+        return self
 
     def _weight_and_scores(self) -> list[nn.Parameter]:
         return [self.get_base_layer().weight, *self.mft_scores.values()]

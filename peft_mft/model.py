@@ -133,6 +133,27 @@ class MFTModel(BaseTuner):
             )
         return Linear(target, adapter_name, config=mft_config, **kwargs)
 
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        """PEFT's contract: `autocast_adapter_dtype=False` keeps adapter weights in the base dtype (TRL asks for it
+        under DeepSpeed ZeRO-3). Scores are created float32; here they follow a bf16/fp16 base, with a warning."""
+        super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
+        if autocast_adapter_dtype:
+            return
+        dtypes = {
+            module.cast_scores_to_base_dtype(adapter_name)
+            for module in self.model.modules()
+            if isinstance(module, MFTLayer)
+        } - {None}
+        if dtypes:
+            names = ", ".join(sorted(str(dtype).removeprefix("torch.") for dtype in dtypes))
+            warnings.warn(
+                f"autocast_adapter_dtype=False: the scores of MFT adapter {adapter_name!r} are kept in the base dtype "
+                f"({names}). 16-bit scores cannot hold small updates (bf16 spacing is 0.0156 at a score of 3.0 and "
+                "0.031 at 7.0, so an update of 0.005 leaves 3.0 unchanged) and masks learn coarsely or not at all; "
+                "keep autocast_adapter_dtype=True (float32 scores) unless one dtype is required.",
+                stacklevel=2,
+            )
+
     def _check_merge_allowed(self) -> None:
         """Merging into quantized layers is refused up front, naming the first such layer."""
         super()._check_merge_allowed()

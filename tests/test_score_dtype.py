@@ -1,0 +1,60 @@
+"""Scores are float32 through a model's dtype casts; `autocast_adapter_dtype=False` keeps them in the base dtype."""
+
+import pytest
+import torch
+from peft import get_peft_model
+
+from peft_mft import MFTConfig
+
+from .conftest import make_llama, text_inputs
+
+
+def score_params(model):
+    return {name: param for name, param in model.named_parameters() if "mft_scores" in name}
+
+
+@pytest.mark.parametrize("cast", ["to(bfloat16)", "half()", "bfloat16()", "to(cpu, float16)"])
+def test_low_precision_casts_keep_float32_scores_and_their_values(cast):
+    model = get_peft_model(make_llama(), MFTConfig(init_score=3.0, temperature=0.5))
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    with torch.no_grad():
+        layer.mft_scores["default"][0, 0] = 3.005  # bf16 would round it to 3.0
+    method, _, argument = cast.partition("(")
+    args = {"bfloat16)": (torch.bfloat16,), "cpu, float16)": ("cpu", torch.float16)}.get(argument, ())
+    getattr(model, method)(*args)
+    assert layer.base_layer.weight.dtype in (torch.bfloat16, torch.float16)
+    assert {p.dtype for p in score_params(model).values()} == {torch.float32}
+    assert layer.mft_scores["default"][0, 0].item() == torch.tensor(3.005, dtype=torch.float32).item()
+    assert model(text_inputs()).logits.dtype == layer.base_layer.weight.dtype
+
+
+def test_casts_to_float64_apply_to_scores():
+    model = get_peft_model(make_llama(), MFTConfig()).to(torch.float64)
+    assert {p.dtype for p in score_params(model).values()} == {torch.float64}
+
+
+def test_a_cast_moves_existing_score_gradients_with_the_scores():
+    model = get_peft_model(make_llama(), MFTConfig(init_weights=False))
+    inputs = text_inputs()
+    model(input_ids=inputs, labels=inputs).loss.backward()
+    model.to(torch.bfloat16)
+    assert all(p.grad.dtype == torch.float32 for p in score_params(model).values())
+
+
+@pytest.mark.parametrize("base_dtype", [torch.bfloat16, torch.float16])
+def test_autocast_adapter_dtype_false_keeps_scores_in_the_base_dtype_with_a_warning(base_dtype):
+    # PEFT's own contract (tests/test_custom_models.py::test_adapter_dtype_autocast for every tuner).
+    with pytest.warns(UserWarning, match="cannot hold small updates"):
+        model = get_peft_model(make_llama().to(base_dtype), MFTConfig(), autocast_adapter_dtype=False)
+    assert {p.dtype for p in score_params(model).values()} == {base_dtype}
+    inputs = text_inputs()
+    model(input_ids=inputs, labels=inputs).loss.backward()
+    assert all(p.grad is not None and p.grad.dtype == base_dtype for p in score_params(model).values())
+    default = get_peft_model(make_llama().to(base_dtype), MFTConfig())
+    assert {p.dtype for p in score_params(default).values()} == {torch.float32}
+
+
+def test_autocast_adapter_dtype_false_on_a_float32_base_changes_nothing_and_does_not_warn(recwarn):
+    model = get_peft_model(make_llama(), MFTConfig(), autocast_adapter_dtype=False)
+    assert {p.dtype for p in score_params(model).values()} == {torch.float32}
+    assert not [w for w in recwarn if "cannot hold small updates" in str(w.message)]
