@@ -2,8 +2,8 @@
 
 A save writes the whole adapter folder into a staging folder beside it, flushes it to disk, then puts it in place with
 one rename, so a crash at any moment leaves either the previous folder or the new one, never a mixture or a truncated
-file. Loading reads safetensors only (never a pickle) and checks, before any weight is touched, that the folder is an
-MFT adapter, that its config holds valid values and that its weight file is complete; PEFT's own
+file. Loading reads safetensors, or a `.bin` state dict through `torch.load(weights_only=True)` as PEFT does (no code
+in the file runs), and checks, before any weight is touched, that the folder is an MFT adapter, that its config holds valid values and that its weight file is complete; PEFT's own
 `PeftModel.from_pretrained` runs the same checks through `MFTConfig.from_pretrained` and `MFTModel`'s loading hook.
 """
 
@@ -14,6 +14,7 @@ import ctypes
 import ctypes.util
 import json
 import os
+import pickle
 import shutil
 import sys
 import uuid
@@ -144,12 +145,10 @@ def save_adapter(model: PeftModel, directory: PathLike, is_main_process: bool = 
     """`model.save_pretrained(directory, **save_pretrained_kwargs)`, atomically.
 
     A crash at any point of the save leaves the previous content of `directory` intact (see `atomic_directory`); scores
-    holding NaN/inf are refused before anything is written (the error names the module). Only safetensors are written.
+    holding NaN/inf are refused before anything is written (the error names the module).
     In a distributed run call it on every process with `is_main_process` set (e.g. `accelerator.is_main_process`):
     the other processes take part in PEFT's state-dict gathering and write nothing. Returns `directory` as a `Path`.
     """
-    if not save_pretrained_kwargs.get("safe_serialization", True):
-        raise ValueError("save_adapter writes safetensors only; drop safe_serialization=False (pickle files are unsafe).")
     directory = Path(directory)
     if not is_main_process:
         model.save_pretrained(str(directory), is_main_process=False, **save_pretrained_kwargs)
@@ -184,22 +183,48 @@ def check_safetensors_file(path: PathLike) -> list[str]:
 
 
 def check_adapter_folder(folder: PathLike, require_weights: bool = True) -> None:
-    """Check a local adapter folder before PEFT loads it: its weights are in `adapter_model.safetensors` (MFT never
-    loads the pickle `adapter_model.bin`) and that file is complete. `require_weights=False` accepts a folder with no
-    weight file at all (a config saved alone). Raises `AdapterFileError` naming the file."""
+    """Check a local adapter folder before PEFT loads it: its weights are in `adapter_model.safetensors`, or in the
+    `adapter_model.bin` that `save_pretrained(safe_serialization=False)` writes, and that file is complete.
+    `require_weights=False` accepts a folder with no weight file at all (a config saved alone). Raises
+    `AdapterFileError` naming the file.
+
+    A `.bin` file is read as PEFT reads it, with `torch.load(weights_only=True)`: tensors and plain containers only,
+    so no code in the file runs; a file holding anything else is refused.
+    """
     folder = Path(folder)
     weights = folder / SAFETENSORS_WEIGHTS_NAME
-    if not weights.is_file():
-        if (folder / WEIGHTS_NAME).is_file():
-            raise AdapterFileError(
-                f"{folder} holds only the pickle file {WEIGHTS_NAME}; MFT adapters are read from {SAFETENSORS_WEIGHTS_NAME} "
-                "only, since unpickling can run arbitrary code. Convert it where you trust it: load it with torch.load "
-                "and write it with safetensors.torch.save_file."
-            )
-        if require_weights:
-            raise AdapterFileError(f"{folder} has no {SAFETENSORS_WEIGHTS_NAME}; found {_listing(folder)}.")
+    if weights.is_file():
+        check_safetensors_file(weights)
         return
-    check_safetensors_file(weights)
+    if (folder / WEIGHTS_NAME).is_file():
+        check_torch_weights_file(folder / WEIGHTS_NAME)
+        return
+    if require_weights:
+        raise AdapterFileError(
+            f"{folder} has no {SAFETENSORS_WEIGHTS_NAME} (nor {WEIGHTS_NAME}); found {_listing(folder)}."
+        )
+
+
+def check_torch_weights_file(path: PathLike) -> list[str]:
+    """Open a `torch.save` state dict with `torch.load(weights_only=True)` (memory-mapped, no code run); return its
+    tensor names. Raises `AdapterFileError` naming the file if it is truncated or corrupted, holds objects other than
+    tensors, or is not a dict of tensors."""
+    path = Path(path)
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as exc:
+        raise AdapterFileError(
+            f"{path} holds objects other than tensors, which torch.load(weights_only=True) refuses to unpickle (that "
+            f"could run code); it was not written by save_pretrained. ({' '.join(str(exc).split())[:200]})"
+        ) from exc
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise AdapterFileError(
+            f"{path} is not a complete torch.save file ({' '.join(str(exc).split())[:200]}); it is truncated or "
+            "corrupted, e.g. by an interrupted save. Restore it from a checkpoint or save the adapter again."
+        ) from exc
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise AdapterFileError(f"{path} does not hold a state dict (a dict of tensors); got {type(state_dict).__name__}.")
+    return list(state_dict)
 
 
 def _listing(folder: Path) -> list[str]:
@@ -239,7 +264,7 @@ def load_adapter(
 
     `model` is a plain base model (the adapter is loaded as with `PeftModel.from_pretrained`) or a `PeftModel`
     (added as `adapter_name` with `load_adapter`; not activated). Errors name the file and the problem: a missing or
-    non-MFT folder, invalid config values, a pickle-only or truncated weight file, scores whose shapes do not fit this
+    non-MFT folder, invalid config values, a truncated weight file or a .bin holding more than tensors, scores whose shapes do not fit this
     base model (module and both shapes), or NaN/inf scores (module). `kwargs` go to PEFT's loader.
     """
     folder = Path(folder)

@@ -79,9 +79,17 @@ def test_save_adapter_writes_a_loadable_safetensors_adapter(saved):
     assert staging_leftovers(folder) == []
 
 
-def test_save_adapter_refuses_pickle():
-    with pytest.raises(ValueError, match="safetensors only"):
-        save_adapter(trained_like(1), "unused", safe_serialization=False)
+@pytest.mark.parametrize("writer", ["save_pretrained", "save_adapter"])
+def test_bin_adapter_round_trips_like_every_peft_tuner(tmp_path, writer):
+    model = trained_like(1)
+    if writer == "save_pretrained":
+        model.save_pretrained(tmp_path / "bin", safe_serialization=False)
+    else:
+        save_adapter(model, tmp_path / "bin", safe_serialization=False)
+    assert (tmp_path / "bin" / "adapter_model.bin").is_file()
+    assert not (tmp_path / "bin" / "adapter_model.safetensors").exists()
+    assert torch.equal(logits(PeftModel.from_pretrained(make_llama(), tmp_path / "bin")), logits(model))
+    assert torch.equal(logits(load_adapter(make_llama(), tmp_path / "bin")), logits(model))
 
 
 def test_an_interrupted_save_leaves_the_previous_adapter_intact(saved, monkeypatch):
@@ -361,19 +369,46 @@ def test_folders_without_an_adapter_are_named(tmp_path):
     assert isinstance(MFTConfig.from_pretrained(str(tmp_path / "config-only")), MFTConfig)  # a config alone reads
 
 
-@pytest.mark.parametrize("load", both_loaders())
-def test_pickle_adapter_files_are_never_unpickled(saved, load, monkeypatch):
+class _RunsCode:
+    """Unpickling this calls `Path.touch` on `marker`: what a hostile .bin file would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def bin_folder(saved, content) -> Path:
     folder, _ = saved
-    tensors = load_file(folder / "adapter_model.safetensors")
     (folder / "adapter_model.safetensors").unlink()
-    torch.save(tensors, folder / "adapter_model.bin")
+    torch.save(content, folder / "adapter_model.bin")
+    return folder
 
-    def refuse(*args, **kwargs):
-        raise AssertionError("torch.load was called")
 
-    monkeypatch.setattr(torch, "load", refuse)
-    with pytest.raises(AdapterFileError, match=r"holds only the pickle file adapter_model\.bin"):
+@pytest.mark.parametrize("load", both_loaders())
+def test_a_bin_file_holding_code_is_refused_without_running_it(saved, load, tmp_path):
+    marker = tmp_path / "code-ran"
+    folder = bin_folder(saved, {"base_model.model.x": _RunsCode(marker)})
+    with pytest.raises(AdapterFileError, match=r"adapter_model\.bin holds objects other than tensors"):
         load(make_llama(), folder)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("load", both_loaders())
+def test_a_truncated_bin_file_is_named(saved, load):
+    folder = bin_folder(saved, load_file(saved[0] / "adapter_model.safetensors"))
+    data = (folder / "adapter_model.bin").read_bytes()
+    (folder / "adapter_model.bin").write_bytes(data[: len(data) // 2])
+    with pytest.raises(AdapterFileError, match=r"adapter_model\.bin is not a complete torch\.save file"):
+        load(make_llama(), folder)
+
+
+def test_a_bin_adapter_for_another_base_model_names_module_and_shapes(tmp_path):
+    trained_like(1).save_pretrained(tmp_path / "bin", safe_serialization=False)
+    wider = LlamaForCausalLM(LlamaConfig(**(_text_config_kwargs() | {"intermediate_size": 24})))
+    with pytest.raises(AdapterFileError, match=r"gate_proj'?: \(32, 16\) in the adapter, \(24, 16\) here"):
+        PeftModel.from_pretrained(wider, tmp_path / "bin")
 
 
 def test_load_adapter_into_an_existing_peft_model(saved):
