@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
@@ -23,6 +24,14 @@ MFT_PRESETS: dict[str, tuple[float, float]] = {
     "tinyllama-1.1b": (3.0, 0.5),
     "gemma-2b": (5.0, 1.3),
     "phi-2": (9.0, 1.1),
+}
+
+# Model-name patterns (lower case, without the organisation) of each preset's family: every size of it.
+_PRESET_FAMILIES = {
+    "qwen2.5-0.5b": r"qwen2\.5-",
+    "tinyllama-1.1b": r"tinyllama",
+    "gemma-2b": r"gemma-(?:1\.1-)?\d+(?:\.\d+)?b(?:$|-)",
+    "phi-2": r"phi-2(?:$|-)",
 }
 
 DEFAULT_HARD_SPARSITY = 0.01
@@ -195,7 +204,7 @@ class MFTConfig(PeftConfig):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
         """PEFT's config loading (also what `PeftModel.from_pretrained` and `load_adapter` call), plus, for a local
-        folder, errors that name the file: invalid values in `adapter_config.json`, a pickle-only or truncated weight
+        folder, errors that name the file: invalid values in `adapter_config.json`, a truncated weight
         file (`peft_mft.io.check_adapter_folder`)."""
         from .io import check_adapter_folder  # io imports this module
 
@@ -222,16 +231,23 @@ class MFTConfig(PeftConfig):
 
     @classmethod
     def from_preset(cls, name: str, **kwargs) -> "MFTConfig":
-        """A config with the paper's (init_score, temperature) for a backbone.
+        """A config with the paper's (init_score, temperature) for a backbone family.
 
-        `name` is a preset key (`MFT_PRESETS`) or a model id that starts with one, such as "Qwen/Qwen2.5-0.5B-Instruct"
-        or "TinyLlama/TinyLlama-1.1B-Chat-v1.0" (case-insensitive). Other keyword arguments are passed to `MFTConfig`.
+        `name` is a preset key (`MFT_PRESETS`) or a model id of one of its families, case-insensitive:
+        "Qwen/Qwen2.5-0.5B-Instruct" and "Qwen/Qwen2.5-7B" give `qwen2.5-0.5b`; "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
+        `tinyllama-1.1b`; "google/gemma-7b" `gemma-2b` (Gemma 1 only; Gemma 2 and 3 are other families); "microsoft/
+        phi-2" `phi-2`. Caveat: the paper tuned these values on the small model of each family and reused them
+        unchanged for its 7B-14B models; for another size they are the paper's choice, not a tuned one. Other keyword
+        arguments are passed to `MFTConfig`.
         """
         model_name = name.rsplit("/", 1)[-1].lower()
-        matches = [key for key in MFT_PRESETS if model_name.startswith(key)]
-        if not matches:
-            raise ValueError(f"Unknown MFT preset {name!r}; known presets: {sorted(MFT_PRESETS)}.")
-        init_score, temperature = MFT_PRESETS[max(matches, key=len)]
+        preset = next((key for key, pattern in _PRESET_FAMILIES.items() if re.match(pattern, model_name)), None)
+        if preset is None:
+            raise ValueError(
+                f"Unknown MFT preset {name!r}; known presets: {sorted(MFT_PRESETS)}, also matched by model ids of "
+                "their families (Qwen2.5-*, TinyLlama-*, gemma-<size>, phi-2)."
+            )
+        init_score, temperature = MFT_PRESETS[preset]
         return cls(init_score=init_score, temperature=temperature, **kwargs)
 
     @property

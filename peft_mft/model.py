@@ -6,7 +6,6 @@ import re
 import warnings
 from typing import Optional
 
-import torch
 from torch import nn
 
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_target_module_exists

@@ -1,7 +1,6 @@
 """MFTConfig: validation, presets, round-trips, registration with PEFT."""
 
 import json
-import math
 
 import pytest
 from peft import PeftConfig
@@ -9,7 +8,7 @@ from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 from peft.utils import PeftType
 
 import peft_mft
-from peft_mft import MFT_PRESETS, MFTConfig, MFTModel
+from peft_mft import MFTConfig, MFTModel
 from peft_mft.peft_type import add_peft_type_member
 
 
@@ -64,6 +63,12 @@ def test_hard_mask_gets_default_sparsity():
         ("TinyLlama/TinyLlama-1.1B-Chat-v1.0", (3.0, 0.5)),
         ("google/gemma-2b", (5.0, 1.3)),
         ("microsoft/phi-2", (9.0, 1.1)),
+        # other sizes of a family reuse its preset, as the paper did for 7B-14B
+        ("Qwen/Qwen2.5-7B", (7.0, 2.3)),
+        ("Qwen/Qwen2.5-14B-Instruct", (7.0, 2.3)),
+        ("TinyLlama/TinyLlama_v1.1", (3.0, 0.5)),
+        ("google/gemma-7b", (5.0, 1.3)),
+        ("google/gemma-1.1-7b-it", (5.0, 1.3)),
     ],
 )
 def test_presets_by_name(name, expected):
@@ -74,14 +79,13 @@ def test_presets_by_name(name, expected):
 def test_preset_m0_matches_method_table():
     table = {"qwen2.5-0.5b": 0.954, "tinyllama-1.1b": 0.998, "gemma-2b": 0.979, "phi-2": 0.9997}
     for name, m0 in table.items():
-        init, temperature = MFT_PRESETS[name]
         assert MFTConfig.from_preset(name).initial_soft_mask == pytest.approx(m0, abs=1e-3)
-        assert MFTConfig.from_preset(name).initial_soft_mask == 1 / (1 + math.exp(-init / temperature))
 
 
-def test_unknown_preset_lists_known_ones():
+@pytest.mark.parametrize("name", ["bloom-560m", "google/gemma-2-9b", "Qwen/Qwen2-7B", "microsoft/phi-1_5"])
+def test_unknown_preset_lists_known_ones(name):
     with pytest.raises(ValueError, match="known presets"):
-        MFTConfig.from_preset("bloom-560m")
+        MFTConfig.from_preset(name)
 
 
 def test_every_field_round_trips_through_adapter_config_json(tmp_path):

@@ -1,6 +1,5 @@
 """MFT through PEFT's public API on tiny random Llama / Qwen2 / LLaVA models: the behaviours PEFT checks for LoRA."""
 
-import copy
 
 import pytest
 import torch
