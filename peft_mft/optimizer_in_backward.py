@@ -7,9 +7,16 @@ checkpointing). Usage::
 
     optimizer = OptimizerInBackward(create_mft_optimizer(model, lr=0.1))
     Trainer(model, TrainingArguments(..., max_grad_norm=0), optimizers=(optimizer, None))
+
+Gradient accumulation and clipping cannot work this way (each gradient is consumed the moment it is complete, before
+the next micro-batch adds to it and before a global norm exists), so both are refused rather than ignored: a second
+backward without a `step()` between raises before it updates anything, and `transformers.Trainer` arguments asking
+for either are refused when training starts.
 """
 
 from __future__ import annotations
+
+import sys
 
 import torch
 
@@ -20,9 +27,12 @@ class OptimizerInBackward(torch.optim.Optimizer):
 
     `step()` and `zero_grad()` do nothing. `param_groups` are always the per-parameter optimizers' current group
     dicts, so an LR scheduler (Trainer's included) that sets `group["lr"]` drives them; `state` gathers theirs, and
-    `state_dict()` / `load_state_dict()` save and restore every per-parameter optimizer (Trainer checkpoints). Not for
-    gradient accumulation or clipping (each gradient is consumed as soon as it is complete): train with
-    `max_grad_norm=0`."""
+    `state_dict()` / `load_state_dict()` save and restore every per-parameter optimizer (Trainer checkpoints).
+
+    Refuses gradient accumulation (`RuntimeError` at the second backward without a `step()` between, before any
+    parameter is updated twice) and clipping (`ValueError` from `check_training_arguments`, which `Trainer` reaches
+    through `optimizer.train()` before its first forward): train with `max_grad_norm=0` and
+    `gradient_accumulation_steps=1`, and call `step()` once per backward as with any optimizer."""
 
     def __init__(self, optimizer: torch.optim.Optimizer):
         self.optimizers = {}
@@ -34,13 +44,56 @@ class OptimizerInBackward(torch.optim.Optimizer):
         # Not Optimizer.__init__, which builds groups of its own (see `param_groups`); __setstate__ sets up the hook
         # registries and step patching as unpickling does.
         self.__setstate__({"defaults": dict(optimizer.defaults)})
+        self._stepped_since_step_call: set[torch.Tensor] = set()
+        self._trainer_checked = False
 
     def _step_and_free(self, param: torch.Tensor) -> None:
+        if param in self._stepped_since_step_call:
+            raise RuntimeError(
+                "OptimizerInBackward: a second backward reached this parameter without optimizer.step() between. "
+                "Its step runs inside each backward, so gradient accumulation would apply one update per micro-batch "
+                "instead of one per accumulated batch; use gradient_accumulation_steps=1 (raise the batch size, or use "
+                "the plain optimizer) and call step() once per backward."
+            )
+        self._stepped_since_step_call.add(param)
         self.optimizers[param].step()
         param.grad = None
 
     def step(self, closure=None) -> None:
-        pass
+        """The updates already ran in the backward; this only marks the end of one optimizer step."""
+        self._stepped_since_step_call.clear()
+
+    @staticmethod
+    def check_training_arguments(args) -> None:
+        """Raise `ValueError` for `TrainingArguments` (or any object with the same fields) asking for what this
+        optimizer cannot do: gradient clipping (`max_grad_norm > 0`) or accumulation (`gradient_accumulation_steps
+        > 1`)."""
+        problems = []
+        if (getattr(args, "max_grad_norm", 0) or 0) > 0:
+            problems.append(f"max_grad_norm={args.max_grad_norm} (clipping needs the global gradient norm, which never "
+                            "exists: each gradient is consumed as soon as it is complete); set max_grad_norm=0")
+        if (getattr(args, "gradient_accumulation_steps", 1) or 1) > 1:
+            problems.append(f"gradient_accumulation_steps={args.gradient_accumulation_steps} (each micro-batch "
+                            "would take its own step); set it to 1 and raise the batch size")
+        if problems:
+            raise ValueError("OptimizerInBackward cannot honour " + "; ".join(problems) + ".")
+
+    def train(self) -> None:
+        """Called by `transformers.Trainer` (through accelerate's wrapper) before each training step: the first call
+        checks the calling Trainer's arguments (`check_training_arguments`)."""
+        if self._trainer_checked:
+            return
+        self._trainer_checked = True
+        trainer_cls = getattr(sys.modules.get("transformers"), "Trainer", None)
+        frame = sys._getframe(1)
+        for _ in range(4):  # Trainer.training_step -> AcceleratedOptimizer.train -> this
+            if frame is None:
+                break
+            caller = frame.f_locals.get("self")
+            if trainer_cls is not None and isinstance(caller, trainer_cls):
+                self.check_training_arguments(caller.args)
+                return
+            frame = frame.f_back
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         pass

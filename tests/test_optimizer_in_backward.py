@@ -93,3 +93,42 @@ def test_state_dict_round_trip_restores_every_parameter_state_and_refuses_a_mism
     assert restored.optimizers[clone.weight].param_groups[0]["lr"] == 0.5
     with pytest.raises(ValueError, match="holds 2 per-parameter states, this optimizer has 1 parameters"):
         OptimizerInBackward(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])).load_state_dict(saved)
+
+
+def test_a_second_backward_without_step_is_refused_before_any_second_update():
+    layer = torch.nn.Linear(6, 3)
+    optimizer = OptimizerInBackward(torch.optim.SGD(layer.parameters(), lr=0.1))
+    x = torch.randn(4, 6)
+    layer(x).pow(2).sum().backward()
+    after_first = [p.detach().clone() for p in layer.parameters()]
+    with pytest.raises(RuntimeError, match="gradient accumulation"):
+        layer(x).pow(2).sum().backward()
+    assert all(torch.equal(p, q) for p, q in zip(layer.parameters(), after_first))
+    optimizer.step()  # ends the optimizer step: the next backward updates again
+    layer(x).pow(2).sum().backward()
+    assert not torch.equal(layer.weight, after_first[0])
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"max_grad_norm": 1.0}, r"max_grad_norm=1\.0 \(clipping"),
+        ({"max_grad_norm": 0.0, "gradient_accumulation_steps": 2}, "gradient_accumulation_steps=2"),
+    ],
+)
+def test_trainer_asking_for_clipping_or_accumulation_is_refused_before_training(tmp_path, arguments, message):
+    from peft import get_peft_model
+    from transformers import Trainer, TrainingArguments
+
+    from peft_mft import MFTConfig, create_mft_optimizer
+
+    from .conftest import make_llama, text_inputs
+
+    model = get_peft_model(make_llama(), MFTConfig())
+    optimizer = OptimizerInBackward(create_mft_optimizer(model, lr=0.1))
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=2, report_to=[],
+                             use_cpu=True, save_strategy="no", disable_tqdm=True, **arguments)
+    dataset = [{"input_ids": row, "labels": row} for row in text_inputs(batch=8)]
+    with pytest.raises(ValueError, match=message):
+        Trainer(model=model, args=args, train_dataset=dataset, optimizers=(optimizer, None)).train()
+    assert all(torch.equal(p, torch.full_like(p, 7.0)) for p in optimizer.optimizers)  # nothing was updated
