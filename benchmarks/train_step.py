@@ -37,6 +37,8 @@ from pathlib import Path
 
 import torch
 
+from peft_mft.errors import QuantizedMergeError
+
 from .timing import PeakMemory, load_average, machine_description, release_checkpoint_pages, summarize, synchronize
 from .variants import Variant, parse_variant, prepare_variant
 
@@ -168,7 +170,7 @@ def _adapter_figures(prepared, variant: Variant, workdir: Path, batch: dict) -> 
             start = time.perf_counter()
             prepared.model.merge_and_unload()
             figures["merge_seconds"] = time.perf_counter() - start
-        except (TypeError, ValueError, NotImplementedError, RuntimeError) as exc:
+        except QuantizedMergeError as exc:  # the documented refusal; anything else is a failure
             figures["merge_refused"] = f"{type(exc).__name__}: {str(exc)[:160]}"
     return figures
 

@@ -89,6 +89,8 @@ def write_results(out: Path, baseline: dict | None, rows: list[dict], **settings
 
 
 def main(argv=None) -> list[dict]:
+    """Run the comparison and return one result dict per method; exits non-zero (SystemExit) after writing the
+    table when any method failed."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -163,6 +165,10 @@ def main(argv=None) -> list[dict]:
     print(f"\n{len(eval_records)} easy-vqa test questions; {steps} steps x batch {batch_size}, "
           f"{'fp32' if args.fp32 else 'bf16 autocast'} training; "
           f"total {time.time() - start:.0f} s. Details: {out / 'results.json'}")
+    failed = [row["method"] for row in rows if "error" in row]
+    if failed:  # the others' results are in the table and results.json; the job still failed
+        raise SystemExit(f"examples.compare: {len(failed)} of {len(rows)} methods failed ({', '.join(failed)}); "
+                         "their tracebacks are in the log above")
     return rows
 
 

@@ -25,6 +25,7 @@ from safetensors import safe_open
 from torch import nn
 
 from .config import MFTConfig
+from .errors import MFTInputError
 from .io import check_adapter_folder, read_adapter_config
 from .layer import MFTLayer
 from .mask import MaskSpec
@@ -111,13 +112,13 @@ class AdapterMasks:
         keys, get = list(tensors.keys()), tensors.get_tensor
         score_keys = {_module_name_of_key(key): key for key in sorted(keys) if key.endswith(SCORES_SUFFIX)}
         if not score_keys:
-            raise ValueError(f"{str(folder)!r} holds no MFT scores (no '*{SCORES_SUFFIX}' tensor).")
+            raise MFTInputError(f"{str(folder)!r} holds no MFT scores (no '*{SCORES_SUFFIX}' tensor).")
         spec = config.mask_spec()
 
         def scores(name: str) -> torch.Tensor:
             tensor = get(score_keys[name])
             if tensor.dim() != 2:
-                raise ValueError(
+                raise MFTInputError(
                     f"Scores of {name!r} in {str(folder)!r} have shape {tuple(tensor.shape)}; expected a 2-D "
                     "(out_features, in_features) matrix."
                 )
@@ -137,7 +138,7 @@ class AdapterMasks:
         }
         if not layers:
             present = sorted({a for m in base.modules() if isinstance(m, MFTLayer) for a in m.mft_scores})
-            raise ValueError(
+            raise MFTInputError(
                 f"The model has no MFT layer with adapter {adapter_name!r}; MFT adapters present: {present}."
             )
         config = getattr(model, "peft_config", {}).get(adapter_name)
@@ -341,7 +342,7 @@ class MaskAnalysis:
         }
 
 
-class NonFiniteMaskError(ValueError):
+class NonFiniteMaskError(MFTInputError):
     """A mask holds NaN or inf, so it has no statistics; the message names the module."""
 
 
@@ -378,9 +379,9 @@ def analyze_masks(
     masks). `progress` shows a progress bar over modules. Raises `NonFiniteMaskError` for a mask holding NaN or inf.
     """
     if not 0.0 < near_zero_threshold <= 1.0:
-        raise ValueError(f"near_zero_threshold must be in (0, 1], got {near_zero_threshold!r}.")
+        raise MFTInputError(f"near_zero_threshold must be in (0, 1], got {near_zero_threshold!r}.")
     if bins < 1:
-        raise ValueError(f"bins must be >= 1, got {bins!r}.")
+        raise MFTInputError(f"bins must be >= 1, got {bins!r}.")
     masks = load_adapter_masks(source, adapter_name)
     upper = torch.tensor(_mask_upper_bound(masks.spec(masks.module_names[0])), dtype=torch.float32).item()
     histogram = torch.zeros(bins, dtype=torch.float64)
@@ -522,7 +523,7 @@ def compare_masks(
     names_b = set(masks_b.module_names)
     common = [name for name in masks_a.module_names if name in names_b]
     if not common:
-        raise ValueError(
+        raise MFTInputError(
             f"The two adapters mask no module in common (A: {masks_a.module_names[:3]}..., "
             f"B: {masks_b.module_names[:3]}...); they do not belong to the same base model."
         )
@@ -530,7 +531,7 @@ def compare_masks(
     for name in progress_bar(common, progress, "Comparing masks", len(common)):
         mask_a, mask_b = masks_a.mask(name), masks_b.mask(name)
         if mask_a.shape != mask_b.shape:
-            raise ValueError(
+            raise MFTInputError(
                 f"Masks of {name!r} differ in shape: {tuple(mask_a.shape)} in A, {tuple(mask_b.shape)} in B."
             )
         modules[name] = MaskAgreement.of(mask_a, mask_b.to(mask_a.device), near_zero_threshold)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from .errors import MFTInputError
 from .layer import MFTLayer
 
 SCORES_KEY = ".mft_scores"
@@ -23,7 +24,7 @@ SATURATED_INIT_RATIO = 10.0
 TEMPERATURE_RANGE = (0.01, 100.0)
 
 
-class NonFiniteScoresError(ValueError):
+class NonFiniteScoresError(MFTInputError):
     """MFT scores hold NaN or inf; the message names the modules."""
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .analysis import NEAR_ZERO_THRESHOLD, MaskAnalysis, MaskComparison, analyze_masks, compare_masks, format_share
+from .errors import MFTInputError
 
 EXIT_BAD_INPUT = 2
 # Files of a base-model folder that a merged model needs beside its weights (tokenizer, image processor).
@@ -30,10 +31,6 @@ _BASE_FILES_TO_COPY = (
     "preprocessor_config.json",
     "processor_config.json",
 )
-
-
-class _BadInput(Exception):
-    """A user error found by the CLI itself (not by the library)."""
 
 
 def _fraction(text: str) -> float:
@@ -134,7 +131,7 @@ def _analyze(args) -> int:
         try:
             from .plots import save_mask_plots
         except ImportError as exc:
-            raise _BadInput(str(exc)) from exc
+            raise MFTInputError(str(exc)) from exc
         save_mask_plots(analysis, args.plot, title=f"{args.adapter}: {_method_line(analysis)}")
         print(f"wrote {args.plot}", file=sys.stderr)
     return 0
@@ -207,12 +204,12 @@ def merge_to_folder(
     base_dir = Path(base)
     if not (base_dir / "config.json").is_file():
         what = "has no config.json" if base_dir.is_dir() else "does not exist"
-        raise _BadInput(f"base model folder {base} {what}; give a folder written by save_pretrained.")
+        raise MFTInputError(f"base model folder {base} {what}; give a folder written by save_pretrained.")
     config = transformers.AutoConfig.from_pretrained(base)
     architectures = getattr(config, "architectures", None) or []
     model_class = next((getattr(transformers, name) for name in architectures if hasattr(transformers, name)), None)
     if model_class is None:
-        raise _BadInput(f"base model {base} names no transformers class (config.architectures = {architectures}).")
+        raise MFTInputError(f"base model {base} names no transformers class (config.architectures = {architectures}).")
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
     model = load_adapter(model_class.from_pretrained(base, dtype=torch_dtype), adapter)
     merged = model.merge_and_unload(progressbar=progress)
@@ -351,11 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run `peft-mft`; returns the exit code (0, or 2 on bad input with a one-line reason on stderr)."""
+    """Run `peft-mft`; returns the exit code: 0, or 2 on bad input (`MFTInputError`, argparse) with a one-line reason
+    on stderr. Any other exception propagates (a traceback and exit code 1): it is a bug, not bad input."""
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (_BadInput, ValueError, OSError) as exc:
+    except MFTInputError as exc:  # documented bad input; anything else is a bug and shows its traceback (exit 1)
         reason = " ".join(str(exc).split())
         print(f"peft-mft {args.command}: error: {reason}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -13,6 +13,7 @@ from peft.config import PeftConfig
 from peft.utils.constants import CONFIG_NAME
 
 from .mask import MaskSpec
+from .errors import AdapterFileError
 from .peft_type import add_peft_type_member
 from .targets import targets_regex
 
@@ -215,7 +216,7 @@ class MFTConfig(PeftConfig):
         try:
             config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
         except (ValueError, TypeError) as exc:
-            raise ValueError(f"{config_file}: {exc}") from exc
+            raise AdapterFileError(f"{config_file}: {exc}") from exc
         check_adapter_folder(folder, require_weights=False)
         config._loaded_from = os.path.abspath(folder)  # named in later loading errors; not a field, never saved
         return config

@@ -43,6 +43,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .config import MFTConfig
+from .errors import AdapterFileError, MFTInputError
 from .output_folder import check_output_folder, command_output
 from .mask import MaskSpec, num_zeroed
 
@@ -147,11 +148,11 @@ def scores_for_mask(mask: torch.Tensor, spec: MaskSpec) -> torch.Tensor:
 
 def _read_folder(folder: Path) -> tuple[MFTConfig, dict[str, torch.Tensor]]:
     if not (folder / CONFIG_NAME).is_file():
-        raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}; is it an adapter folder written by save_pretrained?")
+        raise AdapterFileError(f"{folder} has no {CONFIG_NAME}; is it an adapter folder written by save_pretrained?")
     config = MFTConfig.from_pretrained(str(folder))
     weights = folder / SAFETENSORS_WEIGHTS_NAME
     if not weights.is_file():
-        raise FileNotFoundError(
+        raise AdapterFileError(
             f"{weights} is missing: export_compact_adapter reads the float32 scores that save_pretrained writes "
             "(safe_serialization=True)."
         )
@@ -177,13 +178,13 @@ def export_compact_adapter(
     float32 scores.
     """
     if fmt not in COMPACT_FORMATS:
-        raise ValueError(f"Unknown compact format {fmt!r}; choose one of {sorted(COMPACT_FORMATS)}.")
+        raise MFTInputError(f"Unknown compact format {fmt!r}; choose one of {sorted(COMPACT_FORMATS)}.")
     source, output = Path(adapter_folder), Path(output_folder)
     check_output_folder(output, [source], "export", overwrite)  # before reading the scores
     config, tensors = _read_folder(source)
     if COMPACT_FORMATS[fmt] != config.mask_type:
         usable = sorted(name for name, kind in COMPACT_FORMATS.items() if kind == config.mask_type)
-        raise ValueError(f"Format {fmt!r} stores {COMPACT_FORMATS[fmt]} masks, but {source} holds a "
+        raise MFTInputError(f"Format {fmt!r} stores {COMPACT_FORMATS[fmt]} masks, but {source} holds a "
                          f"{config.mask_type} adapter; use one of {usable}.")
     spec = config.mask_spec(torch.device("cpu"))
     mask_init = _mask_init(config, spec)
@@ -193,7 +194,7 @@ def export_compact_adapter(
             packed[key] = tensor  # modules_to_save and the like
             continue
         if tensor.dim() != 2:
-            raise ValueError(f"{source / SAFETENSORS_WEIGHTS_NAME}: {key} has shape {tuple(tensor.shape)}, expected "
+            raise MFTInputError(f"{source / SAFETENSORS_WEIGHTS_NAME}: {key} has shape {tuple(tensor.shape)}, expected "
                              "(out_features, in_features).")
         prefix = key[: -len(SCORES_SUFFIX)]
         mask = spec.mask(tensor.float())
@@ -205,7 +206,7 @@ def export_compact_adapter(
         masked_weights += tensor.numel()
         scores_bytes += tensor.numel() * tensor.element_size()
     if not layers:
-        raise ValueError(f"{source / SAFETENSORS_WEIGHTS_NAME} holds no '*{SCORES_SUFFIX}' tensors: not an MFT adapter.")
+        raise MFTInputError(f"{source / SAFETENSORS_WEIGHTS_NAME} holds no '*{SCORES_SUFFIX}' tensors: not an MFT adapter.")
     meta = {
         "format": fmt,
         "format_version": COMPACT_FORMAT_VERSION,
@@ -227,12 +228,12 @@ def read_compact_masks(folder: PathLike) -> tuple[MFTConfig, dict, dict[str, tor
     folder = Path(folder)
     meta_path = folder / COMPACT_META_NAME
     if not meta_path.is_file():
-        raise FileNotFoundError(f"{folder} has no {COMPACT_META_NAME}: not a compact MFT adapter (a float32 adapter "
-                                "folder loads with PeftModel.from_pretrained).")
+        raise AdapterFileError(f"{folder} has no {COMPACT_META_NAME}: not a compact MFT adapter (a float32 adapter "
+                               "folder loads with PeftModel.from_pretrained).")
     meta = json.loads(meta_path.read_text())
     fmt = meta.get("format")
     if meta.get("format_version") != COMPACT_FORMAT_VERSION or fmt not in COMPACT_FORMATS:
-        raise ValueError(f"{meta_path}: format {fmt!r} version {meta.get('format_version')!r} is not one this "
+        raise MFTInputError(f"{meta_path}: format {fmt!r} version {meta.get('format_version')!r} is not one this "
                          f"peft_mft reads ({sorted(COMPACT_FORMATS)}, version {COMPACT_FORMAT_VERSION}).")
     config = MFTConfig.from_pretrained(str(folder))
     spec = config.mask_spec(torch.device("cpu"))
@@ -244,9 +245,9 @@ def read_compact_masks(folder: PathLike) -> tuple[MFTConfig, dict, dict[str, tor
         try:
             mask = _decode(tensors, mask_init, fmt, prefix, tuple(shape))
         except KeyError as exc:
-            raise ValueError(f"{folder / COMPACT_WEIGHTS_NAME} lacks tensor {exc.args[0]!r} of layer {prefix!r}.") from None
+            raise MFTInputError(f"{folder / COMPACT_WEIGHTS_NAME} lacks tensor {exc.args[0]!r} of layer {prefix!r}.") from None
         if spec.mask_type == "hard" and int((mask == 0).sum()) != num_zeroed(mask.numel(), spec.sparsity):
-            raise ValueError(f"{folder / COMPACT_WEIGHTS_NAME}: layer {prefix!r} has {int((mask == 0).sum())} zeroed "
+            raise MFTInputError(f"{folder / COMPACT_WEIGHTS_NAME}: layer {prefix!r} has {int((mask == 0).sum())} zeroed "
                              f"entries, but sparsity {spec.sparsity} of {mask.numel()} zeroes "
                              f"{num_zeroed(mask.numel(), spec.sparsity)}.")
         masks[prefix] = mask
@@ -270,7 +271,7 @@ def load_compact_adapter(base_model: nn.Module, folder: PathLike, adapter_name: 
     result = set_peft_model_state_dict(model, state, adapter_name=adapter_name)
     missing = [key for key in result.missing_keys if "mft_scores" in key]
     if missing or result.unexpected_keys:
-        raise ValueError(f"{folder} does not fit this base model: missing masks for {missing[:4]}, unexpected "
+        raise MFTInputError(f"{folder} does not fit this base model: missing masks for {missing[:4]}, unexpected "
                          f"{list(result.unexpected_keys)[:4]} (was it exported from an adapter of another model?).")
     model.eval()
     return model

@@ -12,6 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .analysis import AdapterMasks, progress_bar
+from .errors import MFTInputError
 from .output_folder import check_output_folder, command_output
 
 
@@ -35,11 +36,11 @@ def harden_adapter(
     """
     masks = AdapterMasks.from_folder(adapter_dir)
     if masks.config.mask_type != "soft":
-        raise ValueError(
+        raise MFTInputError(
             f"{adapter_dir} is already a hard-mask adapter (sparsity {masks.config.sparsity}); harden a soft one."
         )
     if not (isinstance(sparsity, (int, float)) and 0.0 <= sparsity < 1.0):
-        raise ValueError(f"sparsity is the fraction of weights zeroed and must be in [0, 1), got {sparsity!r}.")
+        raise MFTInputError(f"sparsity is the fraction of weights zeroed and must be in [0, 1), got {sparsity!r}.")
     output_dir = Path(output_dir)
     check_output_folder(output_dir, [adapter_dir], "harden", overwrite)  # before the slow part
     config = dataclasses.replace(masks.config, mask_type="hard", sparsity=float(sparsity), straight_through=False)

@@ -29,14 +29,11 @@ from torch import nn
 
 from .checks import SCORES_KEY, describe_modules, check_finite_state_dict
 from .config import PEFT_TYPE_MFT, MFTConfig
+from .errors import AdapterFileError
 
 PathLike = Union[str, os.PathLike]
 
 STAGING_MARKER = ".saving-"
-
-
-class AdapterFileError(ValueError):
-    """An adapter folder or file that cannot be loaded; the message names the file and what is wrong with it."""
 
 
 # ---- atomic folder replacement ----------------------------------------------------------------------------------

@@ -15,7 +15,18 @@ from peft.utils.integrations import gather_params_ctx
 
 from .bnb_layout import restore_standard_4bit_layout
 from .config import MFTConfig
+from .errors import QuantizedMergeError
 from .mask import MaskSpec, masked_linear, masked_weight_reference
+
+
+def quantized_merge_error(backend_name: str, module_name: Optional[str] = None) -> QuantizedMergeError:
+    """The one refusal to merge masks into a quantized layer (`module_name` where known)."""
+    where = f"{module_name!r}, a {backend_name} layer" if module_name else f"a {backend_name} layer"
+    return QuantizedMergeError(
+        f"Cannot merge MFT masks into {where}: re-quantizing W * M is lossy (a 4-bit merge can move logits by ~0.5). "
+        "Load the base model without quantization (e.g. dtype=torch.bfloat16), load the adapter on it with "
+        "PeftModel.from_pretrained, then call merge_and_unload()."
+    )
 
 
 class MFTLayer(BaseTunerLayer):
@@ -136,11 +147,7 @@ class Linear(nn.Module, MFTLayer):
         if not adapter_names:
             return
         if self.quantization_backend is not None:
-            raise TypeError(
-                f"Cannot merge MFT masks into a {self.quantization_backend.backend_name} layer: re-quantizing W * M is "
-                "lossy. Load the base model without quantization, load the adapter on it with "
-                "PeftModel.from_pretrained, then call merge_and_unload()."
-            )
+            raise quantized_merge_error(self.quantization_backend.backend_name)
         # DeepSpeed ZeRO-3: gather the partitioned weight and scores; rank 0's merged weight is partitioned again.
         with gather_params_ctx(self._weight_and_scores(), modifier_rank=0):
             original = self.get_base_weight()

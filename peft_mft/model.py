@@ -16,7 +16,7 @@ from peft.utils.quantization_utils import ForwardOnlyQuantizationBackend
 from .checks import check_finite_scores, check_finite_state_dict
 from .config import MFTConfig
 from .io import check_scores_fit_model
-from .layer import Linear, MFTLayer
+from .layer import Linear, MFTLayer, quantized_merge_error
 from .targets import TRANSFORMERS_MODELS_TO_MFT_TARGET_MODULES_MAPPING, is_vision_tower_module, layer_index, targets_regex
 
 
@@ -158,12 +158,7 @@ class MFTModel(BaseTuner):
         super()._check_merge_allowed()
         for name, module in self.model.named_modules():
             if isinstance(module, MFTLayer) and module.quantization_backend is not None:
-                raise TypeError(
-                    f"Cannot merge MFT masks into {name!r}, a {module.quantization_backend.backend_name} layer: "
-                    "re-quantizing W * M is lossy (a 4-bit merge can move logits by ~0.5). Load the base model "
-                    "without quantization (e.g. torch_dtype=torch.bfloat16), load the adapter on it with "
-                    "PeftModel.from_pretrained, then call merge_and_unload()."
-                )
+                raise quantized_merge_error(module.quantization_backend.backend_name, name)
 
     def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
         """PEFT's `merge_adapter`; NaN/inf scores are always refused first, naming the module."""

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Iterator, Sequence, Union
 
+from .errors import MFTInputError
 from .io import atomic_directory
 
 PathLike = Union[str, os.PathLike]
@@ -24,7 +25,7 @@ PathLike = Union[str, os.PathLike]
 OUTPUT_MARKER_NAME = ".peft-mft-output.json"
 
 
-class OutputFolderError(ValueError):
+class OutputFolderError(MFTInputError):
     """An output folder that a command refuses to write, because writing it could lose data; names the conflict."""
 
 

@@ -209,3 +209,23 @@ def test_export_bad_input_exits_2(capsys, adapter, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["export", str(adapter), "--format", "fp8", str(tmp_path / "out")])
     assert exit_info.value.code == 2
+
+
+def test_a_bug_is_not_reported_as_bad_input(capsys, adapter, monkeypatch):
+    import peft_mft.cli
+
+    for error in (ValueError("internal bug, not the user's input"), PermissionError(13, "Permission denied")):
+
+        def broken(*args, **kwargs):
+            raise error
+
+        monkeypatch.setattr(peft_mft.cli, "analyze_masks", broken)
+        with pytest.raises(type(error)):  # a traceback and exit 1 from the interpreter, not exit 2
+            main(["analyze", str(adapter)])
+
+
+def test_a_bug_exits_1_with_a_traceback_from_the_command(tmp_path):
+    script = "import sys, peft_mft.cli as c; c.analyze_masks = lambda *a, **k: 1 / 0; sys.exit(c.main(sys.argv[1:]))"
+    result = subprocess.run([sys.executable, "-c", script, "analyze", str(tmp_path)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1 and "Traceback" in result.stderr and "ZeroDivisionError" in result.stderr

@@ -8,7 +8,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from peft_mft import MFTConfig
+from peft_mft import AdapterFileError, MFTConfig
 from peft_mft.export import (
     COMPACT_META_NAME,
     COMPACT_WEIGHTS_NAME,
@@ -135,7 +135,7 @@ def test_compact_folder_is_not_mistaken_for_scores(tmp_path):
     export_compact_adapter(folder, tmp_path / "bits", "hard-bits")
     with pytest.raises(ValueError):  # PEFT finds no adapter_model.safetensors and says so
         PeftModel.from_pretrained(make_llava(), tmp_path / "bits")
-    with pytest.raises(FileNotFoundError, match="not a compact MFT adapter"):
+    with pytest.raises(AdapterFileError, match="not a compact MFT adapter"):
         load_compact_adapter(make_llava(), folder)
 
 

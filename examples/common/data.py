@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from jinja2 import TemplateError
 from PIL import Image, UnidentifiedImageError
 
 from .images import ImagePreprocessor
@@ -239,7 +240,7 @@ class VLMProcessor:
             out = self._apply([{"role": "user", "content": sentinel}], False, style="text")
             if sentinel in out:
                 return "text"
-        except Exception:  # noqa: BLE001 - any template error means "not this style"
+        except (TemplateError, TypeError):  # the template cannot render string content: not this style
             pass
         out = self._apply([{"role": "user", "content": sentinel}], False, style="parts")
         if sentinel not in out:

@@ -274,3 +274,46 @@ def test_exactly_one_bos_when_the_tokenizer_adds_one(workdir, template_writes_bo
     bos = tokenizer.bos_token_id
     for ids in (processor.encode_training(record)["input_ids"].tolist(), processor.encode_prompts(record)[0][0]):
         assert ids[0] == bos and ids.count(bos) == 1
+
+
+def test_compare_exits_non_zero_when_a_method_fails_and_keeps_the_others(workdir, tmp_path, monkeypatch):
+    import examples.compare as compare
+
+    monkeypatch.setattr(compare, "embedded_llava_checkpoint", lambda **kwargs: workdir["llava"])
+    monkeypatch.setattr(compare, "prepare_easy_vqa", lambda: {"train": workdir["train"], "test": workdir["test"],
+                                                              "image_folder": workdir["root"] / "data"})
+    real_prepare = compare.prepare_model
+
+    def prepare_with_a_bug(model, method, args):
+        if method == "lora":
+            raise RuntimeError("simulated bug in lora")
+        return real_prepare(model, method, args)
+
+    monkeypatch.setattr(compare, "prepare_model", prepare_with_a_bug)
+    argv = ["--methods", "mft,lora", "--steps", "1", "--batch-size", "2", "--eval-samples", "2", "--no-baseline",
+            "--output-dir", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main(argv)
+    assert exit_info.value.code not in (0, None) and "1 of 2 methods failed (lora)" in str(exit_info.value.code)
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert runs[0]["method"] == "mft" and "accuracy" in runs[0]
+    assert runs[1] == {"method": "lora", "error": "RuntimeError: simulated bug in lora"}
+
+
+def test_a_template_error_other_than_the_content_style_is_not_swallowed(workdir):
+    from examples.common.data import VLMProcessor
+    from examples.common.embedded import EMBEDDED_CHAT_TEMPLATE
+
+    tokenizer = make_tokenizer()
+    real_apply = tokenizer.apply_chat_template
+
+    def apply_breaking_on_string_content(messages, **kwargs):
+        if isinstance(messages[0]["content"], str):
+            raise RuntimeError("tokenizer bug")  # not a template error: must surface
+        return real_apply(messages, **kwargs)
+
+    tokenizer.apply_chat_template = apply_breaking_on_string_content
+    with pytest.raises(RuntimeError, match="tokenizer bug"):
+        VLMProcessor(tokenizer, ImagePreprocessor(height=16, width=16),
+                     image_token_id=tokenizer.convert_tokens_to_ids("<image>"), num_image_tokens=4,
+                     chat_template=EMBEDDED_CHAT_TEMPLATE)

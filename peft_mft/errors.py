@@ -1,0 +1,18 @@
+"""The errors peft_mft raises for bad input, so that callers (the CLI's exit code 2) can tell them from bugs.
+
+Every message names the problem: the file, module, shape or value, and what to do.
+"""
+
+from __future__ import annotations
+
+
+class MFTInputError(ValueError):
+    """Bad input to peft_mft: a folder, file, argument or value that cannot be used as given."""
+
+
+class AdapterFileError(MFTInputError):
+    """An adapter folder or file that cannot be loaded; the message names the file and what is wrong with it."""
+
+
+class QuantizedMergeError(TypeError):
+    """Merging MFT masks into a quantized layer, which MFT refuses: re-quantizing `W * M` is lossy."""
