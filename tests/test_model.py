@@ -442,6 +442,10 @@ def test_create_mft_optimizer_groups():
     assert scores["lr"] == 0.1 and scores["weight_decay"] == 0.0
     assert all(p.dtype == torch.float32 for p in scores["params"])
     assert others["lr"] == 1e-4 and others["weight_decay"] == 0.01
+    head = model.base_model.model.lm_head.modules_to_save["default"].weight
+    default_scores, default_others = create_mft_optimizer(model).param_groups
+    assert default_scores["lr"] == 0.1 and default_others["lr"] == 3e-5  # not the scores' lr for a whole lm_head
+    assert [id(p) for p in default_others["params"]] == [id(head)]
     with pytest.raises(ValueError, match="no trainable MFT scores"):
         create_mft_optimizer(make_llama())
 
