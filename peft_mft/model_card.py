@@ -108,19 +108,26 @@ def mft_card_section(analysis: MaskAnalysis) -> str:
             + ", ".join(format_share(level) for level in suggested)
             + "; make one with `peft-mft harden ADAPTER --sparsity X OUT`.",
         ]
-    lines += [
-        "",
-        "### Loading",
-        "",
-        "```python",
-        "import peft_mft  # registers the MFT adapter type with PEFT",
-        "from peft import PeftModel",
-        "",
-        'model = PeftModel.from_pretrained(base_model, "path/or/repo-id-of-this-adapter")',
-        "```",
-        SECTION_END,
-    ]
+    lines += ["", "### Loading", "", *loading_snippet(config), SECTION_END]
     return "\n".join(lines)
+
+
+def loading_snippet(config: MFTConfig) -> list[str]:
+    """The card's loading code, runnable as written from the adapter's folder (`adapter = "."`); the base model is
+    the config's `base_model_name_or_path`."""
+    auto_class = "AutoModelForCausalLM" if config.task_type == "CAUSAL_LM" else "AutoModelForImageTextToText"
+    base = config.base_model_name_or_path or "<base model id or folder>"
+    return [
+        "```python",
+        "import peft_mft  # registers the MFT adapter type with PEFT; without it loading fails with KeyError: 'MFT'",
+        "from peft import PeftModel",
+        f"from transformers import {auto_class}",
+        "",
+        'adapter = "."  # this folder; or the Hub repo id this adapter was pushed to',
+        f"base_model = {auto_class}.from_pretrained({base!r})",
+        "model = PeftModel.from_pretrained(base_model, adapter)",
+        "```",
+    ]
 
 
 def _replace_section(text: str, section: str) -> str:

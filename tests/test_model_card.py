@@ -117,3 +117,31 @@ def test_card_states_the_near_zero_threshold(tmp_path):
     hand_masked_llama().save_pretrained(tmp_path)
     assert "Near zero: `M < 0.1`." in card_of(tmp_path).text
 
+
+
+def _snippet(folder) -> str:
+    text = (folder / "README.md").read_text()
+    start = text.index("```python", text.index("### Loading")) + len("```python")
+    return text[start : text.index("```", start)]
+
+
+def test_the_cards_loading_snippet_runs_as_written_in_a_fresh_interpreter(tmp_path):
+    import subprocess
+    import sys
+
+    from transformers import LlamaForCausalLM
+
+    make_llama().save_pretrained(tmp_path / "base")
+    config = MFTConfig(init_weights=False, task_type="CAUSAL_LM")
+    get_peft_model(LlamaForCausalLM.from_pretrained(tmp_path / "base"), config).save_pretrained(tmp_path / "adapter")
+    snippet = _snippet(tmp_path / "adapter")
+    assert str(tmp_path / "base") in snippet
+    check = "\nassert type(model).__name__ == 'PeftModelForCausalLM' and model.peft_config['default'].peft_type == 'MFT'"
+    run = subprocess.run([sys.executable, "-c", snippet + check], cwd=tmp_path / "adapter", capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    # why the import line is there: PEFT has no plugin hook, so without it the adapter type is unknown
+    without_import = "\n".join(line for line in snippet.splitlines() if "import peft_mft" not in line)
+    run = subprocess.run([sys.executable, "-c", without_import], cwd=tmp_path / "adapter", capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode != 0 and "KeyError: 'MFT'" in run.stderr
