@@ -39,6 +39,15 @@ HAND_SCORES = {
 }
 
 
+# HAND_SCORES with one near-zero entry moved: layer 0's q entry 2 back to HIGH, layer 0's up entry 11 near zero.
+# Near-zero sets (M < 0.1): 6 entries in each; 5 shared, 7 in their union (Jaccard 5/7).
+MOVED_SCORES = {
+    **HAND_SCORES,
+    "model.layers.0.self_attn.q_proj": _Q0 | {2: HIGH},
+    "model.layers.0.mlp.up_proj": {11: -10.0},
+}
+
+
 def sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 

@@ -22,8 +22,10 @@ from peft_mft.harden import harden_adapter
 
 from .conftest import make_llama, make_llava
 from .hand_masks import (
+    HAND_SCORES,
     HIGH,
     LAYERS,
+    MOVED_SCORES,
     NUMEL,
     TOTAL_NUMEL,
     all_module_names,
@@ -200,13 +202,17 @@ def test_compare_hand_computed_overlap_and_pooled_correlation():
     assert math.isnan(comparison.modules[module_name(1, "v")].jaccard)
 
 
-def test_compare_folder_with_itself_and_with_its_model(tmp_path):
-    model = hand_masked_llama()
-    model.save_pretrained(tmp_path)
-    for other in (tmp_path, model):
-        comparison = compare_masks(tmp_path, other)
-        assert comparison.overall.jaccard == 1.0 and comparison.overall.correlation == pytest.approx(1.0)
-        assert comparison.only_in_a == comparison.only_in_b == []
+def test_compare_folders_and_models_of_two_hand_made_adapters(tmp_path):
+    hand_masked_llama().save_pretrained(tmp_path / "a")
+    moved = hand_masked_llama(MOVED_SCORES)
+    moved.save_pretrained(tmp_path / "b")
+    masks_a, masks_b = hand_masks_as_tensors(HAND_SCORES), hand_masks_as_tensors(MOVED_SCORES)
+    pooled = torch.corrcoef(torch.stack([torch.cat(list(masks_a.values())), torch.cat(list(masks_b.values()))]))
+    for other in (tmp_path / "b", moved):
+        overall = compare_masks(tmp_path / "a", other).overall
+        assert (overall.numel, overall.zeroed_a, overall.zeroed_b, overall.zeroed_both) == (TOTAL_NUMEL, 6, 6, 5)
+        assert overall.jaccard == 5 / 7
+        assert overall.correlation == pytest.approx(pooled[0, 1].item(), rel=1e-6)
 
 
 def test_compare_reports_modules_masked_by_one_adapter_only():

@@ -16,7 +16,7 @@ from peft_mft.cli import main
 from peft_mft.export import load_compact_adapter
 
 from .conftest import make_llama, text_inputs
-from .hand_masks import TOTAL_NUMEL, hand_masked_llama
+from .hand_masks import MOVED_SCORES, TOTAL_NUMEL, hand_masked_llama
 
 COMMANDS = ("analyze", "compare", "harden", "merge", "export")
 
@@ -81,12 +81,14 @@ def test_analyze_plot_writes_a_png(capsys, adapter, tmp_path):
 
 
 def test_compare_prints_overlap(capsys, adapter, tmp_path):
-    code, out, _ = run(capsys, "compare", adapter, adapter, "--json")
+    hand_masked_llama(MOVED_SCORES).save_pretrained(tmp_path / "moved")  # 6 near-zero entries, 5 shared with adapter
+    capsys.readouterr()
+    code, out, _ = run(capsys, "compare", adapter, tmp_path / "moved", "--json")
     assert code == 0
     overall = json.loads(out)["overall"]
-    assert overall["jaccard"] == 1.0 and overall["zeroed_both"] == 6
-    code, out, _ = run(capsys, "compare", adapter, adapter)
-    assert code == 0 and out.splitlines()[-1].split()[:5] == ["all", f"{TOTAL_NUMEL:,}", "6", "6", "6"]
+    assert overall["jaccard"] == 5 / 7 and overall["zeroed_both"] == 5
+    code, out, _ = run(capsys, "compare", adapter, tmp_path / "moved")
+    assert code == 0 and out.splitlines()[-1].split()[:5] == ["all", f"{TOTAL_NUMEL:,}", "6", "6", "5"]
 
 
 def test_harden_writes_a_hard_adapter(capsys, adapter, tmp_path):

@@ -208,12 +208,14 @@ def test_config_values_are_accepted_only_when_valid_and_refused_naming_file_and_
         if valid:
             assert MFTConfig(**values).to_dict() == MFTConfig.from_pretrained(folder).to_dict()
             return
-        field = next(name for name in ("mask_type", "temperature", "sparsity") if f"{name}" in _error(values))
-        with pytest.raises(ValueError, match=re.escape(str(config_file)) + f".*{field}"):
+        # the first invalid field, in the order MFTConfig checks them: the message must name it
+        if mask_type not in ("soft", "hard"):
+            field = "mask_type"
+        elif not (math.isfinite(temperature) and temperature > 0):
+            field = "temperature"
+        else:
+            field = "sparsity"
+        with pytest.raises(ValueError, match=rf"MFTConfig\.{field}"):
+            MFTConfig(**values)
+        with pytest.raises(ValueError, match=re.escape(str(config_file)) + rf".*MFTConfig\.{field}"):
             MFTConfig.from_pretrained(folder)
-
-
-def _error(values) -> str:
-    with pytest.raises(ValueError) as error:
-        MFTConfig(**values)
-    return str(error.value)

@@ -143,25 +143,56 @@ def test_soft_mask_values_and_normalisation():
     assert MaskSpec("soft", temperature=2.3, normalizer=normalizer).mask(torch.full((3, 3), 7.0)).eq(1.0).all()
 
 
+def _float64_reference(x, weight, scores, bias, spec, grad_out):
+    """Output and (x, scores, bias) gradients of the plain autograd formula in float64: the exact values that a
+    low-precision run approximates."""
+    x64, s64, b64 = (t.detach().double().requires_grad_() for t in (x, scores, bias))
+    out = F.linear(x64, masked_weight_reference(weight.double(), s64, spec), b64)
+    grads = torch.autograd.grad(out, (x64, s64, b64), grad_out.double())
+    return out, grads
+
+
+def _assert_within_roundoff(got, exact, dtype, terms: int):
+    """|got - exact| <= (terms + 4) eps(dtype) max|exact|: a sum of `terms` products whose inputs are rounded once
+    to `dtype` (standard floating-point error analysis), measured against the largest exact value."""
+    bound = (terms + 4) * torch.finfo(dtype).eps * exact.abs().max().item()
+    error = (got.double() - exact).abs().max().item()
+    assert error <= bound, f"error {error:.3g} > bound {bound:.3g} ({dtype})"
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_weight_with_float32_scores(dtype):
     x, weight, scores, bias = _inputs(dtype=torch.float32)
     x_low = x.detach().to(dtype).requires_grad_()
-    out = masked_linear(x_low, weight.to(dtype), scores.detach().requires_grad_(), bias.detach().to(dtype), SPECS["soft"])
-    assert out.dtype == dtype
-    out.float().sum().backward()
-    ref = F.linear(x.detach(), masked_weight_reference(weight, scores.detach(), SPECS["soft"]), bias.detach())
-    torch.testing.assert_close(out.float(), ref, atol=0.1, rtol=0.05)
-
-
-def test_autocast_runs_the_gemm_in_the_autocast_dtype():
-    x, weight, scores, bias = _inputs(dtype=torch.float32)
     scores = scores.detach().requires_grad_()
+    bias_low = bias.detach().to(dtype).requires_grad_()
+    out = masked_linear(x_low, weight.to(dtype), scores, bias_low, SPECS["soft"])
+    assert out.dtype == dtype
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    out.backward(grad_out.to(dtype))
+    assert scores.grad.dtype == torch.float32 and x_low.grad.dtype == dtype
+    exact, (grad_x, grad_scores, _) = _float64_reference(x_low, weight.to(dtype), scores, bias_low, SPECS["soft"], grad_out)
+    _assert_within_roundoff(out, exact, dtype, terms=weight.shape[1])
+    _assert_within_roundoff(x_low.grad, grad_x, dtype, terms=weight.shape[0])
+    _assert_within_roundoff(scores.grad, grad_scores, dtype, terms=x.shape[0] * x.shape[1])
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_autocast_forward_and_backward_match_float64_within_bf16_roundoff(name):
+    spec = SPECS[name]
+    x, weight, scores, bias = _inputs(dtype=torch.float32)
+    x, scores, bias = (t.detach().requires_grad_() for t in (x, scores, bias))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = masked_linear(x, weight, scores, bias, SPECS["soft"])
+        out = masked_linear(x, weight, scores, bias, spec)
     assert out.dtype == torch.bfloat16
-    out.float().sum().backward()
-    assert scores.grad.dtype == torch.float32 and torch.isfinite(scores.grad).all()
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    out.backward(grad_out.to(torch.bfloat16))
+    assert scores.grad.dtype == torch.float32 and x.grad.dtype == torch.float32
+    exact, (grad_x, grad_scores, grad_bias) = _float64_reference(x, weight, scores, bias, spec, grad_out)
+    _assert_within_roundoff(out, exact, torch.bfloat16, terms=weight.shape[1])
+    _assert_within_roundoff(x.grad, grad_x, torch.bfloat16, terms=weight.shape[0])
+    _assert_within_roundoff(scores.grad, grad_scores, torch.bfloat16, terms=x.shape[0] * x.shape[1])
+    _assert_within_roundoff(bias.grad, grad_bias, torch.bfloat16, terms=x.shape[0] * x.shape[1])
 
 
 def _sort_based_hard_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
