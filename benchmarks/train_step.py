@@ -129,7 +129,7 @@ def compact_logit_drift(model, folder: Path, batch: dict) -> float:
     from the compact export in `folder`; the trained scores are put back afterwards."""
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
-    from peft_mft.export import SCORES_SUFFIX, read_compact_masks, scores_for_mask
+    from peft_mft.tools.export import SCORES_SUFFIX, read_compact_masks, scores_for_mask
 
     config, _, masks, _ = read_compact_masks(folder)
     spec = config.mask_spec(torch.device("cpu"))
@@ -156,7 +156,7 @@ def _adapter_figures(prepared, variant: Variant, workdir: Path, batch: dict) -> 
     prepared.model.save_pretrained(folder)
     figures = {"adapter_bytes": weights_size_bytes(folder), "compact": {}}
     if variant.is_mft:
-        from peft_mft.export import export_compact_adapter
+        from peft_mft.tools.export import export_compact_adapter
 
         mask_type = "hard" if variant.method == "mft-hard" else "soft"
         for fmt in COMPACT_FORMATS[mask_type]:
@@ -401,7 +401,7 @@ def markdown(report: dict) -> str:
         )
     compact = [(r["variant"], fmt, c) for r in results for fmt, c in r.get("compact", {}).items()]
     if compact:
-        lines += ["", "Compact MFT adapters (`peft_mft.export`; inference only, training resumes from the fp32 scores):",
+        lines += ["", "Compact MFT adapters (`peft_mft.tools.export`; inference only, training resumes from the fp32 scores):",
                   "", "| variant | format | MiB | x fp32 scores | x lora-r8 adapter | max abs mask error | "
                   "max abs logit drift |", "|---|---|---|---|---|---|---|"]
         lora = next((r["adapter_bytes"] for r in results if r["variant"] == "lora-r8" and "adapter_bytes" in r), None)

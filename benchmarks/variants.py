@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from examples.common.methods import MethodArgs, PreparedModel, prepare_model
-from peft_mft.optimizer_in_backward import OptimizerInBackward
+from peft_mft.training.optimizer_in_backward import OptimizerInBackward
 
 MFT_METHODS = ("mft", "mft-ste", "mft-hard")
 OPTIONS = ("adamw8bit", "paged-adamw8bit", "sgd", "bf16-base", "4bit-base", "gc", "step-in-backward")

@@ -14,7 +14,7 @@ A. sweeps on a validation split (held-back train images), seed 0: S-MFT learning
 B. main runs on the test split, 3 seeds, with the hyperparameters A picked: S-MFT attn / mlp / both, S-MFT STE,
    LoRA, QLoRA (LoRA's learning rate), full fine-tuning;
 C. H-MFT: sparsity levels from the learned S-MFT-both masks (share of masks below a threshold, see
-   `peft_mft.analysis`), a learning-rate check on the validation split, then 3 seeds per level on the test split.
+   `peft_mft.tools.analysis`), a learning-rate check on the validation split, then 3 seeds per level on the test split.
 
 A finished run found wrong later (a bug fixed since) is re-run with `--rerun SLUG --reason TEXT`: that appends a
 record saying why, the old run stops counting (it stays in the file) and the next run repeats it.
@@ -281,7 +281,7 @@ def mask_analysis(pick: dict, runs: dict[str, dict], all_runs: list[dict], compu
     stored = stored_mask_analysis(all_runs, key)
     if stored or not compute or key not in runs:
         return stored
-    from peft_mft.analysis import analyze_masks
+    from peft_mft.tools.analysis import analyze_masks
 
     adapter = Path(runs[key]["result"]["saved_to"])
     record = {"kind": "mask_analysis", "source_key": key, "adapter": str(adapter.relative_to(ROOT)), "levels": []}
@@ -564,7 +564,7 @@ def write_report(all_runs: list[dict]) -> str:
     if analysis:
         lines += ["", "## Learned S-MFT masks (Both, seed 0, test run)", "",
                   "Share of mask values below each threshold, overall and per projection type "
-                  "(`peft_mft.analysis.analyze_masks`).", ""]
+                  "(`peft_mft.tools.analysis.analyze_masks`).", ""]
         projections = list(analysis["levels"][0]["by_projection"])
         lines += ["| threshold | overall | " + " | ".join(projections) + " |", "|---|---|" + "---|" * len(projections)]
         for level in analysis["levels"]:

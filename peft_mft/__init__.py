@@ -1,39 +1,55 @@
-"""Mask Fine-Tuning (MFT) as a PEFT adapter type: `import peft_mft` registers it with PEFT."""
+"""Mask Fine-Tuning (MFT) as a PEFT adapter type: `import peft_mft` registers it with PEFT.
+
+Layout: the tuner (`config`, `mask`, `layer`, `model`, `targets`, `bnb_layout`), adapter folders (`adapter_files`,
+`atomic`), numerical checks (`finite`), errors (`errors`); `peft_mft.training` (optimizers, Trainer helpers) and
+`peft_mft.tools` (analysis, model card, harden, export, merge, the `peft-mft` command line).
+"""
+
+from importlib.metadata import PackageNotFoundError, version
 
 from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
 from peft.utils import register_peft_method
 
+from .adapter_files import check_loaded_config, load_adapter, save_adapter
+from .atomic import atomic_directory
 from .bnb_layout import restore_standard_4bit_layouts
-from .checks import FiniteScoresCallback, NonFiniteScoresError, check_finite_scores
-from .config import MFT_PRESETS, PEFT_TYPE_MFT, MFTConfig
-from .io import AdapterFileError, atomic_directory, load_adapter, save_adapter
-from .layer import Linear, MFTLayer
-from .mask import MaskSpec, masked_linear
+from .config import CONFIG_LOADED_HOOKS, CONFIG_SAVED_HOOKS, PEFT_TYPE_MFT, MFTConfig
+from .errors import AdapterFileError, MFTInputError, NonFiniteScoresError
+from .finite import check_finite_scores
+from .layer import MFTLayer
 from .model import MFTModel
-from .optim import create_mft_optimizer, score_parameters
-from .optimizer_in_backward import OptimizerInBackward
+from .tools.model_card import write_model_card
+from .training.callbacks import FiniteScoresCallback
+from .training.optim import create_mft_optimizer
+from .training.optimizer_in_backward import OptimizerInBackward
+
+try:
+    __version__ = version("peft-mft")
+except PackageNotFoundError:  # imported from a source tree that was not installed
+    __version__ = "0+unknown"
 
 __all__ = [
-    "MFT_PRESETS",
-    "PEFT_TYPE_MFT",
     "AdapterFileError",
     "FiniteScoresCallback",
-    "Linear",
     "MFTConfig",
+    "MFTInputError",
     "MFTLayer",
     "MFTModel",
-    "MaskSpec",
     "NonFiniteScoresError",
     "OptimizerInBackward",
     "atomic_directory",
     "check_finite_scores",
     "create_mft_optimizer",
     "load_adapter",
-    "masked_linear",
     "restore_standard_4bit_layouts",
     "save_adapter",
-    "score_parameters",
+    "__version__",
 ]
 
 if PEFT_TYPE_MFT not in PEFT_TYPE_TO_TUNER_MAPPING:
     register_peft_method(name="mft", config_cls=MFTConfig, model_cls=MFTModel, prefix="mft_")
+# The checks before PEFT reads an adapter's weights, and the model card after it saved them (see config.py).
+if check_loaded_config not in CONFIG_LOADED_HOOKS:
+    CONFIG_LOADED_HOOKS.append(check_loaded_config)
+if write_model_card not in CONFIG_SAVED_HOOKS:
+    CONFIG_SAVED_HOOKS.append(write_model_card)

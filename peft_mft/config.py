@@ -5,21 +5,22 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Union
+from typing import Callable, Literal, Optional, Union
 
 import torch
 from peft.config import PeftConfig
 from peft.utils.constants import CONFIG_NAME
 
+from .errors import AdapterFileError, MFTInputError
 from .mask import MaskSpec
-from .errors import AdapterFileError
 from .peft_type import add_peft_type_member
 from .targets import targets_regex
 
 PEFT_TYPE_MFT = add_peft_type_member("MFT")
 
-# (init_score, temperature) that the paper tuned per backbone (METHOD.md); larger models reuse these values.
+# (init_score, temperature) that the paper tuned per backbone (docs/method.md); larger models reuse these values.
 MFT_PRESETS: dict[str, tuple[float, float]] = {
     "qwen2.5-0.5b": (7.0, 2.3),
     "tinyllama-1.1b": (3.0, 0.5),
@@ -36,6 +37,58 @@ _PRESET_FAMILIES = {
 }
 
 DEFAULT_HARD_SPARSITY = 0.01
+
+# |init_score / T| above this starts the float32 sigmoid within 5e-5 of 0 or 1: dM/dS = M(1 - M)/T is ~1e-4 times
+# its value at S = 0 and masks barely move (exactly 0 beyond |S/T| ~ 17). The paper's presets reach 8.2 (Phi-2).
+SATURATED_INIT_RATIO = 10.0
+# A score step of 0.1 (the default learning rate) moves S/T by 0.1/T: > 10 below T = 0.01 (masks jump between 0
+# and 1), < 0.001 above T = 100 (masks barely move). The paper's temperatures are 0.5-2.3.
+TEMPERATURE_RANGE = (0.01, 100.0)
+
+
+
+
+def warn_if_soft_mask_saturates(init_score: float, temperature: float) -> None:
+    """Warn (once per distinct setting, through `warnings`) when a soft mask cannot train well: a saturated sigmoid
+    at initialisation (|init_score / temperature| > 10) or an extreme temperature (outside [0.01, 100])."""
+    ratio = init_score / temperature
+    if abs(ratio) > SATURATED_INIT_RATIO:
+        tail = math.exp(-abs(ratio))
+        initial_slope = tail / (1.0 + tail) ** 2 / temperature  # sigmoid'(x) = e^-|x| / (1 + e^-|x|)^2
+        warnings.warn(
+            f"MFTConfig(init_score={init_score}, temperature={temperature}): the soft mask starts saturated "
+            f"(|init_score / temperature| = {abs(ratio):.3g} > {SATURATED_INIT_RATIO:g}); dM/dS = {initial_slope:.2g}, "
+            "so the masks will barely train. Use a larger temperature or a smaller init_score (paper presets: "
+            "MFTConfig.from_preset).",
+            UserWarning,
+            stacklevel=4,  # the line that created the MFTConfig
+        )
+    low, high = TEMPERATURE_RANGE
+    if not low <= temperature <= high:
+        warnings.warn(
+            f"MFTConfig(temperature={temperature}) is outside [{low:g}, {high:g}]: a score update of 0.1 moves S/T by "
+            f"{0.1 / temperature:.3g}, so masks will {'jump between 0 and 1' if temperature < low else 'barely move'}. "
+            "The paper uses 0.5-2.3.",
+            UserWarning,
+            stacklevel=4,  # the line that created the MFTConfig
+        )
+
+
+def check_sparsity(sparsity) -> float:
+    """`sparsity` (the fraction of each matrix zeroed) as a float; `MFTInputError` unless it is a number in [0, 1)."""
+    if isinstance(sparsity, bool) or not (isinstance(sparsity, (int, float)) and 0.0 <= sparsity < 1.0):
+        raise MFTInputError(
+            f"MFTConfig.sparsity is the fraction of weights zeroed and must be in [0, 1), got {sparsity!r}."
+        )
+    return float(sparsity)
+
+
+# PEFT gives a tuner no hook of its own around loading and saving an adapter folder, but it always reads and writes
+# it through the config: `from_pretrained` before the weights are read, `save_pretrained` after they are written.
+# peft_mft/__init__.py installs the folder checks (peft_mft.adapter_files.check_loaded_config) and the model card
+# (peft_mft.tools.model_card.write_model_card) here; the config itself does no I/O beyond its JSON.
+CONFIG_LOADED_HOOKS: list[Callable[["MFTConfig", str], None]] = []  # (config, local folder)
+CONFIG_SAVED_HOOKS: list[Callable[[str], None]] = []  # (folder)
 
 
 @dataclass
@@ -163,20 +216,12 @@ class MFTConfig(PeftConfig):
                     "MFTConfig.straight_through applies to soft masks only; hard masks always use a straight-through "
                     "backward."
                 )
-            if self.sparsity is None:
-                self.sparsity = DEFAULT_HARD_SPARSITY
-            if not (isinstance(self.sparsity, (int, float)) and 0.0 <= self.sparsity < 1.0):
-                raise ValueError(
-                    f"MFTConfig.sparsity is the fraction of weights zeroed and must be in [0, 1), got "
-                    f"{self.sparsity!r}."
-                )
+            self.sparsity = check_sparsity(DEFAULT_HARD_SPARSITY if self.sparsity is None else self.sparsity)
         elif self.sparsity is not None:
             raise ValueError(
                 f"MFTConfig.sparsity={self.sparsity!r} applies to hard masks only; set mask_type='hard' or drop it."
             )
         else:
-            from .checks import warn_if_soft_mask_saturates  # checks imports layer, which imports this module
-
             warn_if_soft_mask_saturates(self.init_score, self.temperature)
             if self.normalize_soft_mask and not self.mask_spec().normalizer >= torch.finfo(torch.float32).tiny:
                 raise ValueError(
@@ -204,11 +249,9 @@ class MFTConfig(PeftConfig):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
-        """PEFT's config loading (also what `PeftModel.from_pretrained` and `load_adapter` call), plus, for a local
-        folder, errors that name the file: invalid values in `adapter_config.json`, a truncated weight
-        file (`peft_mft.io.check_adapter_folder`)."""
-        from .io import check_adapter_folder  # io imports this module
-
+        """PEFT's config loading (also what `PeftModel.from_pretrained` and `load_adapter` call); invalid values in a
+        local `adapter_config.json` raise `AdapterFileError` naming the file, and `CONFIG_LOADED_HOOKS` run (the
+        weight-file checks of `peft_mft.adapter_files`)."""
         folder = os.path.join(pretrained_model_name_or_path, subfolder or "")
         config_file = os.path.join(folder, CONFIG_NAME)
         if not os.path.isfile(config_file):
@@ -217,18 +260,16 @@ class MFTConfig(PeftConfig):
             config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
         except (ValueError, TypeError) as exc:
             raise AdapterFileError(f"{config_file}: {exc}") from exc
-        check_adapter_folder(folder, require_weights=False)
-        config._loaded_from = os.path.abspath(folder)  # named in later loading errors; not a field, never saved
+        for hook in CONFIG_LOADED_HOOKS:
+            hook(config, folder)
         return config
 
     def save_pretrained(self, save_directory: str, **kwargs) -> None:
-        """Save `adapter_config.json`; where the adapter's weights are already saved beside it (as
-        `PeftModel.save_pretrained` does, weights first), also write the MFT section of the README model card
-        (`peft_mft.model_card`)."""
+        """Save `adapter_config.json`, then run `CONFIG_SAVED_HOOKS` (the MFT section of the model card, which PEFT's
+        `PeftModel.save_pretrained` reaches after the weights are written)."""
         super().save_pretrained(save_directory, **kwargs)
-        from .model_card import write_model_card  # model_card imports this module
-
-        write_model_card(save_directory)
+        for hook in CONFIG_SAVED_HOOKS:
+            hook(save_directory)
 
     @classmethod
     def from_preset(cls, name: str, **kwargs) -> "MFTConfig":

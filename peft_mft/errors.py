@@ -14,5 +14,16 @@ class AdapterFileError(MFTInputError):
     """An adapter folder or file that cannot be loaded; the message names the file and what is wrong with it."""
 
 
+class NonFiniteScoresError(MFTInputError):
+    """MFT scores hold NaN or inf; the message names the modules."""
+
+
 class QuantizedMergeError(TypeError):
     """Merging MFT masks into a quantized layer, which MFT refuses: re-quantizing `W * M` is lossy."""
+
+
+def describe_modules(modules: list[str], limit: int = 5) -> str:
+    """Module names for an error message: the first `limit`, quoted, then how many more."""
+    shown = ", ".join(repr(name) for name in modules[:limit])
+    more = f" and {len(modules) - limit} more" if len(modules) > limit else ""
+    return f"{shown}{more}"

@@ -55,8 +55,8 @@ class MFTLayer(BaseTunerLayer):
 
     def update_layer(self, adapter_name: str, config: MFTConfig, inference_mode: bool = False) -> None:
         """Add adapter `adapter_name`: scores initialised as `config` says, float32, on the base weight's device."""
-        weight = self.get_base_weight()
-        shape, device = (self.out_features, self.in_features), weight.device
+        # The device only: dequantizing a 4-bit weight here would allocate a full float copy for nothing.
+        shape, device = (self.out_features, self.in_features), self.get_base_layer().weight.device
         spec = config.mask_spec(device)
         if config.mask_type == "soft":
             scores = torch.full(shape, config.init_score, dtype=torch.float32, device=device)
@@ -117,6 +117,9 @@ class Linear(nn.Module, MFTLayer):
         return self.get_base_layer().weight
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        adapter_names = kwargs.pop("adapter_names", None)
+        if adapter_names is not None and not self.disable_adapters:
+            return self._mixed_batch_forward(x, *args, adapter_names=adapter_names, **kwargs)
         if self.disable_adapters:
             if self.merged:
                 self.unmerge()
@@ -135,6 +138,34 @@ class Linear(nn.Module, MFTLayer):
         for name in active:
             weight = masked_weight_reference(weight, self.mft_scores[name], self.mft_mask_spec[name])
         return F.linear(x, weight.to(x.dtype), bias.to(x.dtype) if bias is not None else None)
+
+    def _mixed_batch_forward(self, x: torch.Tensor, *args, adapter_names: list[str], **kwargs) -> torch.Tensor:
+        """Row i of `x` (batch first) through adapter `adapter_names[i]`: its masked weight, or the base layer for
+        "__base__" and for adapters that do not mask this layer."""
+        if len(adapter_names) != len(x):
+            raise ValueError(
+                f"Length of `adapter_names` should be the same as the number of inputs, but got {len(adapter_names)} "
+                f"and {len(x)} respectively."
+            )
+        if self.merged:
+            raise ValueError(
+                "Cannot pass `adapter_names` when there are merged adapters, please call `unmerge_adapter` first."
+            )
+        rows_of: dict[str, list[int]] = {}
+        for row, name in enumerate(adapter_names):
+            rows_of.setdefault(name, []).append(row)
+        result = None
+        for name, rows in rows_of.items():
+            index = torch.tensor(rows, device=x.device)
+            if name in self.mft_scores:
+                spec, scores = self.mft_mask_spec[name], self.mft_scores[name]
+                out = masked_linear(x[index], self._masked_weight_source(), scores, self.get_base_layer().bias, spec)
+            else:
+                out = self.base_layer(x[index], *args, **kwargs)
+            if result is None:
+                result = out.new_empty((len(x), *out.shape[1:]))
+            result[index] = out.to(result.dtype)
+        return result
 
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
         """Write `W * M` into the base weight for each adapter in `adapter_names` (default: the active ones).

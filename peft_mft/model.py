@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import re
 import warnings
 from typing import Optional
@@ -13,11 +15,16 @@ from peft.utils import get_quantization_kwargs, resolve_quantization_backend
 from peft.utils.error import NoMatchingPeftModuleError
 from peft.utils.quantization_utils import ForwardOnlyQuantizationBackend
 
-from .checks import check_finite_scores, check_finite_state_dict
+from .adapter_files import check_finite_state_dict, check_scores_fit_model
 from .config import MFTConfig
-from .io import check_scores_fit_model
+from .finite import check_finite_scores
 from .layer import Linear, MFTLayer, quantized_merge_error
 from .targets import TRANSFORMERS_MODELS_TO_MFT_TARGET_MODULES_MAPPING, is_vision_tower_module, layer_index, targets_regex
+
+
+def _adapter_names_pre_forward_hook(module, args, kwargs, adapter_names):
+    kwargs["adapter_names"] = adapter_names
+    return args, kwargs
 
 
 def describe_masked(names: list[str]) -> str:
@@ -152,6 +159,38 @@ class MFTModel(BaseTuner):
                 "keep autocast_adapter_dtype=True (float32 scores) unless one dtype is required.",
                 stacklevel=2,
             )
+
+    @contextlib.contextmanager
+    def _enable_peft_forward_hooks(self, *args, **kwargs):
+        """Mixed-adapter batches, as in PEFT's LoRA: `model(..., adapter_names=[...])` / `generate(...)` gives row i
+        the adapter `adapter_names[i]` ("__base__": no adapter). Inference only; refused while training or merged."""
+        adapter_names = kwargs.pop("adapter_names", None)
+        if adapter_names is None:
+            yield
+            return
+        if self.training:
+            raise ValueError("Cannot pass `adapter_names` when the model is in training mode.")
+        if not isinstance(adapter_names, (list, tuple)):
+            raise TypeError(f"Got adapter names of type {type(adapter_names)}, expected a list of str.")
+        known = {name for module in self.model.modules() if isinstance(module, MFTLayer) for name in module.mft_scores}
+        unknown = {name for name in adapter_names if name != "__base__"} - known
+        if unknown:
+            raise ValueError(f"Trying to infer with non-existing adapter(s): {', '.join(sorted(unknown))}")
+        num_beams = kwargs.get("num_beams")
+        if isinstance(num_beams, int) and num_beams > 1:
+            # beam search repeats every input num_beams times
+            adapter_names = [name for name in adapter_names for _ in range(num_beams)]
+        hook = functools.partial(_adapter_names_pre_forward_hook, adapter_names=list(adapter_names))
+        handles = [
+            module.register_forward_pre_hook(hook, with_kwargs=True)
+            for module in self.model.modules()
+            if isinstance(module, MFTLayer)
+        ]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def _check_merge_allowed(self) -> None:
         """Merging into quantized layers is refused up front, naming the first such layer."""

@@ -27,6 +27,24 @@ VISION_TOWER_NAMES = ("vision_tower", "vision_model", "visual", "image_encoder",
 _PROJECTOR_RE = re.compile(rf"(?:.*\.)?{PROJECTOR_PATTERN}")
 _LAYER_INDEX_RE = re.compile(r".*?\.[^.]*\.(?P<idx>\d+)\.")
 
+# Projection types in display order; module names map to them (phi: dense = o, fc1 = up, fc2 = down; phi3's fused
+# projections keep their own type).
+PROJECTION_TYPES = ("q", "k", "v", "o", "gate", "up", "down", "projector")
+_PROJECTION_OF_NAME = {
+    "q_proj": "q",
+    "k_proj": "k",
+    "v_proj": "v",
+    "o_proj": "o",
+    "dense": "o",
+    "gate_proj": "gate",
+    "up_proj": "up",
+    "fc1": "up",
+    "down_proj": "down",
+    "fc2": "down",
+    "qkv_proj": "qkv",
+    "gate_up_proj": "gate_up",
+}
+
 
 def targets_regex(targets: Targets, language_model_only: bool) -> str:
     """Full-match regex for a paper variant: the language model's attention and/or MLP projections + the projector.
@@ -62,9 +80,27 @@ TRANSFORMERS_MODELS_TO_MFT_TARGET_MODULES_MAPPING: dict[str, list[str] | str] = 
 }
 
 
+def is_projector(module_name: str) -> bool:
+    """True for the linear layers of a VLM's image-text projector (`PROJECTOR_PATTERN`)."""
+    return _PROJECTOR_RE.fullmatch(module_name) is not None
+
+
+def projection_type(module_name: str) -> str:
+    """The projection type of a masked module: one of `PROJECTION_TYPES`, else its last name component."""
+    if is_projector(module_name):
+        return "projector"
+    last = module_name.rsplit(".", 1)[-1]
+    return _PROJECTION_OF_NAME.get(last, last)
+
+
+def projection_order(projection: str) -> tuple[int, str]:
+    """Sort key: `PROJECTION_TYPES` order, other types after them by name."""
+    return (PROJECTION_TYPES.index(projection) if projection in PROJECTION_TYPES else len(PROJECTION_TYPES), projection)
+
+
 def is_vision_tower_module(key: str) -> bool:
     """True for modules inside a vision encoder (but not the projector, e.g. Qwen2-VL's `visual.merger`)."""
-    if _PROJECTOR_RE.fullmatch(key):
+    if is_projector(key):
         return False
     return any(part in VISION_TOWER_NAMES for part in key.split("."))
 

@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Tr
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script by torchrun
 
 from peft_mft import FiniteScoresCallback, MFTConfig, create_mft_optimizer, save_adapter  # noqa: E402
-from peft_mft.trainer import AtomicCheckpointTrainer  # noqa: E402
+from peft_mft.training.trainer import AtomicCheckpointTrainer  # noqa: E402
 
 GLOBAL_BATCH, STEPS, VOCAB = 4, 3, 64
 DEEPSPEED_CONFIG = Path(__file__).resolve().parents[1] / "docs" / "deepspeed_zero3.json"

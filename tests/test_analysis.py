@@ -9,7 +9,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors import safe_open
 
 from peft_mft import MFTConfig, MFTLayer
-from peft_mft.analysis import (
+from peft_mft.tools.analysis import (
     NEAR_ZERO_THRESHOLD,
     AdapterMasks,
     NonFiniteMaskError,
@@ -18,7 +18,7 @@ from peft_mft.analysis import (
     format_share,
     projection_type,
 )
-from peft_mft.harden import harden_adapter
+from peft_mft.tools.harden import harden_adapter
 
 from .conftest import make_llama, make_llava
 from .hand_masks import (
@@ -297,7 +297,7 @@ def test_nan_masks_are_refused_naming_the_module():
 
 
 def test_histogram_counts_stay_exact_beyond_float32_integers():
-    from peft_mft.analysis import _histogram
+    from peft_mft.tools.analysis import _histogram
 
     ones = torch.ones(2**24 + 1)  # torch.histc alone counts this in float32 and loses the odd entry
     assert _histogram(ones, 4, 1.0).tolist() == [0, 0, 0, 2**24 + 1]

@@ -153,7 +153,7 @@ def test_accuracy_mode_trains_with_trainer_including_step_in_backward(tiny):
 def test_compact_logit_drift_sees_other_masks_and_restores_the_trained_scores(tiny, tmp_path):
     from peft.utils import get_peft_model_state_dict
 
-    from peft_mft.export import export_compact_adapter
+    from peft_mft.tools.export import export_compact_adapter
 
     loaded, records = _processor_and_records(tiny)
     batch = train_step.fixed_batch(loaded.processor(), records, 2, 48, torch.device("cpu"), torch.float32)

@@ -8,14 +8,15 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors import safe_open
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from peft_mft import MFTConfig, MFTLayer
-from peft_mft.analysis import analyze_masks, format_share
-from peft_mft.cli import main
-from peft_mft.export import load_compact_adapter
+from peft_mft.tools.analysis import analyze_masks, format_share
+from peft_mft.tools.cli import main
+from peft_mft.tools.export import load_compact_adapter
 
 from .conftest import make_llama, text_inputs
+from .examples.tiny import make_tokenizer
 from .hand_masks import MOVED_SCORES, TOTAL_NUMEL, hand_masked_llama
 
 COMMANDS = ("analyze", "compare", "harden", "merge", "export")
@@ -62,7 +63,7 @@ def test_analyze_prints_the_hand_computed_table(capsys, adapter):
     assert rows["q"][1:3] == ["2", "512"] and rows["q"][4:6] == [format_share(4 / 512), format_share(6 / 512)]
     assert rows["k"][4] == "0%"
     assert rows["all"][1:3] == ["14", f"{TOTAL_NUMEL:,}"] and rows["all"][4] == format_share(6 / TOTAL_NUMEL)
-    assert "soft masks (S-MFT), init_score 10, T 1" in out
+    assert "soft (S-MFT): M = sigmoid(S / T) (paper-literal;" in out and "init_score = 10, T = 1" in out
     assert f"Suggested H-MFT sparsity (near-zero share x 0.5, 1, 2): {format_share(3 / TOTAL_NUMEL)}" in out
     assert "Analysing masks" in err  # progress bar
 
@@ -103,7 +104,7 @@ def test_harden_writes_a_hard_adapter(capsys, adapter, tmp_path):
 def test_merge_writes_a_plain_model_equal_to_the_masked_one(capsys, tmp_path):
     base = make_llama()
     base.save_pretrained(tmp_path / "base")
-    (tmp_path / "base" / "tokenizer_config.json").write_text("{}")
+    make_tokenizer().save_pretrained(tmp_path / "base")
     (tmp_path / "base" / "README.md").write_text("the base model's card")
     torch.manual_seed(2)
     model = get_peft_model(make_llama(), MFTConfig(init_weights=False))
@@ -116,7 +117,9 @@ def test_merge_writes_a_plain_model_equal_to_the_masked_one(capsys, tmp_path):
     inputs = text_inputs()
     with torch.no_grad():
         torch.testing.assert_close(merged(inputs).logits, model(inputs).logits, atol=1e-5, rtol=0)
-    assert (tmp_path / "merged" / "tokenizer_config.json").is_file()
+    # the tokenizer comes through its own save_pretrained and loads from the merged folder
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "merged")
+    assert tokenizer("red circle").input_ids == AutoTokenizer.from_pretrained(tmp_path / "base")("red circle").input_ids
     assert not (tmp_path / "merged" / "README.md").exists()
 
 
@@ -214,20 +217,20 @@ def test_export_bad_input_exits_2(capsys, adapter, tmp_path):
 
 
 def test_a_bug_is_not_reported_as_bad_input(capsys, adapter, monkeypatch):
-    import peft_mft.cli
+    import peft_mft.tools.cli
 
     for error in (ValueError("internal bug, not the user's input"), PermissionError(13, "Permission denied")):
 
         def broken(*args, **kwargs):
             raise error
 
-        monkeypatch.setattr(peft_mft.cli, "analyze_masks", broken)
+        monkeypatch.setattr(peft_mft.tools.cli, "analyze_masks", broken)
         with pytest.raises(type(error)):  # a traceback and exit 1 from the interpreter, not exit 2
             main(["analyze", str(adapter)])
 
 
 def test_a_bug_exits_1_with_a_traceback_from_the_command(tmp_path):
-    script = "import sys, peft_mft.cli as c; c.analyze_masks = lambda *a, **k: 1 / 0; sys.exit(c.main(sys.argv[1:]))"
+    script = "import sys, peft_mft.tools.cli as c; c.analyze_masks = lambda *a, **k: 1 / 0; sys.exit(c.main(sys.argv[1:]))"
     result = subprocess.run([sys.executable, "-c", script, "analyze", str(tmp_path)], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 1 and "Traceback" in result.stderr and "ZeroDivisionError" in result.stderr

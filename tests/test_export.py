@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from peft_mft import AdapterFileError, MFTConfig
-from peft_mft.export import (
+from peft_mft.tools.export import (
     COMPACT_META_NAME,
     COMPACT_WEIGHTS_NAME,
     export_compact_adapter,
@@ -152,7 +152,7 @@ def test_tampered_hard_mask_with_wrong_zero_count_is_refused(tmp_path):
 
 
 def test_interrupted_export_leaves_the_previous_export_intact(tmp_path, monkeypatch):
-    import peft_mft.export
+    import peft_mft.tools.export
 
     _, folder = _trained_adapter(tmp_path, "hard")
     out = tmp_path / "compact"
@@ -162,7 +162,7 @@ def test_interrupted_export_leaves_the_previous_export_intact(tmp_path, monkeypa
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(peft_mft.export, "save_file", crash)
+    monkeypatch.setattr(peft_mft.tools.export, "save_file", crash)
     with pytest.raises(OSError, match="disk full"):
         export_compact_adapter(folder, out, "hard-indices")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

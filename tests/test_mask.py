@@ -137,7 +137,7 @@ def test_hard_mask_threshold_is_none_when_nothing_is_zeroed():
 def test_soft_mask_values_and_normalisation():
     spec = MaskSpec("soft", temperature=2.3)
     assert spec.mask(torch.tensor([7.0])).item() == pytest.approx(1 / (1 + math.exp(-7.0 / 2.3)), rel=1e-6)
-    assert round(spec.mask(torch.tensor([7.0])).item(), 3) == 0.955  # METHOD.md rounds it to 0.954
+    assert round(spec.mask(torch.tensor([7.0])).item(), 3) == 0.955  # the paper rounds it to 0.954 (docs/method.md)
     init = torch.tensor(7.0)
     normalizer = torch.sigmoid(init / 2.3).item()
     assert MaskSpec("soft", temperature=2.3, normalizer=normalizer).mask(torch.full((3, 3), 7.0)).eq(1.0).all()

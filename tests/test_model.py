@@ -519,3 +519,41 @@ def test_layer_repr_and_mask_spec_per_adapter():
     layer = next(iter(mft_layers(model).values()))
     assert repr(layer).startswith("mft.")
     assert layer.mft_mask_spec["default"] == MaskSpec("soft", temperature=0.5)
+
+
+def test_mixed_adapter_batches_give_each_row_its_adapter():
+    model = get_peft_model(make_llama(), MFTConfig(init_weights=False))
+    torch.manual_seed(5)
+    model.add_adapter("b", MFTConfig(init_weights=False))
+    model.eval()
+    inputs = text_inputs(batch=3)
+    with torch.no_grad():
+        mixed = model(input_ids=inputs, adapter_names=["b", "__base__", "default"]).logits
+        model.set_adapter("b")
+        only_b = model(input_ids=inputs).logits
+        model.set_adapter("default")
+        only_default = model(input_ids=inputs).logits
+        with model.disable_adapter():
+            base = model(input_ids=inputs).logits
+    torch.testing.assert_close(mixed[0], only_b[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(mixed[1], base[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(mixed[2], only_default[2], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(only_b[0], only_default[0])  # the adapters really differ
+    generated = model.generate(input_ids=inputs, adapter_names=["b", "__base__", "default"], max_new_tokens=2,
+                               do_sample=False)
+    assert generated.shape == (3, inputs.shape[1] + 2)
+
+
+def test_mixed_adapter_batches_are_refused_where_lora_refuses_them():
+    model = get_peft_model(make_llama(), MFTConfig(init_weights=False))
+    inputs = text_inputs(batch=2)
+    with pytest.raises(ValueError, match="training mode"):
+        model.train()(input_ids=inputs, adapter_names=["default", "default"])
+    model.eval()
+    with pytest.raises(ValueError, match="non-existing adapter.*typo"):
+        model(input_ids=inputs, adapter_names=["default", "typo"])
+    with pytest.raises(ValueError, match="same as the number of inputs"):
+        model(input_ids=inputs, adapter_names=["default"])
+    model.merge_adapter()
+    with pytest.raises(ValueError, match="merged adapters"):
+        model(input_ids=inputs, adapter_names=["default", "__base__"])

@@ -1,13 +1,14 @@
-"""Commands that write a folder (harden, merge, export) never lose the user's files (peft_mft.output_folder)."""
+"""Commands that write a folder (harden, merge, export) never lose the user's files (peft_mft.tools.output_folder)."""
 
 import json
 
 import pytest
 
-from peft_mft.cli import main, merge_to_folder
-from peft_mft.export import export_compact_adapter
-from peft_mft.harden import harden_adapter
-from peft_mft.output_folder import OUTPUT_MARKER_NAME, OutputFolderError
+from peft_mft.tools.cli import main
+from peft_mft.tools.merge import merge_to_folder
+from peft_mft.tools.export import export_compact_adapter
+from peft_mft.tools.harden import harden_adapter
+from peft_mft.tools.output_folder import OUTPUT_MARKER_NAME, OutputFolderError
 
 from .conftest import make_llama
 from .hand_masks import hand_masked_llama

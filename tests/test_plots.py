@@ -4,14 +4,14 @@ import pytest
 from peft import get_peft_model
 
 from peft_mft import MFTConfig
-from peft_mft.analysis import analyze_masks
+from peft_mft.tools.analysis import analyze_masks
 
 from .conftest import make_llava
 from .hand_masks import TOTAL_NUMEL, hand_masked_llama
 
 pytest.importorskip("matplotlib")
 
-from peft_mft.plots import (  # noqa: E402  (needs matplotlib)
+from peft_mft.tools.plots import (  # noqa: E402  (needs matplotlib)
     plot_layer_heatmap,
     plot_mask_histogram,
     plot_near_zero_by_projection,

@@ -152,3 +152,21 @@ def test_lora_merge_after_bitsandbytes_repacked_the_weight_for_cpu():
         merged = model.merge_and_unload()
         torch.testing.assert_close(merged(x), expected, **REPACK_TOLERANCE)
         assert restore_standard_4bit_layouts(merged) == 2  # merged's own eval forward packed them again
+
+
+@pytest.mark.parametrize("kind", ["4bit", "8bit"])
+def test_soft_mask_injection_does_not_dequantize_the_weight(kind, monkeypatch):
+    from peft_mft.layer import MFTLayer
+
+    calls = []
+    real = MFTLayer.get_base_weight
+
+    def counting(self):
+        calls.append(self)
+        return real(self)
+
+    monkeypatch.setattr(MFTLayer, "get_base_weight", counting)
+    get_peft_model(make_quantized(kind), MFTConfig(target_modules=["first", "second"]))
+    assert calls == []  # scores are created on the weight's device without a full float copy of the weight
+    get_peft_model(make_quantized(kind), MFTConfig(mask_type="hard", target_modules=["first", "second"]))
+    assert len(calls) == 2  # hard scores start at |W|: the weight itself is needed once per layer

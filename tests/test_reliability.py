@@ -31,7 +31,9 @@ from peft_mft import (
     load_adapter,
     save_adapter,
 )
-from peft_mft.trainer import AtomicCheckpointTrainer
+from peft_mft.config import MFT_PRESETS
+from peft_mft.training.optim import score_parameters
+from peft_mft.training.trainer import AtomicCheckpointTrainer
 
 from .conftest import _text_config_kwargs, make_llama, text_inputs
 
@@ -49,7 +51,7 @@ def trained_like(seed):
     model = get_peft_model(make_llama(), MFTConfig(init_weights=False))
     torch.manual_seed(seed)
     with torch.no_grad():
-        for param in peft_mft.score_parameters(model):
+        for param in score_parameters(model):
             param.add_(torch.randn_like(param))
     return model
 
@@ -170,7 +172,7 @@ def test_save_adapter_keeps_other_files_in_the_folder(saved):
 def test_replacing_without_an_atomic_exchange_still_works(saved, monkeypatch):
     """Where renameat2(RENAME_EXCHANGE) is unavailable (non-Linux), the old folder is renamed aside, then removed."""
     folder, _ = saved
-    monkeypatch.setattr(peft_mft.io, "_exchange", lambda first, second: False)
+    monkeypatch.setattr(peft_mft.atomic, "_exchange", lambda first, second: False)
     save_adapter(trained_like(2), folder)
     assert torch.equal(logits(load_adapter(make_llama(), folder)), logits(trained_like(2)))
     assert staging_leftovers(folder) == []
@@ -523,7 +525,7 @@ def test_extreme_soft_mask_settings_warn(kwargs, message):
         MFTConfig(**kwargs)
 
 
-@pytest.mark.parametrize("preset", sorted(peft_mft.MFT_PRESETS))
+@pytest.mark.parametrize("preset", sorted(MFT_PRESETS))
 def test_paper_presets_and_hard_masks_do_not_warn(preset):
     with warnings.catch_warnings():
         warnings.simplefilter("error")

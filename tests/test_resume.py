@@ -7,7 +7,7 @@ from peft import get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
 from peft_mft import MFTConfig, create_mft_optimizer
-from peft_mft.trainer import AtomicCheckpointTrainer
+from peft_mft.training.trainer import AtomicCheckpointTrainer
 
 from .conftest import _text_config_kwargs, text_inputs
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback, TrainingArguments, set_seed
 
-from peft_mft.io import atomic_directory
-from peft_mft.trainer import AtomicCheckpointTrainer
+from peft_mft import atomic_directory
+from peft_mft.training.trainer import AtomicCheckpointTrainer
 
 from .data import LlavaCollator, LlavaDataset, Record, VLMProcessor
 from .evaluation import evaluate_vqa

@@ -12,26 +12,22 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterator, Optional, Union
 
 import torch
 from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTuner
-from peft.utils.constants import SAFETENSORS_WEIGHTS_NAME
-from safetensors import safe_open
 from torch import nn
 
-from .config import MFTConfig
-from .errors import MFTInputError
-from .io import check_adapter_folder, read_adapter_config
-from .layer import MFTLayer
-from .mask import MaskSpec
-from .targets import PROJECTOR_PATTERN, layer_index
+from ..adapter_files import AdapterFolder
+from ..config import MFTConfig
+from ..errors import MFTInputError
+from ..layer import MFTLayer
+from ..mask import MaskSpec
+from ..targets import layer_index, projection_order, projection_type
 
-# METHOD.md gives no number for the paper's "near-zero" masks; we count M < 0.1 (a connection kept at under a tenth
+# The paper gives no number for its "near-zero" masks (docs/method.md); we count M < 0.1 (a connection kept at under a tenth
 # of its strength) and make it a parameter everywhere.
 NEAR_ZERO_THRESHOLD = 0.1
 # H-MFT sweep suggested around the near-zero share: the paper swept a small range around its pick
@@ -39,45 +35,12 @@ NEAR_ZERO_THRESHOLD = 0.1
 SPARSITY_SWEEP_FACTORS = (0.5, 1.0, 2.0)
 HISTOGRAM_BINS = 50
 
-SCORES_SUFFIX = ".mft_scores"
-STATE_DICT_PREFIX = "base_model.model."
-
-# Display order of projection types; module names map to them below (phi: dense = o, fc1 = up, fc2 = down).
-PROJECTION_TYPES = ("q", "k", "v", "o", "gate", "up", "down", "projector")
-_PROJECTION_OF_NAME = {
-    "q_proj": "q",
-    "k_proj": "k",
-    "v_proj": "v",
-    "o_proj": "o",
-    "dense": "o",
-    "gate_proj": "gate",
-    "up_proj": "up",
-    "fc1": "up",
-    "down_proj": "down",
-    "fc2": "down",
-    "qkv_proj": "qkv",
-    "gate_up_proj": "gate_up",
-}
-_PROJECTOR_RE = re.compile(rf"(?:.*\.)?{PROJECTOR_PATTERN}")
-
 AdapterSource = Union[str, os.PathLike, nn.Module]
-
-
-def projection_type(module_name: str) -> str:
-    """The projection type of a masked module: one of `PROJECTION_TYPES`, else its last name component."""
-    if _PROJECTOR_RE.fullmatch(module_name):
-        return "projector"
-    last = module_name.rsplit(".", 1)[-1]
-    return _PROJECTION_OF_NAME.get(last, last)
 
 
 def format_share(share: float) -> str:
     """A fraction as a percentage with 3 significant digits: 0.000512 -> '0.0512%'; NaN -> 'n/a'."""
     return "n/a" if math.isnan(share) else f"{100 * share:.3g}%"
-
-
-def _projection_order(projection: str) -> tuple[int, str]:
-    return (PROJECTION_TYPES.index(projection) if projection in PROJECTION_TYPES else len(PROJECTION_TYPES), projection)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -103,28 +66,13 @@ class AdapterMasks:
     def from_folder(cls, folder: Union[str, os.PathLike]) -> "AdapterMasks":
         """Masks of a saved adapter folder (`adapter_config.json` + `adapter_model.safetensors`), read lazily.
 
-        Raises `peft_mft.io.AdapterFileError` (a `ValueError`) naming the file for a missing folder, a non-MFT
-        adapter, invalid config values or a missing / truncated weight file.
+        Raises `peft_mft.AdapterFileError` naming the file for a missing folder, a non-MFT adapter, invalid config
+        values, a missing / truncated weight file, no scores, or scores that are not 2-D.
         """
-        config = read_adapter_config(folder)
-        check_adapter_folder(folder, require_weights=True)
-        tensors = safe_open(str(Path(folder) / SAFETENSORS_WEIGHTS_NAME), framework="pt")
-        keys, get = list(tensors.keys()), tensors.get_tensor
-        score_keys = {_module_name_of_key(key): key for key in sorted(keys) if key.endswith(SCORES_SUFFIX)}
-        if not score_keys:
-            raise MFTInputError(f"{str(folder)!r} holds no MFT scores (no '*{SCORES_SUFFIX}' tensor).")
-        spec = config.mask_spec()
-
-        def scores(name: str) -> torch.Tensor:
-            tensor = get(score_keys[name])
-            if tensor.dim() != 2:
-                raise MFTInputError(
-                    f"Scores of {name!r} in {str(folder)!r} have shape {tuple(tensor.shape)}; expected a 2-D "
-                    "(out_features, in_features) matrix."
-                )
-            return tensor.float()
-
-        return cls(config, list(score_keys), scores, lambda name: spec, state_dict_keys=score_keys)
+        adapter = AdapterFolder.open(folder)
+        spec = adapter.config.mask_spec()
+        return cls(adapter.config, list(adapter.score_keys), adapter.read_scores, lambda name: spec,
+                   state_dict_keys=adapter.score_keys)
 
     @classmethod
     def from_model(cls, model: nn.Module, adapter_name: str = "default") -> "AdapterMasks":
@@ -168,11 +116,6 @@ class AdapterMasks:
 
     def __len__(self) -> int:
         return len(self.module_names)
-
-
-def _module_name_of_key(key: str) -> str:
-    name = key[: -len(SCORES_SUFFIX)]
-    return name[len(STATE_DICT_PREFIX) :] if name.startswith(STATE_DICT_PREFIX) else name
 
 
 def load_adapter_masks(source: Union[AdapterSource, AdapterMasks], adapter_name: str = "default") -> AdapterMasks:
@@ -296,7 +239,7 @@ class MaskAnalysis:
         groups: dict[str, MaskCounts] = {}
         for module in self.modules:
             groups[module.projection] = groups.get(module.projection, MaskCounts()) + module.counts
-        return {key: groups[key] for key in sorted(groups, key=_projection_order)}
+        return {key: groups[key] for key in sorted(groups, key=projection_order)}
 
     def by_layer(self) -> dict[tuple[Optional[int], str], MaskCounts]:
         """Counts per (decoder layer, projection type); layer None for modules outside numbered layers."""
@@ -304,7 +247,7 @@ class MaskAnalysis:
         for module in self.modules:
             key = (module.layer, module.projection)
             groups[key] = groups.get(key, MaskCounts()) + module.counts
-        order = lambda key: (key[0] is None, key[0] if key[0] is not None else 0, _projection_order(key[1]))  # noqa
+        order = lambda key: (key[0] is None, key[0] if key[0] is not None else 0, projection_order(key[1]))  # noqa
         return {key: groups[key] for key in sorted(groups, key=order)}
 
     def suggested_sparsity(self, factors: tuple[float, ...] = SPARSITY_SWEEP_FACTORS) -> list[float]:

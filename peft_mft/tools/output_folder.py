@@ -6,7 +6,7 @@ The rule, for the CLI and the Python functions behind it alike:
   `.peft-mft-output.json` that every run leaves; anything else needs `overwrite=True` (`--overwrite`);
 - only what that earlier run wrote is replaced or removed; every other entry of the folder is kept. With
   `overwrite=True` the files the command writes replace same-named ones, and nothing else is touched.
-The folder is written atomically (`peft_mft.io.atomic_directory`): a crash leaves its previous content intact.
+The folder is written atomically (`peft_mft.atomic.atomic_directory`): a crash leaves its previous content intact.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import os
 from pathlib import Path
 from typing import Iterator, Sequence, Union
 
-from .errors import MFTInputError
-from .io import atomic_directory
+from ..errors import MFTInputError
+from ..atomic import atomic_directory
 
 PathLike = Union[str, os.PathLike]
 

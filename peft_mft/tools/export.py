@@ -37,15 +37,15 @@ from typing import Union
 import torch
 from peft import PeftModel
 from peft.utils import set_peft_model_state_dict
-from peft.utils.constants import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .config import MFTConfig
-from .errors import AdapterFileError, MFTInputError
+from ..adapter_files import SCORES_SUFFIX, AdapterFolder
+from ..config import MFTConfig
+from ..errors import AdapterFileError, MFTInputError
+from ..mask import MaskSpec, num_zeroed
 from .output_folder import check_output_folder, command_output
-from .mask import MaskSpec, num_zeroed
 
 PathLike = Union[str, os.PathLike]
 
@@ -53,7 +53,6 @@ COMPACT_FORMATS = {"soft-fp16": "soft", "soft-int8": "soft", "hard-bits": "hard"
 COMPACT_META_NAME = "mft_compact.json"
 COMPACT_WEIGHTS_NAME = "mft_compact.safetensors"
 COMPACT_FORMAT_VERSION = 1
-SCORES_SUFFIX = ".mft_scores"
 # Scores that reproduce a soft mask are T * logit(M * normalizer); the logit is clipped where M * normalizer rounds to
 # 0 or 1. sigmoid(+-40) is 1.0 and 4e-18 in float32, the same masks to within float32 rounding.
 _LOGIT_LIMIT = 40.0
@@ -146,21 +145,6 @@ def scores_for_mask(mask: torch.Tensor, spec: MaskSpec) -> torch.Tensor:
 # ---- export and load --------------------------------------------------------------------------------------------
 
 
-def _read_folder(folder: Path) -> tuple[MFTConfig, dict[str, torch.Tensor]]:
-    if not (folder / CONFIG_NAME).is_file():
-        raise AdapterFileError(f"{folder} has no {CONFIG_NAME}; is it an adapter folder written by save_pretrained?")
-    config = MFTConfig.from_pretrained(str(folder))
-    weights = folder / SAFETENSORS_WEIGHTS_NAME
-    if not weights.is_file():
-        raise AdapterFileError(
-            f"{weights} is missing: export_compact_adapter reads the float32 scores that save_pretrained writes "
-            "(safe_serialization=True)."
-        )
-    with safe_open(str(weights), framework="pt") as f:
-        tensors = {key: f.get_tensor(key) for key in f.keys()}
-    return config, tensors
-
-
 def _mask_init(config: MFTConfig, spec: MaskSpec) -> float:
     """The soft mask of a fresh adapter (1.0 when normalised), the reference `soft-fp16` stores deviations from."""
     return float(spec.mask(torch.tensor([config.init_score], dtype=torch.float32))[0]) if spec.mask_type == "soft" else 1.0
@@ -173,7 +157,7 @@ def export_compact_adapter(
 
     `fmt`: one of `COMPACT_FORMATS` ("soft-fp16", "soft-int8" for soft masks; "hard-bits", "hard-indices" for hard
     masks). The masks are decoded again before returning, and the largest error is stored in `mft_compact.json`.
-    Does not modify `adapter_folder`; `output_folder` follows the rule of `peft_mft.output_folder` (never an input,
+    Does not modify `adapter_folder`; `output_folder` follows the rule of `peft_mft.tools.output_folder` (never an input,
     never a non-empty folder of something else unless `overwrite`). Inference only: training resumes only from the
     float32 scores.
     """
@@ -181,7 +165,8 @@ def export_compact_adapter(
         raise MFTInputError(f"Unknown compact format {fmt!r}; choose one of {sorted(COMPACT_FORMATS)}.")
     source, output = Path(adapter_folder), Path(output_folder)
     check_output_folder(output, [source], "export", overwrite)  # before reading the scores
-    config, tensors = _read_folder(source)
+    adapter = AdapterFolder.open(source)
+    config, tensors = adapter.config, adapter.read_all()
     if COMPACT_FORMATS[fmt] != config.mask_type:
         usable = sorted(name for name, kind in COMPACT_FORMATS.items() if kind == config.mask_type)
         raise MFTInputError(f"Format {fmt!r} stores {COMPACT_FORMATS[fmt]} masks, but {source} holds a "
@@ -194,7 +179,7 @@ def export_compact_adapter(
             packed[key] = tensor  # modules_to_save and the like
             continue
         if tensor.dim() != 2:
-            raise MFTInputError(f"{source / SAFETENSORS_WEIGHTS_NAME}: {key} has shape {tuple(tensor.shape)}, expected "
+            raise MFTInputError(f"{adapter.weights}: {key} has shape {tuple(tensor.shape)}, expected "
                              "(out_features, in_features).")
         prefix = key[: -len(SCORES_SUFFIX)]
         mask = spec.mask(tensor.float())
@@ -206,7 +191,7 @@ def export_compact_adapter(
         masked_weights += tensor.numel()
         scores_bytes += tensor.numel() * tensor.element_size()
     if not layers:
-        raise MFTInputError(f"{source / SAFETENSORS_WEIGHTS_NAME} holds no '*{SCORES_SUFFIX}' tensors: not an MFT adapter.")
+        raise MFTInputError(f"{adapter.weights} holds no '*{SCORES_SUFFIX}' tensors: not an MFT adapter.")
     meta = {
         "format": fmt,
         "format_version": COMPACT_FORMAT_VERSION,

@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Union
 
 from peft.utils.constants import SAFETENSORS_WEIGHTS_NAME
-from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..adapter_files import AdapterFolder
+from ..config import check_sparsity
+from ..errors import MFTInputError
 from .analysis import AdapterMasks, progress_bar
-from .errors import MFTInputError
 from .output_folder import check_output_folder, command_output
 
 
@@ -31,28 +32,27 @@ def harden_adapter(
     saved tensors (`modules_to_save`) are copied unchanged. The output folder holds `adapter_config.json`
     (`mask_type="hard"`, `sparsity`), `adapter_model.safetensors` and a model card, and loads with
     `PeftModel.from_pretrained` like any adapter. It is written atomically and follows the output-folder rule of
-    `peft_mft.output_folder` (never the input, never a non-empty folder of something else unless `overwrite`).
+    `peft_mft.tools.output_folder` (never the input, never a non-empty folder of something else unless `overwrite`).
     Returns the output folder.
     """
+    adapter = AdapterFolder.open(adapter_dir)
     masks = AdapterMasks.from_folder(adapter_dir)
     if masks.config.mask_type != "soft":
         raise MFTInputError(
             f"{adapter_dir} is already a hard-mask adapter (sparsity {masks.config.sparsity}); harden a soft one."
         )
-    if not (isinstance(sparsity, (int, float)) and 0.0 <= sparsity < 1.0):
-        raise MFTInputError(f"sparsity is the fraction of weights zeroed and must be in [0, 1), got {sparsity!r}.")
+    sparsity = check_sparsity(sparsity)
     output_dir = Path(output_dir)
     check_output_folder(output_dir, [adapter_dir], "harden", overwrite)  # before the slow part
-    config = dataclasses.replace(masks.config, mask_type="hard", sparsity=float(sparsity), straight_through=False)
+    config = dataclasses.replace(masks.config, mask_type="hard", sparsity=sparsity, straight_through=False)
 
-    score_keys = set(masks.state_dict_keys.values())
-    with safe_open(str(Path(adapter_dir) / SAFETENSORS_WEIGHTS_NAME), framework="pt") as saved:
-        state_dict = {key: saved.get_tensor(key) for key in saved.keys() if key not in score_keys}
+    score_keys = set(adapter.score_keys.values())
+    state_dict = {key: adapter.read(key) for key in adapter.keys if key not in score_keys}
     for name in progress_bar(masks.module_names, progress, "Hardening masks", len(masks)):
-        state_dict[masks.state_dict_keys[name]] = masks.mask(name).contiguous()
+        state_dict[adapter.score_keys[name]] = masks.mask(name).contiguous()
 
     with command_output(output_dir, [adapter_dir], "harden", overwrite) as staging:
-        # Weights first: saving the config writes the model card, which reads the saved scores.
+        # Weights first: the config's save hook writes the model card, which reads the saved scores.
         save_file(state_dict, str(staging / SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
         config.save_pretrained(str(staging))
     return output_dir

@@ -9,28 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import sys
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 from typing import Optional, Sequence
 
+from ..errors import MFTInputError
 from .analysis import NEAR_ZERO_THRESHOLD, MaskAnalysis, MaskComparison, analyze_masks, compare_masks, format_share
-from .errors import MFTInputError
+from .report import PROJECTION_HEADER, method_line, projection_cells
 
 EXIT_BAD_INPUT = 2
-# Files of a base-model folder that a merged model needs beside its weights (tokenizer, image processor).
-_BASE_FILES_TO_COPY = (
-    "tokenizer*",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.*",
-    "merges.txt",
-    "spiece.model",
-    "chat_template*",
-    "preprocessor_config.json",
-    "processor_config.json",
-)
 
 
 def _fraction(text: str) -> float:
@@ -46,15 +33,6 @@ def _fraction(text: str) -> float:
 
 
 # ---- analyze ---------------------------------------------------------------------------------------------------------
-
-
-def _method_line(analysis: MaskAnalysis) -> str:
-    config = analysis.config
-    if config.mask_type == "hard":
-        return f"hard masks (H-MFT), {format_share(config.sparsity)} of each matrix zeroed ({config.sparsity:g})"
-    normalised = f", normalised by M0 = {config.initial_soft_mask:.4g}" if config.normalize_soft_mask else ""
-    backward = ", straight-through backward" if config.straight_through else ""
-    return f"soft masks (S-MFT), init_score {config.init_score:g}, T {config.temperature:g}{normalised}{backward}"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -86,18 +64,12 @@ def format_analysis(analysis: MaskAnalysis, source: str) -> str:
     overall, threshold = analysis.overall, f"{analysis.near_zero_threshold:g}"
     lines = [
         f"MFT adapter {source}",
-        f"  {_method_line(analysis)}",
+        f"  {method_line(analysis.config, markdown=False)}",
         f"  {len(analysis.modules)} masked modules, {overall.numel:,} masked weights; near zero means M < {threshold}",
         "",
     ]
-    by_projection = analysis.by_projection()
-    module_count = {p: sum(1 for m in analysis.modules if m.projection == p) for p in by_projection}
-    groups = [(p, module_count[p], c) for p, c in by_projection.items()] + [("all", len(analysis.modules), overall)]
-    rows = [
-        (p, n, f"{c.numel:,}", f"{c.mean:.4f}", format_share(c.near_zero_share), format_share(c.below_half_share))
-        for p, n, c in groups
-    ]
-    lines += _table(("projection", "modules", "weights", "mean mask", f"M < {threshold}", "M < 0.5"), rows)
+    header = [f"M < {threshold}" if column == "near zero" else column for column in PROJECTION_HEADER]
+    lines += _table(header, projection_cells(analysis))
 
     by_layer = analysis.by_layer()
     projections = list(dict.fromkeys(p for _, p in by_layer))
@@ -132,7 +104,7 @@ def _analyze(args) -> int:
             from .plots import save_mask_plots
         except ImportError as exc:
             raise MFTInputError(str(exc)) from exc
-        save_mask_plots(analysis, args.plot, title=f"{args.adapter}: {_method_line(analysis)}")
+        save_mask_plots(analysis, args.plot, title=f"{args.adapter}: {method_line(analysis.config, markdown=False)}")
         print(f"wrote {args.plot}", file=sys.stderr)
     return 0
 
@@ -183,46 +155,9 @@ def _harden(args) -> int:
 # ---- merge -----------------------------------------------------------------------------------------------------------
 
 
-def merge_to_folder(
-    base: str, adapter: str, output: str, dtype: str = "auto", progress: bool = True, overwrite: bool = False
-) -> Path:
-    """Load the base model in folder `base`, apply the MFT adapter in folder `adapter`, write the merged model.
-
-    The output is a plain transformers model folder (safetensors weights `W * M`, config, and the base folder's
-    tokenizer / processor files) that loads without peft or peft_mft. Written atomically, following the rule of
-    `peft_mft.output_folder` (never an input, never a non-empty folder of something else unless `overwrite`).
-    `dtype`: 'auto' keeps the base's saved dtype, else 'float32', 'bfloat16' or 'float16'.
-    """
-    import torch
-    import transformers
-
-    from .io import load_adapter
-    from .output_folder import check_output_folder, command_output
-
-    check_output_folder(output, [base, adapter], "merge", overwrite)  # before loading the model
-
-    base_dir = Path(base)
-    if not (base_dir / "config.json").is_file():
-        what = "has no config.json" if base_dir.is_dir() else "does not exist"
-        raise MFTInputError(f"base model folder {base} {what}; give a folder written by save_pretrained.")
-    config = transformers.AutoConfig.from_pretrained(base)
-    architectures = getattr(config, "architectures", None) or []
-    model_class = next((getattr(transformers, name) for name in architectures if hasattr(transformers, name)), None)
-    if model_class is None:
-        raise MFTInputError(f"base model {base} names no transformers class (config.architectures = {architectures}).")
-    torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-    model = load_adapter(model_class.from_pretrained(base, dtype=torch_dtype), adapter)
-    merged = model.merge_and_unload(progressbar=progress)
-    with command_output(output, [base, adapter], "merge", overwrite) as staging:
-        merged.save_pretrained(staging)
-        for pattern in _BASE_FILES_TO_COPY:
-            for path in base_dir.glob(pattern):
-                if path.is_file() and not (staging / path.name).exists():
-                    shutil.copy2(path, staging / path.name)
-    return Path(output)
-
-
 def _merge(args) -> int:
+    from .merge import merge_to_folder
+
     merge_to_folder(args.base, args.adapter, args.output, dtype=args.dtype, overwrite=args.overwrite)
     print(f"wrote {args.output}: merged model (safetensors), loads with transformers alone")
     return 0
@@ -230,22 +165,20 @@ def _merge(args) -> int:
 
 # ---- export ----------------------------------------------------------------------------------------------------------
 
-# The issue's short names for `peft_mft.export.COMPACT_FORMATS`.
+# The issue's short names for `peft_mft.tools.export.COMPACT_FORMATS`.
 _FORMAT_ALIASES = {"fp16": "soft-fp16", "int8": "soft-int8", "bits": "hard-bits", "indices": "hard-indices"}
 
 
 def _export(args) -> int:
     from .export import export_compact_adapter
-    from .io import read_adapter_config
 
-    read_adapter_config(args.adapter)  # a missing folder or a non-MFT adapter fails here, naming the file
     result = export_compact_adapter(
         args.adapter, args.output, _FORMAT_ALIASES.get(args.format, args.format), overwrite=args.overwrite
     )
     print(
         f"wrote {args.output}: {result.format}, {result.layers} layers, {result.masked_weights:,} masked weights, "
         f"{result.bytes_on_disk:,} bytes ({result.bytes_on_disk / result.scores_bytes:.3g} x the float32 scores), "
-        f"largest mask error {result.max_abs_mask_error:.3g}; load it with peft_mft.export.load_compact_adapter"
+        f"largest mask error {result.max_abs_mask_error:.3g}; load it with peft_mft.tools.export.load_compact_adapter"
     )
     return 0
 
@@ -330,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser(
         "export",
         help="write a compact inference-only adapter",
-        description="Write the adapter's masks in a compact format for inference (peft_mft.export): soft masks as "
+        description="Write the adapter's masks in a compact format for inference (peft_mft.tools.export): soft masks as "
         "float16 deviations or per-row uint8, hard masks bit-packed or as zeroed indices. Training resumes only from "
         "the float32 adapter.",
     )

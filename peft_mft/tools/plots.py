@@ -19,7 +19,7 @@ def _figure_class():
     try:
         from matplotlib.figure import Figure
     except ImportError as exc:
-        raise ImportError("peft_mft.plots needs matplotlib: pip install 'peft-mft[plots]'.") from exc
+        raise ImportError("peft_mft.tools.plots needs matplotlib: pip install 'peft-mft[plots]'.") from exc
     return Figure
 
 

@@ -1,7 +1,7 @@
 """The README model card of a saved MFT adapter: method, masked modules, (init_score, T) or sparsity, mask statistics.
 
-`MFTConfig.save_pretrained` calls `write_model_card` after PEFT has saved the weights and its own card, so every
-`PeftModel.save_pretrained` writes it; `push_to_hub` here uploads it (transformers' own `push_to_hub` replaces the
+`import peft_mft` installs `write_model_card` as `MFTConfig`'s save hook (`peft_mft.config.CONFIG_SAVED_HOOKS`), which
+PEFT reaches after it has saved the weights and its own card, so every `PeftModel.save_pretrained` writes it; `push_to_hub` here uploads it (transformers' own `push_to_hub` replaces the
 README). The MFT part sits between two HTML comments and is replaced, not duplicated, when the adapter is saved again.
 """
 
@@ -12,10 +12,11 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
-from peft.utils.constants import SAFETENSORS_WEIGHTS_NAME
+from peft.utils.constants import SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
 
+from ..config import MFTConfig
 from .analysis import MaskAnalysis, analyze_masks, format_share
-from .config import MFTConfig
+from .report import PROJECTION_HEADER, method_line, projection_cells
 
 CARD_NAME = "README.md"
 SECTION_START = "<!-- peft-mft: start of the MFT adapter section, rewritten on every save -->"
@@ -39,21 +40,6 @@ def _layer_ranges(layers: list[int]) -> str:
     return ", ".join(ranges)
 
 
-def _mask_line(config: MFTConfig) -> str:
-    if config.mask_type == "hard":
-        return (
-            f"hard (H-MFT): in each weight matrix the {format_share(config.sparsity)} of entries with the smallest "
-            f"`|S|` are zeroed (sparsity = {config.sparsity:g}), the rest kept"
-        )
-    m0 = config.initial_soft_mask
-    if config.normalize_soft_mask:
-        formula = f"`M = sigmoid(S / T) / M0` with `M0 = sigmoid(init_score / T) = {m0:.4g}` (exactly 1 at the start)"
-    else:
-        formula = f"`M = sigmoid(S / T)` (paper-literal; {m0:.4g} at the start)"
-    backward = ", straight-through backward (S-MFT STE)" if config.straight_through else ""
-    return f"soft (S-MFT): {formula}; init_score = {config.init_score:g}, T = {config.temperature:g}{backward}"
-
-
 def _modules_line(analysis: MaskAnalysis) -> str:
     """'16 linear layers (5,120 masked weights): q, k, v, o, gate, up, down in layers 0-1; the multimodal projector'."""
     projections = ", ".join(p for p in analysis.by_projection() if p != "projector")
@@ -71,16 +57,9 @@ def mft_card_section(analysis: MaskAnalysis) -> str:
     config = analysis.config
     threshold = analysis.near_zero_threshold
     targets = sorted(config.target_modules) if isinstance(config.target_modules, set) else config.target_modules
-    rows = [
-        f"| {name} | {sum(1 for m in analysis.modules if m.projection == name)} | {c.numel:,} | {c.mean:.4f} | "
-        f"{format_share(c.near_zero_share)} | {format_share(c.below_half_share)} |"
-        for name, c in analysis.by_projection().items()
-    ]
-    overall = analysis.overall
-    rows.append(
-        f"| **all** | {len(analysis.modules)} | {overall.numel:,} | {overall.mean:.4f} | "
-        f"{format_share(overall.near_zero_share)} | {format_share(overall.below_half_share)} |"
-    )
+    cells = projection_cells(analysis)
+    cells[-1] = ("**all**", *cells[-1][1:])
+    rows = ["| " + " | ".join(row) + " |" for row in cells]
     lines = [
         SECTION_START,
         "## Mask Fine-Tuning (MFT) adapter",
@@ -88,7 +67,7 @@ def mft_card_section(analysis: MaskAnalysis) -> str:
         "Each masked linear weight `W` of the base model is used as `W * M`, with a mask `M` learned from scores `S`;",
         f"the base weights stay unchanged. Method: {PAPER}.",
         "",
-        f"- **Mask:** {_mask_line(config)}",
+        f"- **Mask:** {method_line(config)}",
         f"- **Masked modules:** {_modules_line(analysis)}",
         f"- **target_modules:** `{targets}`",
         "",
@@ -96,7 +75,7 @@ def mft_card_section(analysis: MaskAnalysis) -> str:
         "",
         f"Near zero: `M < {threshold:g}`. Shares are of the masked weights of each projection type.",
         "",
-        "| projection | modules | masked weights | mean mask | near zero | M < 0.5 |",
+        "| " + " | ".join(PROJECTION_HEADER) + " |",
         "|---|---:|---:|---:|---:|---:|",
         *rows,
     ]
@@ -150,7 +129,7 @@ def write_model_card(folder: Union[str, os.PathLike]) -> Optional[Path]:
     from huggingface_hub import ModelCard
 
     folder = Path(folder)
-    if not (folder / SAFETENSORS_WEIGHTS_NAME).is_file():
+    if not any((folder / name).is_file() for name in (SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME)):
         return None
     section = mft_card_section(analyze_masks(folder))
     path = folder / CARD_NAME

@@ -1,141 +1,58 @@
-"""Saving MFT adapters atomically, and loading them with errors that name the file and the problem.
+"""The one reader and writer of MFT adapter folders: their file conventions, and every loading error.
 
-A save writes the whole adapter folder into a staging folder beside it, flushes it to disk, then puts it in place with
-one rename, so a crash at any moment leaves either the previous folder or the new one, never a mixture or a truncated
-file. Loading reads safetensors, or a `.bin` state dict through `torch.load(weights_only=True)` as PEFT does (no code
-in the file runs), and checks, before any weight is touched, that the folder is an MFT adapter, that its config holds valid values and that its weight file is complete; PEFT's own
-`PeftModel.from_pretrained` runs the same checks through `MFTConfig.from_pretrained` and `MFTModel`'s loading hook.
+An adapter folder, as `PeftModel.save_pretrained` writes it:
+
+| file | holds |
+|---|---|
+| `adapter_config.json` | the `MFTConfig` as JSON |
+| `adapter_model.safetensors` (or `adapter_model.bin`, `safe_serialization=False`) | one float32 score tensor (out_features, in_features) per masked layer, key `base_model.model.<module>.mft_scores`, plus `modules_to_save` weights |
+| `README.md` | the model card (`peft_mft.tools.model_card`) |
+
+Saving is atomic (`save_adapter`). Loading reads safetensors, or a `.bin` through `torch.load(weights_only=True)` as
+PEFT does (no code in the file runs), and checks before any weight is touched that the folder is an MFT adapter, that
+its config holds valid values, that its weight file is complete, and that the scores fit the model; plain
+`PeftModel.from_pretrained` runs the same checks (through `check_loaded_config`, installed as `MFTConfig`'s load hook,
+and `MFTModel`'s state-dict hook). Every error is an `AdapterFileError` naming the file and the problem.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import ctypes.util
+import functools
 import json
 import os
 import pickle
-import shutil
-import sys
-import uuid
 from pathlib import Path
-from typing import Collection, Iterator, Optional, Union
+from typing import Optional, Union
 
+import torch
 from peft import PeftModel
 from peft.utils.constants import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
 from safetensors import SafetensorError, safe_open
-import torch
 from torch import nn
 
-from .checks import SCORES_KEY, describe_modules, check_finite_state_dict
+from .atomic import atomic_directory
 from .config import PEFT_TYPE_MFT, MFTConfig
-from .errors import AdapterFileError
+from .errors import AdapterFileError, NonFiniteScoresError, describe_modules
+from .finite import local_scores
 
 PathLike = Union[str, os.PathLike]
 
-STAGING_MARKER = ".saving-"
+SCORES_SUFFIX = ".mft_scores"  # `MFTLayer.mft_scores`: saved keys end with it, model keys add ".<adapter name>"
+STATE_DICT_PREFIX = "base_model.model."  # PEFT's prefix of saved keys
 
 
-# ---- atomic folder replacement ----------------------------------------------------------------------------------
+def is_scores_key(key: str) -> bool:
+    """True for the key of a score tensor, saved (`...q_proj.mft_scores`) or in a model (`...mft_scores.default`)."""
+    return key.endswith(SCORES_SUFFIX) or f"{SCORES_SUFFIX}." in key
 
 
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() and hasattr(os, "O_DIRECTORY") else 0))
-    except OSError:  # directories cannot be opened on Windows; the rename is still atomic there
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems cannot fsync a directory
-        pass
-    finally:
-        os.close(fd)
+def module_name_of_key(key: str) -> str:
+    """The masked module a score key belongs to, relative to the base model:
+    'base_model.model.model.layers.0.self_attn.q_proj.mft_scores[.default]' -> 'model.layers.0.self_attn.q_proj'."""
+    return key.split(SCORES_SUFFIX)[0].removeprefix(STATE_DICT_PREFIX)
 
 
-def fsync_tree(root: Path) -> None:
-    """Flush every file and folder under `root` (and `root` itself) to disk, deepest first."""
-    for dirpath, _, filenames in os.walk(root, topdown=False):
-        for name in filenames:
-            _fsync(Path(dirpath) / name)
-        _fsync(Path(dirpath))
-
-
-def _link_or_copy(source: str, destination: str) -> None:
-    try:
-        os.link(source, destination)
-    except OSError:
-        shutil.copy2(source, destination)
-
-
-def _carry_over_other_entries(previous: Path, staging: Path, discard: Collection[str]) -> None:
-    """Hard-link (or copy) into `staging` whatever `previous` holds that the new save did not write, such as a
-    tokenizer saved in the same folder or a `.git` folder, so that replacing the folder loses nothing but the replaced
-    files and the entries named in `discard`."""
-    for entry in previous.iterdir():
-        destination = staging / entry.name
-        if entry.name in discard or destination.exists() or os.path.lexists(destination):
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.copytree(entry, destination, copy_function=_link_or_copy, symlinks=True)
-        else:
-            _link_or_copy(str(entry), str(destination))
-
-
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
-def _exchange(first: Path, second: Path) -> bool:
-    """Swap two paths in one atomic step (Linux `renameat2(RENAME_EXCHANGE)`); False where that is unavailable."""
-    if not sys.platform.startswith("linux"):
-        return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)
-    if renameat2 is None:
-        return False
-    result = renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE)
-    return result == 0
-
-
-def replace_directory(staging: Path, target: Path) -> None:
-    """Put `staging` in place of `target` atomically and remove what `target` held before."""
-    if not target.exists():
-        os.rename(staging, target)
-    elif _exchange(staging, target):
-        shutil.rmtree(staging)  # now holds the previous content
-    else:
-        # Two renames: if the process dies between them, the previous folder is intact under `previous`.
-        previous = target.with_name(f".{target.name}.previous-{uuid.uuid4().hex[:8]}")
-        os.rename(target, previous)
-        os.rename(staging, target)
-        shutil.rmtree(previous)
-    _fsync(target.parent)
-
-
-@contextlib.contextmanager
-def atomic_directory(directory: PathLike, discard: Collection[str] = ()) -> Iterator[Path]:
-    """Write a folder atomically: yields an empty staging folder beside `directory`; on normal exit it replaces
-    `directory` in one rename (created if absent). On an exception, or if the process dies, `directory` is untouched
-    (a killed process may leave the hidden staging folder `.<name>.saving-<id>` behind; delete it at leisure).
-
-    Entries already in `directory` that the new content does not replace (a tokenizer, other adapters' subfolders,
-    hidden files) are hard-linked into the new folder, so nothing but the rewritten files changes; `discard` names
-    top-level entries of the previous content to drop instead (files an earlier run of the same writer made and this
-    one no longer writes, such as shards of a different count).
-    """
-    target = Path(directory).resolve()  # through a symlink: replace the folder it points to, keep the link
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f".{target.name}{STAGING_MARKER}{uuid.uuid4().hex[:8]}")
-    staging.mkdir()
-    try:
-        yield staging
-        if target.is_dir():
-            _carry_over_other_entries(target, staging, discard)
-        fsync_tree(staging)
-        replace_directory(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+# ---- saving -----------------------------------------------------------------------------------------------------
 
 
 def save_adapter(model: PeftModel, directory: PathLike, is_main_process: bool = True, **save_pretrained_kwargs) -> Path:
@@ -155,7 +72,7 @@ def save_adapter(model: PeftModel, directory: PathLike, is_main_process: bool = 
     return directory
 
 
-# ---- validated loading ------------------------------------------------------------------------------------------
+# ---- loading ----------------------------------------------------------------------------------------------------
 
 
 def check_safetensors_file(path: PathLike) -> list[str]:
@@ -254,6 +171,67 @@ def read_adapter_config(folder: PathLike) -> MFTConfig:
     return MFTConfig.from_pretrained(str(folder))
 
 
+class AdapterFolder:
+    """A checked adapter folder: its `config` and its weight file, read one tensor at a time.
+
+    `open` checks everything `read_adapter_config` and `check_adapter_folder` check. Each `read` opens the file,
+    reads one tensor and closes it (safetensors: without reading the others), so nothing stays open.
+    """
+
+    def __init__(self, folder: Path, config: MFTConfig, weights: Path, keys: list[str]):
+        self.folder, self.config, self.weights, self.keys = folder, config, weights, keys
+
+    @classmethod
+    def open(cls, folder: PathLike) -> "AdapterFolder":
+        folder = Path(folder)
+        config = read_adapter_config(folder)
+        check_adapter_folder(folder, require_weights=True)
+        weights = folder / SAFETENSORS_WEIGHTS_NAME
+        if weights.is_file():
+            return cls(folder, config, weights, check_safetensors_file(weights))
+        weights = folder / WEIGHTS_NAME
+        return cls(folder, config, weights, check_torch_weights_file(weights))
+
+    @functools.cached_property
+    def score_keys(self) -> dict[str, str]:
+        """{module name: key} of the score tensors, in key order; `AdapterFileError` when there are none."""
+        keys = {module_name_of_key(key): key for key in sorted(self.keys) if is_scores_key(key)}
+        if not keys:
+            raise AdapterFileError(f"{self.weights} holds no MFT scores (no '*{SCORES_SUFFIX}' tensor).")
+        return keys
+
+    def read(self, key: str) -> torch.Tensor:
+        """The tensor `key`, on the CPU."""
+        if self.weights.suffix == ".safetensors":
+            with safe_open(str(self.weights), framework="pt") as handle:
+                return handle.get_tensor(key)
+        return torch.load(self.weights, map_location="cpu", weights_only=True, mmap=True)[key]
+
+    def read_scores(self, module_name: str) -> torch.Tensor:
+        """Scores of `module_name` as float32 (out_features, in_features); `AdapterFileError` for another shape."""
+        tensor = self.read(self.score_keys[module_name])
+        if tensor.dim() != 2:
+            raise AdapterFileError(
+                f"{self.weights}: the scores of {module_name!r} have shape {tuple(tensor.shape)}; expected a 2-D "
+                "(out_features, in_features) matrix."
+            )
+        return tensor.float()
+
+    def read_all(self) -> dict[str, torch.Tensor]:
+        """Every tensor of the weight file."""
+        if self.weights.suffix == ".safetensors":
+            with safe_open(str(self.weights), framework="pt") as handle:
+                return {key: handle.get_tensor(key) for key in handle.keys()}
+        return dict(torch.load(self.weights, map_location="cpu", weights_only=True))
+
+
+def check_loaded_config(config: MFTConfig, folder: str) -> None:
+    """`MFTConfig.from_pretrained`'s load hook for a local folder: a pickle-only, truncated or corrupted weight file is
+    named before PEFT reads it, and the folder is remembered for later loading errors (`describe_source`)."""
+    check_adapter_folder(folder, require_weights=False)
+    config._loaded_from = os.path.abspath(folder)  # not a field, never saved
+
+
 def load_adapter(
     model: nn.Module, folder: PathLike, adapter_name: str = "default", is_trainable: bool = False, **kwargs
 ) -> PeftModel:
@@ -279,6 +257,23 @@ def describe_source(config: MFTConfig) -> str:
     return f" (from {source})" if source else ""
 
 
+def check_finite_state_dict(state_dict: dict[str, torch.Tensor], action: str, source: str = "") -> None:
+    """Raise `NonFiniteScoresError` if a score tensor of `state_dict` holds NaN/inf.
+
+    Used on the state dicts PEFT saves and loads; the message names the modules and `source`, e.g. ' (from <folder>)'.
+    """
+    broken = [
+        module_name_of_key(key)
+        for key, tensor in state_dict.items()
+        if is_scores_key(key) and tensor.device.type != "meta" and not torch.isfinite(local_scores(tensor)).all()
+    ]
+    if broken:
+        raise NonFiniteScoresError(
+            f"Cannot {action}: the MFT scores of {describe_modules(broken)}{source} hold NaN or inf; the adapter is broken "
+            "(diverged training or a corrupted file). Use an earlier checkpoint."
+        )
+
+
 def check_scores_fit_model(
     model: nn.Module, config: MFTConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
 ) -> None:
@@ -289,17 +284,15 @@ def check_scores_fit_model(
     where parameters are partitioned) and hold no NaN/inf. Raises `AdapterFileError` (`NonFiniteScoresError` for
     NaN/inf) naming the modules, both shapes, and the folder when the config was read from one.
     """
-    peft_prefix, suffix = "base_model.model.", f"{SCORES_KEY}.{adapter_name}"
-
-    def module_name(key: str) -> str:
-        return key.split(SCORES_KEY)[0].removeprefix(peft_prefix)
+    peft_prefix, suffix = STATE_DICT_PREFIX, f"{SCORES_SUFFIX}.{adapter_name}"
+    module_name = module_name_of_key
 
     expected = {
         name.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", ""): param
         for name, param in model.named_parameters(remove_duplicate=False)
         if name.endswith(suffix)
     }
-    loaded = {key: tensor for key, tensor in state_dict.items() if SCORES_KEY in key}
+    loaded = {key: tensor for key, tensor in state_dict.items() if is_scores_key(key)}
     source = describe_source(config)
     made_for = f" It was trained on {config.base_model_name_or_path!r}." if config.base_model_name_or_path else ""
     leftover = [module_name(key) for key in loaded if key not in expected and peft_prefix + key not in expected]

@@ -16,7 +16,7 @@ from transformers import Trainer
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from .io import fsync_tree, replace_directory
+from ..atomic import fsync_tree, replace_directory
 
 
 class AtomicCheckpointMixin:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layer import MFTLayer
+from ..layer import MFTLayer
 
 DEFAULT_SCORE_LR = 0.1
 # Ordinary weights (`modules_to_save`) are trained as in full fine-tuning; 3e-5 is the full fine-tuning learning rate

@@ -1,0 +1,2 @@
+"""Training helpers: the scores' optimizer, the optimizer step inside the backward, atomic Trainer checkpoints and
+callbacks. Each works with `transformers.Trainer` and with hand-written loops."""

@@ -1,0 +1,82 @@
+"""The package's own structure: no module of peft_mft imports another in a cycle (deferred imports included)."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "peft_mft"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """peft_mft modules that `path` imports anywhere in its body (top level or inside functions)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            candidates = [target] + [f"{target}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            candidates = [alias.name for alias in node.names]
+        else:
+            continue
+        found |= {c for c in candidates if c in MODULES}
+    found.discard(name)
+    return found
+
+
+MODULES = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle as [a, b, ..., a], or [] when there is none (depth-first search, three colours)."""
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for child in sorted(graph[node]):
+            if state.get(child) == "open":
+                return stack[stack.index(child):] + [child]
+            if child not in state:
+                cycle = visit(child)
+                if cycle:
+                    return cycle
+        state[node] = "done"
+        stack.pop()
+        return []
+
+    for node in sorted(graph):
+        if node not in state:
+            cycle = visit(node)
+            if cycle:
+                return cycle
+    return []
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_module_of_peft_mft_imports_another_in_a_cycle():
+    graph = {name: imports_of(path) for name, path in MODULES.items()}
+    assert len(graph) > 20 and "peft_mft.config" in graph["peft_mft.layer"]  # the walker sees imports
+    cycle = find_cycle(graph)
+    assert cycle == [], " -> ".join(cycle)
+
+
+def test_the_tuner_core_does_not_import_the_tools_or_training_helpers():
+    core = ["peft_mft.config", "peft_mft.mask", "peft_mft.layer", "peft_mft.model", "peft_mft.targets"]
+    for name in core:
+        assert not {m for m in imports_of(MODULES[name]) if m.startswith(("peft_mft.tools", "peft_mft.training"))}
+    assert imports_of(MODULES["peft_mft.mask"]) == set()  # pure tensor maths
