@@ -80,41 +80,6 @@ def machine_description(device: torch.device) -> dict:
     return info
 
 
-class PeakMemory:
-    """Peak memory between `reset()` and `read()`, in bytes.
-
-    CUDA: `torch.cuda.max_memory_allocated`. CPU: the process's resident-set high-water mark (`VmHWM`), reset by
-    writing 5 to `/proc/self/clear_refs` (Linux), so the peak is exact rather than sampled; it includes everything the
-    process holds (model, optimizer state, activations, allocator caches, the Python runtime).
-    """
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.kind = "cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss"
-
-    def reset(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            return
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-        except OSError as exc:
-            raise RuntimeError(
-                "Measuring peak CPU memory needs Linux's /proc/self/clear_refs to reset the RSS high-water mark; "
-                f"it failed with {exc}."
-            ) from exc
-
-    def read(self) -> int:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device)
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        raise RuntimeError("/proc/self/status has no VmHWM line; cannot read the peak resident set size.")
-
-
 _MADV_DONTNEED = 4
 
 

@@ -37,9 +37,10 @@ from pathlib import Path
 
 import torch
 
+from harness.memory import PeakMemory, rss_bytes
 from peft_mft.errors import QuantizedMergeError
 
-from .timing import PeakMemory, load_average, machine_description, release_checkpoint_pages, summarize, synchronize
+from .timing import load_average, machine_description, release_checkpoint_pages, summarize, synchronize
 from .variants import Variant, parse_variant, prepare_variant
 
 MAIN_VARIANTS = ("full", "mft", "mft-ste", "mft-hard", "lora-r8", "lora-r64", "qlora-r8", "mft+4bit-base")
@@ -64,8 +65,8 @@ COMPACT_FORMATS = {"soft": ("soft-fp16", "soft-int8"), "hard": ("hard-bits", "ha
 
 
 def _load(source: str | None, variant: Variant, device: torch.device):
-    from examples.common.embedded import embedded_llava_checkpoint
-    from examples.common.models import load_llava
+    from harness.embedded import embedded_llava_checkpoint
+    from harness.models import load_llava
 
     source = source or str(embedded_llava_checkpoint())
     loaded = load_llava(source, quantize_4bit=variant.quantized_base)  # 4-bit: placed on the current CUDA device or CPU
@@ -75,8 +76,8 @@ def _load(source: str | None, variant: Variant, device: torch.device):
 
 
 def _records(data: str | None, image_folder: str | None, limit: int | None = None):
-    from examples.common.data import load_llava_json
-    from examples.common.easyvqa import prepare_easy_vqa
+    from harness.data import load_llava_json
+    from harness.easyvqa import prepare_easy_vqa
 
     if data is None:
         files = prepare_easy_vqa()
@@ -87,7 +88,7 @@ def _records(data: str | None, image_folder: str | None, limit: int | None = Non
 def fixed_batch(processor, records, batch_size: int, seq_len: int, device: torch.device, pixel_dtype) -> dict:
     """The first `batch_size` records as one training batch of exactly `seq_len` tokens per row (right padding with
     `attention_mask` 0 and label -100, or cut; a cut that would drop image tokens raises)."""
-    from examples.common.data import IGNORE_INDEX, LlavaCollator
+    from harness.data import IGNORE_INDEX, LlavaCollator
 
     if len(records) < batch_size:
         raise ValueError(f"--batch-size {batch_size} needs that many training records; the data has {len(records)}.")
@@ -110,14 +111,6 @@ def fixed_batch(processor, records, batch_size: int, seq_len: int, device: torch
         for key, value in pad.items():
             batch[key] = torch.cat([batch[key], torch.full((batch_size, extra), value, dtype=batch[key].dtype)], 1)
     return {key: value.to(device) for key, value in batch.items()}
-
-
-def _rss_bytes() -> int | None:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return None
 
 
 def _optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
@@ -150,7 +143,7 @@ def compact_logit_drift(model, folder: Path, batch: dict) -> float:
 def _adapter_figures(prepared, variant: Variant, workdir: Path, batch: dict) -> dict:
     """Bytes of the saved adapter (or full model), compact MFT formats (bytes, mask error, logit drift on `batch`),
     and merge time."""
-    from examples.common.training import weights_size_bytes
+    from harness.training import weights_size_bytes
 
     folder = workdir / "saved"
     prepared.model.save_pretrained(folder)
@@ -200,7 +193,7 @@ def measure_variant(variant: Variant, args, device: torch.device) -> dict:
     for _ in range(args.warmup):
         step()
     gc.collect()
-    resident_before = torch.cuda.memory_allocated(device) if device.type == "cuda" else _rss_bytes()
+    resident_before = torch.cuda.memory_allocated(device) if device.type == "cuda" else rss_bytes()
     load_before = load_average()
     memory.reset()
     seconds = []
@@ -233,7 +226,7 @@ def measure_variant(variant: Variant, args, device: torch.device) -> dict:
 
 def accuracy_variant(variant: Variant, args, device: torch.device) -> dict:
     """Train `args.accuracy_steps` steps with the examples' `train_and_evaluate` and measure exact-match accuracy."""
-    from examples.common.training import TrainConfig, train_and_evaluate
+    from harness.training import TrainConfig, train_and_evaluate
 
     loaded, source = _load(args.model, variant, device)
     processor = loaded.processor()  # no truncation, as examples.compare
@@ -256,8 +249,8 @@ def accuracy_variant(variant: Variant, args, device: torch.device) -> dict:
 
 
 def _eval_records(args):
-    from examples.common.data import load_llava_json
-    from examples.common.easyvqa import prepare_easy_vqa
+    from harness.data import load_llava_json
+    from harness.easyvqa import prepare_easy_vqa
 
     if args.eval_data is None:
         files = prepare_easy_vqa()

@@ -16,7 +16,7 @@ A variant is written `METHOD[+OPTION...]`:
     recipe, `peft_mft.OptimizerInBackward`). No gradient clipping or accumulation then (with
     `--accuracy-steps`, Trainer runs with `max_grad_norm=0`; its LR schedule still applies).
 
-Model loading, data and `prepare_model` come from `examples.common`, so a variant here trains exactly what
+Model loading, data and `prepare_model` come from `harness`, so a variant here trains exactly what
 `python -m examples.llava.train --method ...` trains.
 """
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from examples.common.methods import MethodArgs, PreparedModel, prepare_model
+from harness.methods import MethodArgs, PreparedModel, prepare_model
 from peft_mft.training.optimizer_in_backward import OptimizerInBackward
 
 MFT_METHODS = ("mft", "mft-ste", "mft-hard")
@@ -42,7 +42,7 @@ class Variant:
     """A parsed `METHOD[+OPTION...]`."""
 
     name: str
-    method: str  # an examples.common.methods METHOD
+    method: str  # an harness.methods METHOD
     lora_r: int | None = None
     options: tuple[str, ...] = field(default_factory=tuple)
 
@@ -80,38 +80,10 @@ def parse_variant(text: str) -> Variant:
 
 def method_args(variant: Variant) -> MethodArgs:
     """The examples' `MethodArgs` for this variant (everything else at the examples' defaults)."""
-    args = MethodArgs(gradient_checkpointing="gc" in variant.options)
+    args = MethodArgs(gradient_checkpointing="gc" in variant.options, mft_on_4bit_base="4bit-base" in variant.options)
     if variant.lora_r is not None:
         args.lora_r, args.lora_alpha = variant.lora_r, 2 * variant.lora_r
     return args
-
-
-def _prepare_mft_on_quantized_base(model: nn.Module, variant: Variant, args: MethodArgs) -> PreparedModel:
-    """MFT on a bitsandbytes 4-bit language model. `prepare_model` refuses this combination (the examples train MFT
-    on a full-precision base), so this builds the same `MFTConfig` as `prepare_model` does for `variant.method`."""
-    import peft_mft
-    from peft import get_peft_model
-
-    model.requires_grad_(False)
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    hard = variant.method == "mft-hard"
-    config = peft_mft.MFTConfig(
-        mask_type="hard" if hard else "soft",
-        init_score=args.init_score,
-        temperature=args.temperature,
-        normalize_soft_mask=args.normalize_soft_mask,
-        straight_through=variant.method == "mft-ste",
-        sparsity=args.sparsity if hard else None,
-        targets=args.targets,
-        layers_to_transform=args.layers,
-    )
-    model = get_peft_model(model, config)
-    lr = args.learning_rate(variant.method)
-    optimizer = peft_mft.create_mft_optimizer(model, lr=lr)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return PreparedModel(model, optimizer, variant.method, trainable, lr, True)
 
 
 def hold_masked_weights_in(model: nn.Module, dtype: torch.dtype) -> int:
@@ -150,11 +122,7 @@ def _optimizer(prepared: PreparedModel, variant: Variant) -> torch.optim.Optimiz
 def prepare_variant(model: nn.Module, variant: Variant) -> PreparedModel:
     """Freeze, wrap and build the optimizer for `variant` (the model must be loaded in 4-bit exactly when
     `variant.quantized_base`). Mutates `model`."""
-    args = method_args(variant)
-    if variant.is_mft and "4bit-base" in variant.options:
-        prepared = _prepare_mft_on_quantized_base(model, variant, args)
-    else:
-        prepared = prepare_model(model, variant.method, args)
+    prepared = prepare_model(model, variant.method, method_args(variant))
     if "bf16-base" in variant.options:
         hold_masked_weights_in(prepared.model, torch.bfloat16)
     prepared.optimizer = _optimizer(prepared, variant)

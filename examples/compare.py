@@ -22,13 +22,13 @@ import os
 import time
 from pathlib import Path
 
-from examples.common.data import load_llava_json
-from examples.common.easyvqa import prepare_easy_vqa
-from examples.common.embedded import embedded_cache_path, embedded_llava_checkpoint
-from examples.common.evaluation import evaluate_vqa
-from examples.common.methods import METHODS, MethodArgs, prepare_model
-from examples.common.models import load_llava
-from examples.common.training import TrainConfig, train_and_evaluate
+from harness.data import load_llava_json
+from harness.easyvqa import prepare_easy_vqa
+from harness.embedded import embedded_cache_path, embedded_llava_checkpoint
+from harness.evaluation import evaluate_vqa
+from harness.methods import METHODS, MethodArgs, prepare_model
+from harness.models import load_llava
+from harness.training import TrainConfig, train_and_evaluate
 
 FULL = {"steps": 16, "batch_size": 8, "eval_samples": 160}
 QUICK = {"steps": 2, "batch_size": 2, "eval_samples": 8}

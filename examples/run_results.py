@@ -150,7 +150,7 @@ def spec(phase, split, method, lr, seed=0, targets="both", init_score=None, temp
 
 
 def command(s: dict, metrics: Path) -> list[str]:
-    from examples.common.easyvqa import prepare_easy_vqa
+    from harness.easyvqa import prepare_easy_vqa
 
     data = prepare_easy_vqa()
     eval_file = data["val"] if s["split"] == "val" else data["test"]
@@ -629,7 +629,7 @@ def main(argv=None) -> None:
         for s in specs:
             print(("done    " if run_key(s) in done else "pending ") + slug(s))
         return
-    from examples.common.embedded import embedded_llava_checkpoint
+    from harness.embedded import embedded_llava_checkpoint
 
     embedded_llava_checkpoint()  # build the shared model once, before the runs start in parallel-free sequence
     new = 0

@@ -9,7 +9,7 @@ import torch
 from benchmarks import accuracy_seeds, masked_linear, train_step
 from benchmarks.timing import release_checkpoint_pages
 from benchmarks.variants import Variant, hold_masked_weights_in, parse_variant, prepare_variant
-from examples.common.models import load_llava
+from harness.models import load_llava
 
 from .examples.tiny import make_dataset, save_tiny_llava
 

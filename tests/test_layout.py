@@ -80,3 +80,22 @@ def test_the_tuner_core_does_not_import_the_tools_or_training_helpers():
     for name in core:
         assert not {m for m in imports_of(MODULES[name]) if m.startswith(("peft_mft.tools", "peft_mft.training"))}
     assert imports_of(MODULES["peft_mft.mask"]) == set()  # pure tensor maths
+
+
+def _imported_top_level_packages(folder: Path) -> set[str]:
+    names = set()
+    for path in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names.add(node.module.split(".")[0])
+            elif isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+    return names
+
+
+def test_benchmarks_and_examples_share_the_harness_and_not_each_other():
+    root = PACKAGE.parent
+    assert "examples" not in _imported_top_level_packages(root / "benchmarks")
+    assert "harness" in _imported_top_level_packages(root / "benchmarks")
+    assert not {"examples", "benchmarks"} & _imported_top_level_packages(root / "harness")
+    assert not {"examples", "benchmarks", "harness"} & _imported_top_level_packages(PACKAGE)

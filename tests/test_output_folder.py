@@ -4,7 +4,6 @@ import json
 
 import pytest
 
-from peft_mft.tools.cli import main
 from peft_mft.tools.merge import merge_to_folder
 from peft_mft.tools.export import export_compact_adapter
 from peft_mft.tools.harden import harden_adapter
@@ -12,23 +11,12 @@ from peft_mft.tools.output_folder import OUTPUT_MARKER_NAME, OutputFolderError
 
 from .conftest import make_llama
 from .hand_masks import hand_masked_llama
+from .test_cli import assert_bad_input, run
 
 
 def tree(folder):
     """{relative path: bytes} of every file under `folder`, hidden ones included."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def run(capsys, *argv):
-    code = main([str(arg) for arg in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_refused(capsys, argv, reason):
-    code, out, err = run(capsys, *argv)
-    lines = [line for line in err.splitlines() if line.startswith("peft-mft")]
-    assert code == 2 and out == "" and len(lines) == 1 and reason in lines[0], err
 
 
 @pytest.fixture
@@ -46,18 +34,18 @@ def project(tmp_path, capsys):
 
 def test_output_containing_the_input_is_refused_and_nothing_changes(capsys, project):
     before = tree(project)
-    assert_refused(capsys, ["harden", project / "soft", "--sparsity", "1%", project], "contains the input")
-    assert_refused(capsys, ["merge", project / "base", project / "soft", project], "contains the input")
-    assert_refused(capsys, ["export", project / "soft", "--format", "fp16", project], "contains the input")
+    assert_bad_input(capsys, ["harden", project / "soft", "--sparsity", "1%", project], "contains the input")
+    assert_bad_input(capsys, ["merge", project / "base", project / "soft", project], "contains the input")
+    assert_bad_input(capsys, ["export", project / "soft", "--format", "fp16", project], "contains the input")
     assert tree(project) == before
 
 
 def test_output_equal_to_or_inside_an_input_is_refused(capsys, project):
     before = tree(project)
-    assert_refused(capsys, ["export", project / "soft", "--format", "int8", project / "soft"], "is the input")
-    assert_refused(capsys, ["harden", project / "soft", "--sparsity", "1%", project / "soft" / "hard"], "inside")
-    assert_refused(capsys, ["merge", project / "base", project / "soft", project / "base"], "is the input")
-    assert_refused(capsys, ["merge", project / "base", project / "soft", project / "soft"], "is the input")
+    assert_bad_input(capsys, ["export", project / "soft", "--format", "int8", project / "soft"], "is the input")
+    assert_bad_input(capsys, ["harden", project / "soft", "--sparsity", "1%", project / "soft" / "hard"], "inside")
+    assert_bad_input(capsys, ["merge", project / "base", project / "soft", project / "base"], "is the input")
+    assert_bad_input(capsys, ["merge", project / "base", project / "soft", project / "soft"], "is the input")
     assert tree(project) == before
     with pytest.raises(OutputFolderError, match="is the input"):
         export_compact_adapter(project / "soft", project / "soft", "soft-int8", overwrite=True)  # never, even so
@@ -69,8 +57,8 @@ def test_non_empty_folder_of_something_else_needs_overwrite(capsys, project, tmp
     (tmp_path / "mine" / "adapter_model.safetensors").write_bytes(b"not yours")
     before = tree(tmp_path / "mine")
     for argv in (["harden", project / "soft", "--sparsity", "1%"], ["export", project / "soft", "--format", "fp16"]):
-        assert_refused(capsys, [*argv, tmp_path / "mine"], "not an earlier output")
-    assert_refused(capsys, ["merge", project / "base", project / "soft", tmp_path / "mine"], "--overwrite")
+        assert_bad_input(capsys, [*argv, tmp_path / "mine"], "not an earlier output")
+    assert_bad_input(capsys, ["merge", project / "base", project / "soft", tmp_path / "mine"], "--overwrite")
     assert tree(tmp_path / "mine") == before
     for call in (
         lambda: harden_adapter(project / "soft", 0.01, tmp_path / "mine"),
@@ -81,7 +69,7 @@ def test_non_empty_folder_of_something_else_needs_overwrite(capsys, project, tmp
             call()
     assert tree(tmp_path / "mine") == before
     (tmp_path / "file").write_text("x")
-    assert_refused(capsys, ["harden", project / "soft", "--sparsity", "1%", tmp_path / "file"], "is a file")
+    assert_bad_input(capsys, ["harden", project / "soft", "--sparsity", "1%", tmp_path / "file"], "is a file")
 
 
 def test_overwrite_replaces_same_named_files_and_keeps_every_other_one(capsys, project, tmp_path):
@@ -109,9 +97,9 @@ def test_earlier_output_is_replaced_keeping_files_the_user_added(capsys, project
     assert json.loads((out / "adapter_config.json").read_text())["sparsity"] == 0.02
     assert (out / "my_eval.json").is_file() and not (out / "stale-from-last-run.bin").exists()
     # an earlier output of another command is not this command's to replace
-    assert_refused(capsys, ["export", out, "--format", "bits", out.parent / "hard"], "is the input")
+    assert_bad_input(capsys, ["export", out, "--format", "bits", out.parent / "hard"], "is the input")
     assert run(capsys, "export", out, "--format", "bits", tmp_path / "bits")[0] == 0
-    assert_refused(capsys, ["harden", project / "soft", "--sparsity", "1%", tmp_path / "bits"], "not an earlier output")
+    assert_bad_input(capsys, ["harden", project / "soft", "--sparsity", "1%", tmp_path / "bits"], "not an earlier output")
 
 
 def test_empty_existing_folder_is_used(capsys, project, tmp_path):

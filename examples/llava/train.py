@@ -12,9 +12,9 @@ adapter is merged and the merged model measured again.
 
 from __future__ import annotations
 
-from examples.common.cli import build_parser, main_env, run
-from examples.common.embedded import embedded_llava_checkpoint
-from examples.common.models import load_llava
+from harness.cli import build_parser, main_env, run
+from harness.embedded import embedded_llava_checkpoint
+from harness.models import load_llava
 
 
 def main(argv=None) -> dict:

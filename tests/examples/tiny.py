@@ -21,9 +21,9 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from examples.common.embedded import EMBEDDED_CHAT_TEMPLATE
-from examples.common.images import CLIP_MEAN, CLIP_STD, ImagePreprocessor
-from examples.common.tinyllava import TINYLLAVA_SYSTEM
+from harness.embedded import EMBEDDED_CHAT_TEMPLATE
+from harness.images import CLIP_MEAN, CLIP_STD, ImagePreprocessor
+from harness.tinyllava import TINYLLAVA_SYSTEM
 
 SPECIALS = ["<pad>", "[UNK]", "<|im_start|>", "<|im_end|>", "<image>", "<s>"]
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}

@@ -1,6 +1,6 @@
-"""Shared code of the examples: embedded default VLM, LLaVA data, methods, Trainer helper, evaluation.
-
-Benchmarks import from here too (``from examples.common import ...``) so every script runs the same code.
+"""The experiment harness that examples/ and benchmarks/ share: the embedded default VLM, LLaVA data, the methods
+(MFT, LoRA, QLoRA, full fine-tuning) and the one builder of their configs, the Trainer set-up, evaluation and the
+peak-memory measurement. Both import it (``from harness import ...``), so every script runs the same code.
 """
 
 import logging

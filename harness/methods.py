@@ -22,6 +22,8 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
+from peft_mft import MFTConfig, create_mft_optimizer
+
 METHODS = ("mft", "mft-ste", "mft-hard", "lora", "qlora", "full")
 INTERNAL_METHODS = ("projector",)
 DEFAULT_LR = {"mft": 0.1, "mft-ste": 0.1, "mft-hard": 0.1, "lora": 2e-4, "qlora": 2e-4, "full": 2e-5, "projector": 1e-3}
@@ -44,6 +46,7 @@ class MethodArgs:
     lora_dropout: float = 0.05
     lora_target_modules: str | None = None  # regex override
     gradient_checkpointing: bool = False
+    mft_on_4bit_base: bool = False  # MFT on a bitsandbytes 4-bit base (the benchmarks' "4bit-base" variants)
 
     @classmethod
     def from_namespace(cls, ns: argparse.Namespace) -> "MethodArgs":
@@ -160,6 +163,21 @@ def lora_target_names(model: nn.Module, targets: str, layers: list[int] | None, 
     return names
 
 
+def mft_config(method: str, args: MethodArgs) -> MFTConfig:
+    """The one place where arguments become an `MFTConfig` ("mft", "mft-ste" or "mft-hard")."""
+    hard = method == "mft-hard"
+    return MFTConfig(
+        mask_type="hard" if hard else "soft",
+        init_score=args.init_score,
+        temperature=args.temperature,
+        normalize_soft_mask=args.normalize_soft_mask,
+        straight_through=method == "mft-ste",
+        sparsity=args.sparsity if hard else None,
+        targets=args.targets,
+        layers_to_transform=args.layers,
+    )
+
+
 def prepare_model(model: nn.Module, method: str, args: MethodArgs | None = None) -> PreparedModel:
     """Freeze what the method does not train, wrap the model (PEFT) where needed, build the optimizer.
 
@@ -201,31 +219,17 @@ def prepare_model(model: nn.Module, method: str, args: MethodArgs | None = None)
         model = get_peft_model(model, config)
         is_peft = True
     else:  # MFT
-        import peft_mft
         from peft import get_peft_model
 
-        if _is_4bit(model):
+        if _is_4bit(model) and not args.mft_on_4bit_base:
             raise ValueError(f"--method {method} got a 4-bit model; MFT here trains on the full-precision base")
-        hard = method == "mft-hard"
-        config = peft_mft.MFTConfig(
-            mask_type="hard" if hard else "soft",
-            init_score=args.init_score,
-            temperature=args.temperature,
-            normalize_soft_mask=args.normalize_soft_mask,
-            straight_through=method == "mft-ste",
-            sparsity=args.sparsity if hard else None,
-            targets=args.targets,
-            layers_to_transform=args.layers,
-        )
-        model = get_peft_model(model, config)
+        model = get_peft_model(model, mft_config(method, args))
         is_peft = True
 
     if any(p.requires_grad for p in _vision_tower(model).parameters()):
         raise AssertionError("the vision tower must stay frozen")
     if method.startswith("mft"):
-        import peft_mft
-
-        optimizer = peft_mft.create_mft_optimizer(model, lr=lr)
+        optimizer = create_mft_optimizer(model, lr=lr)
     else:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=args.weight_decay)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import os
 import statistics
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ from peft_mft.training.trainer import AtomicCheckpointTrainer
 
 from .data import LlavaCollator, LlavaDataset, Record, VLMProcessor
 from .evaluation import evaluate_vqa
+from .memory import PeakMemoryCallback
 from .methods import PreparedModel, merge_adapter
 
 logger = logging.getLogger(__name__)
@@ -64,42 +63,6 @@ class StepTimer(TrainerCallback):
             torch.cuda.synchronize()
         if self._start is not None:
             self.durations.append(time.perf_counter() - self._start)
-
-
-class PeakMemory(TrainerCallback):
-    """Peak memory during training: CUDA max allocated on GPU; on CPU the process's resident set size, sampled
-    every 20 ms by a background thread (bytes)."""
-
-    def __init__(self):
-        self.peak_bytes = 0
-        self.kind = "cuda_max_allocated" if torch.cuda.is_available() else "cpu_peak_rss"
-        self._stop = threading.Event()
-        self._thread = None
-
-    @staticmethod
-    def rss_bytes() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, self.rss_bytes())
-            self._stop.wait(0.02)
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        elif os.path.exists("/proc/self/statm"):
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if torch.cuda.is_available():
-            self.peak_bytes = torch.cuda.max_memory_allocated()
-        elif self._thread is not None:
-            self._stop.set()
-            self._thread.join()
 
 
 class ValidationCurve(TrainerCallback):
@@ -193,7 +156,7 @@ def train_and_evaluate(
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=config.disable_tqdm,
     )
-    timer, memory = StepTimer(), PeakMemory()
+    timer, memory = StepTimer(), PeakMemoryCallback()
     eval_kwargs = dict(batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens,
                        disable_tqdm=config.disable_tqdm)
     callbacks = [timer, memory]
