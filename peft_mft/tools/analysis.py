@@ -63,13 +63,13 @@ class AdapterMasks:
         self.state_dict_keys: dict[str, str] = state_dict_keys or {}
 
     @classmethod
-    def from_folder(cls, folder: Union[str, os.PathLike]) -> "AdapterMasks":
-        """Masks of a saved adapter folder (`adapter_config.json` + `adapter_model.safetensors`), read lazily.
+    def from_folder(cls, folder: Union[str, os.PathLike, AdapterFolder]) -> "AdapterMasks":
+        """Masks of a saved adapter folder (a path, or an already opened `AdapterFolder`), read lazily.
 
         Raises `peft_mft.AdapterFileError` naming the file for a missing folder, a non-MFT adapter, invalid config
         values, a missing / truncated weight file, no scores, or scores that are not 2-D.
         """
-        adapter = AdapterFolder.open(folder)
+        adapter = folder if isinstance(folder, AdapterFolder) else AdapterFolder.open(folder)
         spec = adapter.config.mask_spec()
         return cls(adapter.config, list(adapter.score_keys), adapter.read_scores, lambda name: spec,
                    state_dict_keys=adapter.score_keys)

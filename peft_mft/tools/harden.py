@@ -36,7 +36,7 @@ def harden_adapter(
     Returns the output folder.
     """
     adapter = AdapterFolder.open(adapter_dir)
-    masks = AdapterMasks.from_folder(adapter_dir)
+    masks = AdapterMasks.from_folder(adapter)  # the folder is checked and read once
     if masks.config.mask_type != "soft":
         raise MFTInputError(
             f"{adapter_dir} is already a hard-mask adapter (sparsity {masks.config.sparsity}); harden a soft one."
