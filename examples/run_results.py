@@ -201,6 +201,8 @@ def execute(s: dict, runs: list[dict]) -> dict | None:
         print(f"  failed ({proc.returncode}); log: {out / 'log.txt'}", flush=True)
     append_record(record)
     runs.append(record)
+    if record["status"] == "ok" and s["phase"] == "L" and s["method"] in ("mft", "mft-ste"):
+        analyse_adapter(key, Path(record["result"]["saved_to"]), runs)
     return record if record["status"] == "ok" else None
 
 
@@ -281,9 +283,14 @@ def mask_analysis(pick: dict, runs: dict[str, dict], all_runs: list[dict], compu
     stored = stored_mask_analysis(all_runs, key)
     if stored or not compute or key not in runs:
         return stored
+    return analyse_adapter(key, Path(runs[key]["result"]["saved_to"]), all_runs)
+
+
+def analyse_adapter(key: str, adapter: Path, all_runs: list[dict]) -> dict:
+    """Mask statistics of the adapter run `key` saved, at every `MASK_THRESHOLDS`, appended to the runs file
+    (the adapters live under outputs/, which is not committed)."""
     from peft_mft.tools.analysis import analyze_masks
 
-    adapter = Path(runs[key]["result"]["saved_to"])
     record = {"kind": "mask_analysis", "source_key": key, "adapter": str(adapter.relative_to(ROOT)), "levels": []}
     for threshold in MASK_THRESHOLDS:
         analysis = analyze_masks(adapter, near_zero_threshold=threshold)
@@ -360,11 +367,12 @@ def long_steps(pilot: dict | None) -> int | None:
 
 
 def long_specs(pick: dict, steps: int) -> list[dict]:
-    """Seed 0 of every Table 1 row, then the other seeds of LONG_EXTRA_SEED_GROUPS."""
-    out = [long_spec(pick, method, targets, 0, steps) for _, method, targets in TABLE1_GROUPS]
-    out += [long_spec(pick, method, targets, seed, steps) for seed in SEEDS[1:]
-            for method, targets in LONG_EXTRA_SEED_GROUPS]
-    return out
+    """Every seed of the headline rows (LONG_EXTRA_SEED_GROUPS), seed by seed, then seed 0 of the other Table 1
+    rows: the headline comparison needs its seeds before the side rows."""
+    out = [long_spec(pick, method, targets, seed, steps) for seed in SEEDS
+           for method, targets in LONG_EXTRA_SEED_GROUPS]
+    return out + [long_spec(pick, method, targets, 0, steps) for _, method, targets in TABLE1_GROUPS
+                  if (method, targets) not in LONG_EXTRA_SEED_GROUPS]
 
 
 def plan(all_runs: list[dict], compute_analysis: bool = True):
