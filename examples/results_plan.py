@@ -1,0 +1,438 @@
+"""The plan behind examples/RESULTS.md: which runs exist, their keys, and the records file they are appended to.
+
+Every run is `python -m examples.llava.train ... --bf16` in its own process on the embedded default VLM (its exact
+command: `examples.run_results.command(spec)`), with the same batch size, data order and precision (bf16 autocast
+training, fp32 evaluation). A finished run is appended at once to examples/results/runs.jsonl and skipped on
+restart. The phases, each planned once the ones it depends on are done:
+
+A. sweeps on a validation split (held-back train images), seed 0, 32 steps: S-MFT learning rate at the paper's
+   default (init 7, T 2.3) and (init, T) = the paper's other presets at lr 0.1, LoRA and full fine-tuning lr;
+B. 32-step runs on the test split, 3 seeds, with the hyperparameters A picked: S-MFT attn / mlp / both, S-MFT STE,
+   LoRA, QLoRA (LoRA's learning rate), full fine-tuning;
+C. 32-step H-MFT: sparsity levels from the B S-MFT-both masks, a learning-rate check, 3 seeds per level;
+L. long runs with a validation curve (`CURVE_EVERY`): a pilot sets their length (`long_steps`); 3 seeds of S-MFT
+   Both, LoRA and full, then an (init, T) x lr grid on validation (`GRID_STEPS`), seed 0 of the other Table 1 rows,
+   H-MFT at the levels read off the long S-MFT masks (an lr check on validation first), and the layer-range
+   ablation (first / middle / last third of the decoder layers).
+
+A finished run found wrong later (a bug fixed since) is re-run with `--rerun SLUG --reason TEXT`: that appends a
+record saying why, the old run stops counting (it stays in the file) and the next run repeats it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.statistics import binomial_se
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "examples" / "results"
+RUNS_FILE = RESULTS_DIR / "runs.jsonl"
+REPORT_FILE = ROOT / "examples" / "RESULTS.md"
+OUTPUTS = ROOT / "outputs" / "results"
+
+STEPS = 32
+BATCH_SIZE = 8
+SEEDS = (0, 1, 2)
+LOGGING_STEPS = 4  # the logged training loss is the mean over this many steps
+VAL_QUESTIONS = 200
+TEST_QUESTIONS = 400
+MFT_LRS = (0.01, 0.03, 0.1, 0.3)
+MFT_INIT_T = ((7.0, 2.3), (3.0, 0.5), (5.0, 1.3))  # paper presets: Qwen2.5-0.5B, TinyLlama-1.1B, Gemma-2B
+LORA_LRS = (5e-5, 2e-4, 1e-3, 3e-3)
+FULL_LRS = (1e-5, 3e-5, 1e-4)
+HARD_LRS = (1e-3, 0.01, 0.1)  # H-MFT scores start at |W| (mean 0.15 in SmolLM2), far below S-MFT's 3-7
+# Masks (normalised: 1 at initialisation) count as "switched off" below a threshold: the paper's near-zero (0.1)
+# first, then looser ones for a short run that moved few masks that far. The first threshold with at least
+# MIN_LEVEL_SHARE of the masks below it sets the H-MFT levels; both are reported.
+MASK_THRESHOLDS = (0.1, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99)
+MIN_LEVEL_SHARE = 1e-4  # the paper's smallest H-MFT sparsity (0.01%, Qwen2.5-0.5B)
+# Also run at the paper's best H-MFT level for TinyLlama-1.1B (1.0%; the examples' default --sparsity): a reference
+# far above the levels a short S-MFT run suggests.
+REFERENCE_SPARSITY = 0.01
+PAPER_DEFAULT = {"lr": 0.1, "init_score": 7.0, "temperature": 2.3}
+# Long runs (phase L): validation accuracy every CURVE_EVERY steps, test accuracy at the best validation point and
+# at the end. A pilot S-MFT-Both run of PILOT_STEPS sets their length: the shortest of LONG_STEP_CHOICES by which the
+# pilot's validation accuracy came within one binomial s.e. of its best (the best method has plateaued there).
+CURVE_EVERY = 40
+PILOT_STEPS = 640
+LONG_STEP_CHOICES = (320, 480, 640)
+LONG_EXTRA_SEED_GROUPS = (("mft", "both"), ("lora", "both"), ("full", "both"))  # 3 seeds; the rest seed 0 first
+# Phase L beyond the headline runs. The grid is shorter than the long runs (it picks defaults, on validation); H-MFT
+# checks its learning rate on validation at the grid's length first. H-MFT scores start at |W| / mean |W| per matrix
+# (unit mean), so these learning rates are fractions of a typical score per Adam step.
+GRID_STEPS = 160
+GRID_LRS = (0.03, 0.1, 0.3)
+HARD_LONG_LRS = (1e-3, 1e-2, 1e-1)
+LAYER_THIRDS = ("first", "middle", "last")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Run bookkeeping
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def run_key(spec: dict) -> str:
+    return json.dumps({k: spec[k] for k in sorted(spec) if k != "phase"}, sort_keys=True)
+
+
+def slug(spec: dict) -> str:
+    parts = [spec["split"], spec["method"], spec.get("targets", "both"), f"lr{spec['lr']:g}", f"s{spec['seed']}"]
+    if spec["steps"] != STEPS:
+        parts.append(f"n{spec['steps']}")
+    if spec["method"] in ("mft", "mft-ste"):
+        parts.insert(3, f"i{spec['init_score']:g}-t{spec['temperature']:g}")
+    if spec["method"] == "mft-hard":
+        parts.insert(3, f"sp{spec['sparsity']:.6g}")
+    if "layers" in spec:
+        parts.append(f"layers-{spec['layers']}")
+    return "_".join(parts)
+
+
+def load_runs() -> list[dict]:
+    if not RUNS_FILE.is_file():
+        return []
+    return [json.loads(line) for line in RUNS_FILE.read_text().splitlines() if line.strip()]
+
+
+def append_record(record: dict) -> None:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    with open(RUNS_FILE, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def finished(runs: list[dict]) -> dict[str, dict]:
+    """Key -> the latest successful run of that key not re-run since (see `rerun_record`)."""
+    out: dict[str, dict] = {}
+    for r in runs:
+        if r.get("kind") == "run" and r.get("status") == "ok":
+            out[r["key"]] = r
+        elif r.get("kind") == "rerun":
+            out.pop(r["key"], None)
+    return out
+
+
+def failures(runs: list[dict]) -> dict[str, int]:
+    """Key -> failed attempts since its last re-run record."""
+    out: dict[str, int] = {}
+    for r in runs:
+        if r.get("kind") == "run" and r.get("status") == "failed":
+            out[r["key"]] = out.get(r["key"], 0) + 1
+        elif r.get("kind") == "rerun":
+            out.pop(r["key"], None)
+    return out
+
+
+def rerun_record(run: dict, reason: str) -> dict:
+    """A record that retires the finished `run` (kept in the file, no longer counted) so it is run again."""
+    if not reason.strip():
+        raise ValueError(f"re-running {slug(run['spec'])} needs a reason (--reason)")
+    return {"kind": "rerun", "key": run["key"], "slug": slug(run["spec"]), "reason": reason,
+            "retired_finished_at": run["finished_at"], "at": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def retired(runs: list[dict]) -> list[dict]:
+    return [r for r in runs if r.get("kind") == "rerun"]
+
+
+def spec(phase, split, method, lr, seed=0, targets="both", init_score=None, temperature=None, sparsity=None,
+         steps=STEPS, curve_every=None):
+    s = {"phase": phase, "split": split, "method": method, "lr": lr, "seed": seed, "targets": targets,
+         "steps": steps, "batch_size": BATCH_SIZE}
+    if curve_every:
+        s["curve_every"] = curve_every
+    if method in ("mft", "mft-ste"):
+        s.update(init_score=init_score, temperature=temperature)
+    if method == "mft-hard":
+        s.update(sparsity=sparsity)
+    return s
+
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The plan
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def sweep_specs() -> list[dict]:
+    default_i, default_t = MFT_INIT_T[0]
+    mft = [spec("A", "val", "mft", lr, init_score=default_i, temperature=default_t) for lr in MFT_LRS]
+    mft += [spec("A", "val", "mft", 0.1, init_score=i, temperature=t) for (i, t) in MFT_INIT_T[1:]]
+    mft.sort(key=lambda s: (s["lr"] != 0.1, s["init_score"] != 7.0))  # the paper's setting first
+    lora = [spec("A", "val", "lora", lr) for lr in LORA_LRS]
+    full = [spec("A", "val", "full", lr) for lr in FULL_LRS]
+    return mft[:1] + lora[1:2] + full[1:2] + mft[1:] + lora[:1] + lora[2:] + full[:1] + full[2:]
+
+
+def accuracy(runs: dict[str, dict], s: dict) -> float | None:
+    r = runs.get(run_key(s))
+    return r["result"]["accuracy"] if r else None
+
+
+def best(runs: dict[str, dict], candidates: list[dict], default: dict) -> dict:
+    """The candidate with the best validation accuracy (ties and missing runs: ``default``)."""
+    scored = [(accuracy(runs, c), c) for c in candidates]
+    scored = [(a, c) for a, c in scored if a is not None]
+    if not scored:
+        return default
+    top = max(a for a, _ in scored)
+    winners = [c for a, c in scored if a == top]
+    return default if default in winners else winners[0]
+
+
+def chosen(runs: dict[str, dict]) -> dict:
+    sweeps = sweep_specs()
+    mft = [s for s in sweeps if s["method"] == "mft"]
+    mft_default = next(s for s in mft if s["lr"] == 0.1 and s["init_score"] == 7.0)
+    lora = [s for s in sweeps if s["method"] == "lora"]
+    full = [s for s in sweeps if s["method"] == "full"]
+    return {
+        "mft": best(runs, mft, mft_default),
+        "lora": best(runs, lora, next(s for s in lora if s["lr"] == 2e-4)),
+        "full": best(runs, full, next(s for s in full if s["lr"] == 3e-5)),
+    }
+
+
+def sweeps_done(runs: dict[str, dict], all_runs: list[dict]) -> bool:
+    fails = failures(all_runs)
+    return all(run_key(s) in runs or fails.get(run_key(s), 0) >= 2 for s in sweep_specs())
+
+
+def main_specs(pick: dict) -> list[dict]:
+    m, lo, fu = pick["mft"], pick["lora"], pick["full"]
+    out = []
+    for seed in SEEDS:
+        for targets in ("both", "attn", "mlp"):
+            out.append(spec("B", "test", "mft", m["lr"], seed, targets, m["init_score"], m["temperature"]))
+        out.append(spec("B", "test", "mft-ste", m["lr"], seed, "both", m["init_score"], m["temperature"]))
+        out.append(spec("B", "test", "lora", lo["lr"], seed))
+        out.append(spec("B", "test", "qlora", lo["lr"], seed))
+        out.append(spec("B", "test", "full", fu["lr"], seed))
+    return out
+
+
+def stored_mask_analysis(all_runs: list[dict], key: str) -> dict | None:
+    """The latest stored analysis of run `key` at the current `MASK_THRESHOLDS`."""
+    matching = [r for r in all_runs if r.get("kind") == "mask_analysis" and r["source_key"] == key
+                and [level["threshold"] for level in r["levels"]] == list(MASK_THRESHOLDS)]
+    return matching[-1] if matching else None
+
+
+def mask_analysis(pick: dict, runs: dict[str, dict], all_runs: list[dict], compute: bool = True) -> dict | None:
+    """Mask statistics of the S-MFT-both seed-0 test run (computed once from its adapter, then stored)."""
+    m = pick["mft"]
+    source = spec("B", "test", "mft", m["lr"], 0, "both", m["init_score"], m["temperature"])
+    key = run_key(source)
+    stored = stored_mask_analysis(all_runs, key)
+    if stored or not compute or key not in runs:
+        return stored
+    return analyse_adapter(key, Path(runs[key]["result"]["saved_to"]), all_runs)
+
+
+def mask_plot_path(key: str) -> Path:
+    """The committed Fig. 6-style PNG of run `key`'s masks (see `analyse_adapter`)."""
+    return RESULTS_DIR / f"masks_{slug(json.loads(key))}.png"
+
+
+def analyse_adapter(key: str, adapter: Path, all_runs: list[dict]) -> dict:
+    """Mask statistics of the adapter run `key` saved, at every `MASK_THRESHOLDS`, appended to the runs file (the
+    adapters live under outputs/, which is not committed). Also writes `mask_plot_path(key)`: near-zero share per
+    projection type (the paper's Fig. 6), histogram and layer heat map at the first threshold with at least
+    `MIN_LEVEL_SHARE` of the masks below it (the one that sets the H-MFT levels)."""
+    from peft_mft.tools.analysis import analyze_masks
+    from peft_mft.tools.plots import save_mask_plots
+
+    record = {"kind": "mask_analysis", "source_key": key, "adapter": str(adapter.relative_to(ROOT)), "levels": []}
+    plotted = False
+    for threshold in MASK_THRESHOLDS:
+        analysis = analyze_masks(adapter, near_zero_threshold=threshold)
+        if not plotted and (analysis.overall.near_zero_share >= MIN_LEVEL_SHARE or threshold == MASK_THRESHOLDS[-1]):
+            save_mask_plots(analysis, mask_plot_path(key), title=f"{slug(json.loads(key))}: learned masks")
+            record["plot"] = {"path": str(mask_plot_path(key).relative_to(ROOT)), "threshold": threshold}
+            plotted = True
+        record["levels"].append({
+            "threshold": threshold,
+            "share": analysis.overall.near_zero_share,
+            "by_projection": {k: v.near_zero_share for k, v in analysis.by_projection().items()},
+            "suggested_sparsity": analysis.suggested_sparsity(),
+        })
+        if threshold == MASK_THRESHOLDS[0]:
+            record["histogram"] = {"edges": analysis.histogram_edges, "counts": analysis.histogram_counts}
+            record["overall"] = analysis.overall.to_dict()
+    append_record(record)
+    all_runs.append(record)
+    return record
+
+
+def hard_sparsities(analysis: dict | None) -> tuple[list[float], float | None]:
+    """The first threshold with at least `MIN_LEVEL_SHARE` of the masks below it gives the share s; levels
+    s * (0.5, 1, 2) (`MaskAnalysis.suggested_sparsity`). ([], None) when no threshold has that many."""
+    if analysis is None:
+        return [], None
+    for level in analysis["levels"]:
+        if level["share"] >= MIN_LEVEL_SHARE:
+            return [round(x, 6) for x in level["suggested_sparsity"]], level["threshold"]
+    return [], None
+
+
+def hard_specs(levels: list[float], runs: dict[str, dict]) -> tuple[list[dict], list[dict]]:
+    """The H-MFT learning-rate check at the middle level, and the test runs at its pick ([] until it is done)."""
+    if not levels:
+        return [], []
+    middle = levels[len(levels) // 2]
+    lr_sweep = [spec("C", "val", "mft-hard", lr, sparsity=middle) for lr in HARD_LRS]
+    if not all(run_key(s) in runs for s in lr_sweep):
+        return lr_sweep, []
+    lr = best(runs, lr_sweep, lr_sweep[-1])["lr"]
+    main = [spec("C", "test", "mft-hard", lr, seed, sparsity=sp) for seed in SEEDS for sp in hard_levels(levels)]
+    return lr_sweep, main
+
+
+def hard_levels(levels: list[float]) -> list[float]:
+    """The levels from the masks, then `REFERENCE_SPARSITY` (once)."""
+    return levels + [REFERENCE_SPARSITY] if levels and REFERENCE_SPARSITY not in levels else levels
+
+
+def long_spec(pick: dict, method: str, targets: str, seed: int, steps: int) -> dict:
+    """A phase-L run: test split, validation curve, the hyperparameters phase A picked."""
+    m = pick["mft"] if method in ("mft", "mft-ste") else pick["lora" if method in ("lora", "qlora") else "full"]
+    init = dict(init_score=m["init_score"], temperature=m["temperature"]) if method in ("mft", "mft-ste") else {}
+    return spec("L", "test", method, m["lr"], seed, targets, steps=steps, curve_every=CURVE_EVERY, **init)
+
+
+def pilot_spec(pick: dict) -> dict:
+    return long_spec(pick, "mft", "both", 0, PILOT_STEPS)
+
+
+def long_steps(pilot: dict | None) -> int | None:
+    """The long runs' length from the pilot's validation curve (see LONG_STEP_CHOICES); None until it is done."""
+    if pilot is None:
+        return None
+    curve = pilot["result"]["curve"]
+    top = max(point["val_accuracy"] for point in curve)
+    within = top - binomial_se(top, VAL_QUESTIONS)
+    for steps in LONG_STEP_CHOICES:
+        if max((p["val_accuracy"] for p in curve if p["step"] <= steps), default=0.0) >= within:
+            return steps
+    return LONG_STEP_CHOICES[-1]
+
+
+def headline_specs(pick: dict, steps: int) -> list[dict]:
+    """Every seed of the headline rows (LONG_EXTRA_SEED_GROUPS), seed by seed."""
+    return [long_spec(pick, method, targets, seed, steps) for seed in SEEDS for method, targets in LONG_EXTRA_SEED_GROUPS]
+
+
+def side_specs(pick: dict, steps: int) -> list[dict]:
+    """Seed 0 of the other Table 1 rows."""
+    return [long_spec(pick, method, targets, 0, steps) for _, method, targets in TABLE1_GROUPS
+            if (method, targets) not in LONG_EXTRA_SEED_GROUPS]
+
+
+def long_table_specs(pick: dict, steps: int) -> list[dict]:
+    """Every long Table 1 run: each row's seeds."""
+    return headline_specs(pick, steps) + side_specs(pick, steps)
+
+
+def grid_specs() -> list[dict]:
+    """The (init, T) x lr grid of S-MFT Both on validation, seed 0, `GRID_STEPS` steps, validation curve."""
+    return [spec("L", "val", "mft", lr, 0, "both", i, t, steps=GRID_STEPS, curve_every=CURVE_EVERY)
+            for (i, t) in MFT_INIT_T for lr in GRID_LRS]
+
+
+def long_mask_analysis(pick: dict, steps: int, all_runs: list[dict]) -> dict | None:
+    """The stored mask analysis of the lowest-seed long S-MFT Both run that has one (stored as each run ends)."""
+    for seed in SEEDS:
+        stored = stored_mask_analysis(all_runs, run_key(long_spec(pick, "mft", "both", seed, steps)))
+        if stored:
+            return stored
+    return None
+
+
+def hard_long_specs(pick: dict, steps: int, levels: list[float], runs: dict[str, dict]) -> tuple[list[dict], list[dict]]:
+    """H-MFT at the levels read off the long S-MFT masks: the lr check on validation at the middle level (grid
+    length), then seed 0 of every level, then seeds 1 and 2 ([] until the check is done)."""
+    if not levels:
+        return [], []
+    middle = levels[len(levels) // 2]
+    check = [spec("L", "val", "mft-hard", lr, 0, sparsity=middle, steps=GRID_STEPS, curve_every=CURVE_EVERY)
+             for lr in HARD_LONG_LRS]
+    if not all(run_key(s) in runs for s in check):
+        return check, []
+    lr = best(runs, check, check[1])["lr"]
+    return check, [spec("L", "test", "mft-hard", lr, seed, sparsity=level, steps=steps, curve_every=CURVE_EVERY)
+                   for seed in SEEDS for level in levels]
+
+
+def layer_specs(pick: dict, steps: int) -> list[dict]:
+    """The layer-range ablation: S-MFT Both on one third of the decoder layers (plus the projector), seed 0."""
+    return [{**long_spec(pick, "mft", "both", 0, steps), "layers": third} for third in LAYER_THIRDS]
+
+
+def layer_range(third: str, num_layers: int) -> str:
+    """The decoder layers of `third` ("first" / "middle" / "last") as "a-b" (`--layers`); the middle third
+    takes the remainder when `num_layers` is not a multiple of 3."""
+    size = num_layers // 3
+    start = {"first": 0, "middle": size, "last": num_layers - size}[third]
+    end = {"first": size, "middle": num_layers - size, "last": num_layers}[third]
+    return f"{start}-{end - 1}"
+
+
+@dataclass
+class Plan:
+    """Every run known so far, in the order they run, and what the later phases were derived from."""
+
+    specs: list[dict]
+    pick: dict | None = None
+    analysis: dict | None = None  # masks of the 32-step S-MFT Both run (phase C levels)
+    levels: list[float] = field(default_factory=list)
+    threshold: float | None = None
+    long_steps: int | None = None
+    long_analysis: dict | None = None  # masks of a long S-MFT Both run (phase L H-MFT levels, Fig. 6)
+    long_levels: list[float] = field(default_factory=list)
+    long_threshold: float | None = None
+
+
+def plan(all_runs: list[dict], compute_analysis: bool = True) -> Plan:
+    """Every run known so far (later phases appear once the earlier ones they depend on are done)."""
+    runs = finished(all_runs)
+    out = Plan(sweep_specs())
+    if not sweeps_done(runs, all_runs):
+        return out
+    out.pick = pick = chosen(runs)
+    out.specs += main_specs(pick)
+    out.analysis = mask_analysis(pick, runs, all_runs, compute=compute_analysis)
+    out.levels, out.threshold = hard_sparsities(out.analysis)
+    lr_sweep, main = hard_specs(out.levels, runs)
+    out.specs += lr_sweep + main
+    pilot = pilot_spec(pick)
+    out.specs.append(pilot)
+    out.long_steps = steps = long_steps(runs.get(run_key(pilot)))
+    if not steps:
+        return out
+    out.long_analysis = long_mask_analysis(pick, steps, all_runs)
+    out.long_levels, out.long_threshold = hard_sparsities(out.long_analysis)
+    check, hard = hard_long_specs(pick, steps, out.long_levels, runs)
+    later = [s for s in headline_specs(pick, steps) if s != pilot] + grid_specs() + side_specs(pick, steps) + check
+    out.specs += later + hard[:len(out.long_levels)] + layer_specs(pick, steps) + hard[len(out.long_levels):]
+    return out
+
+
+TABLE1_GROUPS = (("S-MFT Attn", "mft", "attn"), ("S-MFT MLP", "mft", "mlp"), ("S-MFT Both", "mft", "both"),
+                 ("S-MFT STE (Both)", "mft-ste", "both"), ("LoRA (r 16)", "lora", "both"),
+                 ("QLoRA (NF4, r 16)", "qlora", "both"), ("Full FT", "full", "both"))
+
+
+def validated_hyperparameters(all_runs: list[dict] | None = None) -> dict:
+    """Per method, the hyperparameters picked on validation (phase A) from the records: {"mft": {"lr",
+    "init_score", "temperature"}, "lora": {"lr"}, "full": {"lr"}}. The one source `examples.compare` (make demo)
+    and the runs above share."""
+    runs = finished(load_runs() if all_runs is None else all_runs)
+    pick = chosen(runs)
+    return {"mft": {k: pick["mft"][k] for k in ("lr", "init_score", "temperature")},
+            "lora": {"lr": pick["lora"]["lr"]}, "full": {"lr": pick["full"]["lr"]}}

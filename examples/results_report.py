@@ -1,0 +1,432 @@
+"""examples/RESULTS.md and its figures (examples/results/*.png), written from examples/results/runs.jsonl.
+
+Statistics (`harness.statistics`): every accuracy comes with the binomial standard error of its question count; two
+methods are compared per seed (same data order, same questions), and a gap is called clear only when the 95%
+confidence interval of the mean paired difference (Student's t, seeds - 1 degrees of freedom) excludes 0. One seed
+gives no such test: its gaps are reported, never called clear.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+from pathlib import Path
+
+from harness.statistics import binomial_se, paired_comparison, t_critical
+
+from .results_plan import (
+    BATCH_SIZE, CURVE_EVERY, FULL_LRS, GRID_LRS, GRID_STEPS, HARD_LONG_LRS, LAYER_THIRDS, LOGGING_STEPS,
+    LONG_EXTRA_SEED_GROUPS, LORA_LRS, MASK_THRESHOLDS, MFT_INIT_T, MFT_LRS, MIN_LEVEL_SHARE, REFERENCE_SPARSITY,
+    REPORT_FILE, RESULTS_DIR, ROOT, SEEDS, STEPS, TABLE1_GROUPS, TEST_QUESTIONS, VAL_QUESTIONS, Plan, accuracy,
+    finished, grid_specs, hard_levels, hard_long_specs, hard_specs, layer_specs, long_spec, main_specs, plan, retired,
+    run_key, slug, spec, sweep_specs,
+)
+
+CURVES_PNG = RESULTS_DIR / "curves.png"
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "pending"
+    mean = 100 * statistics.mean(values)
+    std = 100 * statistics.stdev(values) if len(values) > 1 else float("nan")
+    n = f" (n={len(values)})" if len(values) != len(SEEDS) else ""
+    return f"{mean:.1f} ± {std:.1f}{n}" if not math.isnan(std) else f"{mean:.1f}{n}"
+
+
+def _fmt_params(n: float) -> str:
+    return f"{n / 1e6:.2f}M"
+
+
+def _fmt_mib(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _seed_results(runs: dict[str, dict], specs: list[dict]) -> list[dict]:
+    return [runs[run_key(s)]["result"] for s in specs if run_key(s) in runs]
+
+
+def _row(label: str, hp: str, results: list[dict]) -> str:
+    if not results:
+        return f"| {label} | {hp} | pending | | | | | | |"
+    acc = _mean_std([r["accuracy"] for r in results])
+    merged = [r["merged_accuracy"] for r in results if r.get("merged_accuracy") is not None]
+    merged_text = _mean_std(merged) if merged else "n/a (full model)"
+    same = [r.get("merged_identical_predictions") for r in results if "merged_identical_predictions" in r]
+    if same:
+        differing = [r.get("merged_differing_predictions", 0) for r in results
+                     if r.get("merged_identical_predictions") is False]
+        merged_text += "" if all(same) else (f" ({'+'.join(map(str, differing))} of {results[0]['eval_questions']} "
+                                             f"answers differ, in {len(differing)} seed(s))")
+    r0 = results[0]
+    loss = statistics.mean(r["loss_history"][-1]["loss"] for r in results)
+    step = statistics.median(r["median_step_seconds"] for r in results)
+    peak = max(r["peak_memory_bytes"] for r in results) / 2**30
+    return (f"| {label} | {hp} | {acc} | {merged_text} | {loss:.2f} | {_fmt_params(r0['trainable_parameters'])} | "
+            f"{_fmt_mib(r0['saved_bytes'])} | {step:.2f} | {peak:.2f} |")
+
+
+def _group(pick: dict, method: str, targets: str) -> list[dict]:
+    """The 32-step runs (every seed) of one Table 1 row."""
+    return [s for s in main_specs(pick) if s["method"] == method and s["targets"] == targets]
+
+
+def _hyperparameters(pick: dict, method: str) -> str:
+    if method in ("mft", "mft-ste"):
+        m = pick["mft"]
+        return f"lr {m['lr']:g}, init {m['init_score']:g}, T {m['temperature']:g}"
+    return f"lr {pick['lora' if method in ('lora', 'qlora') else 'full']['lr']:g}"
+
+
+def paired_table(by_seed: dict[str, dict[int, float]], reference: str, what: str) -> list[str]:
+    """Markdown: each row's per-seed accuracy minus `reference`'s on the seeds both have (same data order and
+    questions, so the differences are paired), with the mean and its 95% t interval; "clear" only when that interval
+    excludes 0 (see the module docstring)."""
+    seeds = sorted(by_seed[reference])
+    lines = ["", f"Paired by seed: {what} minus {reference}'s, in points. Mean ± the half-width of its 95% confidence "
+             f"interval (paired t-test, seeds - 1 degrees of freedom: t = {t_critical(len(SEEDS) - 1):.2f} for "
+             f"{len(SEEDS)} seeds); 'clear' only when the interval excludes 0.", "",
+             "| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± 95% CI | clear |",
+             "|---|" + "---|" * (len(seeds) + 2)]
+    for label, accuracies in by_seed.items():
+        if label == reference:
+            continue
+        common = [s for s in seeds if s in accuracies]
+        cells = " | ".join(f"{100 * (accuracies[s] - by_seed[reference][s]):+.1f}" if s in accuracies else ""
+                           for s in seeds)
+        if len(common) < 2:
+            verdict, summary = f"not tested ({len(common)} seed)", ""
+        else:
+            test = paired_comparison([100 * accuracies[s] for s in common], [100 * by_seed[reference][s] for s in common])
+            verdict, summary = ("yes" if test.clear else "no, within noise"), test.describe()
+        lines.append(f"| {label} | {cells} | {summary} | {verdict} |")
+    return lines
+
+
+def paired_differences(runs: dict[str, dict], pick: dict) -> list[str]:
+    """The 32-step Table 1 rows against the best one, once every row has all seeds."""
+    by_seed = {}
+    for label, method, targets in TABLE1_GROUPS:
+        group = _group(pick, method, targets)
+        if not all(run_key(s) in runs for s in group):
+            return []
+        by_seed[label] = {s["seed"]: runs[run_key(s)]["result"]["accuracy"] for s in group}
+    best = max(by_seed, key=lambda label: statistics.mean(by_seed[label].values()))
+    return paired_table(by_seed, best, "test accuracy")
+
+
+def mask_table(analysis: dict, title: str) -> list[str]:
+    """Markdown: share of mask values below each threshold, overall and per projection type."""
+    lines = ["", title, "", "Share of mask values below each threshold, overall and per projection type "
+             "(`peft_mft.tools.analysis.analyze_masks`; masks normalised so that 1 = the initial mask).", ""]
+    projections = list(analysis["levels"][0]["by_projection"])
+    lines += ["| threshold | overall | " + " | ".join(projections) + " |", "|---|---|" + "---|" * len(projections)]
+    for level in analysis["levels"]:
+        lines.append(f"| M < {level['threshold']:g} | {100 * level['share']:.4f}% | "
+                     + " | ".join(f"{100 * level['by_projection'][p]:.4f}%" for p in projections) + " |")
+    overall = analysis.get("overall", {})
+    if overall:
+        lines += ["", "Mask values overall: " + ", ".join(
+            f"{k} {v:.4g}" for k, v in overall.items() if isinstance(v, float)) + "."]
+    if analysis.get("plot"):
+        plot = analysis["plot"]
+        lines += ["", f"![masks]({Path(plot['path']).relative_to('examples')}) Near-zero share per projection type "
+                  f"(the paper's Fig. 6 view), histogram and layer map at M < {plot['threshold']:g}."]
+    return lines
+
+
+def _label(method: str, targets: str) -> str:
+    """The Table 1 row name of (method, targets)."""
+    return next(label for label, m, t in TABLE1_GROUPS if (m, t) == (method, targets))
+
+
+def _cell(values: list[float], n_questions: int) -> str:
+    """Mean ± std over seeds (%), or one run ± its binomial s.e."""
+    if not values:
+        return "pending"
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f} (1 seed, ± {100 * binomial_se(values[0], n_questions):.1f} s.e.)"
+    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f} ({len(values)} seeds)"
+
+
+def long_table(planned: Plan, runs: dict[str, dict]) -> list[str]:
+    """Markdown: the long Table 1 rows at the best validation checkpoint and at the end, time to best, memory."""
+    steps = planned.long_steps
+    lines = ["", f"## Long runs ({steps} steps): Table 1 analogue (test accuracy, %)", "",
+             f"Test accuracy on {TEST_QUESTIONS} questions at the checkpoint with the best validation accuracy (every "
+             f"{CURVE_EVERY} steps, {VAL_QUESTIONS} validation questions) and at the end. 'To best': optimizer steps "
+             "and training seconds (validation time excluded) until that checkpoint, the paper's Epoch and Time "
+             "columns; median over seeds. Hyperparameters: the short-run sweeps' picks.", "",
+             "| method | hyperparameters | test acc at best val | test acc at end | steps to best | seconds to best | "
+             "train seconds (all steps) | peak RSS (GiB) |", "|---|---|---|---|---|---|---|---|"]
+    for label, method, targets in TABLE1_GROUPS:
+        results = [runs[run_key(long_spec(planned.pick, method, targets, seed, steps))]["result"] for seed in SEEDS
+                   if run_key(long_spec(planned.pick, method, targets, seed, steps)) in runs]
+        hp = _hyperparameters(planned.pick, method)
+        if not results:
+            lines.append(f"| {label} | {hp} | pending | | | | | |")
+            continue
+        at_best = [r["best_checkpoint"]["accuracy"] for r in results]
+        at_end = [r["accuracy"] for r in results]
+        to_best = statistics.median(r["best_checkpoint"]["step"] for r in results)
+        seconds = statistics.median(r["best_checkpoint"]["train_seconds"] for r in results)
+        total = statistics.median(r["train_seconds"] for r in results)
+        peak = max(r["peak_memory_bytes"] for r in results) / 2**30
+        lines.append(f"| {label} | {hp} | {_cell(at_best, TEST_QUESTIONS)} | {_cell(at_end, TEST_QUESTIONS)} | "
+                     f"{to_best:g} | {seconds:.0f} | {total:.0f} | {peak:.2f} |")
+    headline = {}
+    for method, targets in LONG_EXTRA_SEED_GROUPS:
+        label = _label(method, targets)
+        headline[label] = {seed: runs[run_key(s)]["result"]["best_checkpoint"]["accuracy"] for seed in SEEDS
+                           if run_key(s := long_spec(planned.pick, method, targets, seed, steps)) in runs}
+    reference = _label("mft", "both")
+    if len(headline[reference]) >= 2:
+        lines += paired_table(headline, reference, "test accuracy at the best validation checkpoint")
+    lines += ["", f"![learning curves]({CURVES_PNG.relative_to(REPORT_FILE.parent)}) Validation accuracy per method "
+              "(mean over seeds, band: min to max) and training loss."]
+    return lines
+
+
+def grid_section(runs: dict[str, dict]) -> list[str]:
+    """Markdown: the (init, T) x lr grid on validation, best point of each curve and the end."""
+    lines = ["", f"## S-MFT (init, T) x learning rate ({GRID_STEPS} steps, validation accuracy %, seed 0)", "",
+             f"Best validation point of the curve / at the end ({VAL_QUESTIONS} questions, s.e. ~"
+             f"{100 * binomial_se(0.9, VAL_QUESTIONS):.1f} at 90%). Picks the defaults (docs/method.md).", "",
+             "| init, T (M0) | " + " | ".join(f"lr {lr:g}" for lr in GRID_LRS) + " |", "|---|" + "---|" * len(GRID_LRS)]
+    grid = {(s["init_score"], s["temperature"], s["lr"]): runs.get(run_key(s)) for s in grid_specs()}
+    for (i, t) in MFT_INIT_T:
+        cells = []
+        for lr in GRID_LRS:
+            run = grid[(i, t, lr)]
+            if run is None:
+                cells.append("…")
+                continue
+            top = max(point["val_accuracy"] for point in run["result"]["curve"])
+            cells.append(f"{100 * top:.1f} / {100 * run['result']['accuracy']:.1f}")
+        lines.append(f"| {i:g}, {t:g} ({1 / (1 + math.exp(-i / t)):.4f}) | " + " | ".join(cells) + " |")
+    return lines
+
+
+def hard_long_section(planned: Plan, runs: dict[str, dict]) -> list[str]:
+    """Markdown: H-MFT at the levels read off the long S-MFT masks."""
+    lines = ["", f"## Long runs: S-MFT vs H-MFT at the levels its masks suggest (test accuracy, %)", ""]
+    if not planned.long_levels:
+        lines.append("pending: needs the mask analysis of a long S-MFT Both run." if planned.long_analysis is None else
+                     f"Not run: fewer than {100 * MIN_LEVEL_SHARE:g}% of the long S-MFT Both masks fall below any "
+                     f"threshold up to {MASK_THRESHOLDS[-1]:g}.")
+        return lines
+    check, main = hard_long_specs(planned.pick, planned.long_steps, planned.long_levels, runs)
+    lines += [f"Levels s x (0.5, 1, 2), s = share of the long S-MFT Both masks below {planned.long_threshold:g} (the "
+              "paper's procedure). H-MFT scores start at |W| / mean |W| per matrix (docs/method.md). Learning rate "
+              f"picked on validation at the middle level ({GRID_STEPS} steps):", "",
+              "| " + " | ".join(f"lr {s['lr']:g}" for s in check) + " |", "|" + "---|" * len(check),
+              "| " + " | ".join("…" if run_key(s) not in runs else
+                                f"{100 * max(p['val_accuracy'] for p in runs[run_key(s)]['result']['curve']):.1f}"
+                                for s in check) + " |", "",
+              "| variant | test acc at best val | test acc at end | final train loss |", "|---|---|---|---|"]
+    for level in planned.long_levels:
+        results = [runs[run_key(s)]["result"] for s in main if s["sparsity"] == level and run_key(s) in runs]
+        loss = f"{statistics.mean(r['loss_history'][-1]['loss'] for r in results):.2f}" if results else ""
+        lines.append(f"| H-MFT {100 * level:.3g}% zeroed | {_cell([r['best_checkpoint']['accuracy'] for r in results], TEST_QUESTIONS)} | "
+                     f"{_cell([r['accuracy'] for r in results], TEST_QUESTIONS)} | {loss} |")
+    return lines
+
+
+def layer_section(planned: Plan, runs: dict[str, dict]) -> list[str]:
+    """Markdown: S-MFT Both on all decoder layers against one third of them (seed 0)."""
+    lines = ["", f"## Layer ranges (S-MFT Both, {planned.long_steps} steps, seed 0, test accuracy %)", "",
+             "The projector is masked in every row; the rows differ in which decoder layers are. One seed each, so "
+             f"each cell carries its binomial s.e. and no gap is called clear.", "",
+             "| layers | test acc at best val | test acc at end | steps to best |", "|---|---|---|---|"]
+    rows = [("all", long_spec(planned.pick, "mft", "both", 0, planned.long_steps))]
+    rows += [(f"{s['layers']} third", s) for s in layer_specs(planned.pick, planned.long_steps)]
+    for name, s in rows:
+        run = runs.get(run_key(s))
+        if run is None:
+            lines.append(f"| {name} | pending | | |")
+            continue
+        r = run["result"]
+        lines.append(f"| {name} | {_cell([r['best_checkpoint']['accuracy']], TEST_QUESTIONS)} | "
+                     f"{_cell([r['accuracy']], TEST_QUESTIONS)} | {r['best_checkpoint']['step']} |")
+    return lines
+
+
+def long_sections(planned: Plan, runs: dict[str, dict], all_runs: list[dict]) -> list[str]:
+    """Everything phase L produced so far, and the curves PNG."""
+    if not planned.long_steps:
+        return []
+    write_curves_png(planned, runs)
+    lines = long_table(planned, runs) + grid_section(runs) + hard_long_section(planned, runs)
+    lines += layer_section(planned, runs)
+    if planned.long_analysis:
+        seed = json.loads(planned.long_analysis["source_key"])["seed"]
+        lines += mask_table(planned.long_analysis,
+                            f"## Learned S-MFT masks after {planned.long_steps} steps (Both, seed {seed})")
+    return lines
+
+
+def write_curves_png(planned: Plan, runs: dict[str, dict]) -> Path:
+    """`CURVES_PNG`: validation accuracy against optimizer steps for every long Table 1 row (mean over its seeds,
+    band from the lowest to the highest seed), and the training loss (mean over seeds)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(12.0, 4.5), layout="constrained")
+    accuracy_ax, loss_ax = figure.subplots(1, 2)
+    for label, method, targets in TABLE1_GROUPS:
+        results = [runs[key]["result"] for seed in SEEDS
+                   if (key := run_key(long_spec(planned.pick, method, targets, seed, planned.long_steps))) in runs]
+        if not results:
+            continue
+        steps = [p["step"] for p in results[0]["curve"]]
+        by_step = [[100 * r["curve"][i]["val_accuracy"] for r in results] for i in range(len(steps))]
+        line, = accuracy_ax.plot(steps, [statistics.mean(v) for v in by_step], label=f"{label} ({len(results)} seed{'s' if len(results) > 1 else ''})")
+        if len(results) > 1:
+            accuracy_ax.fill_between(steps, [min(v) for v in by_step], [max(v) for v in by_step],
+                                     color=line.get_color(), alpha=0.2)
+        loss_steps = [p["step"] for p in results[0]["loss_history"]]
+        loss = [statistics.mean(r["loss_history"][i]["loss"] for r in results) for i in range(len(loss_steps))]
+        loss_ax.plot(loss_steps, loss, color=line.get_color(), linewidth=0.8)
+    accuracy_ax.set_title(f"Validation accuracy ({VAL_QUESTIONS} questions, every {CURVE_EVERY} steps)")
+    accuracy_ax.set_xlabel("optimizer step")
+    accuracy_ax.set_ylabel("exact-match accuracy (%)")
+    accuracy_ax.legend(fontsize=8, loc="lower right")
+    loss_ax.set_title(f"Training loss (mean of {LOGGING_STEPS} steps, mean over seeds)")
+    loss_ax.set_xlabel("optimizer step")
+    loss_ax.set_ylabel("cross-entropy on answer tokens")
+    loss_ax.set_yscale("log")
+    figure.savefig(CURVES_PNG, dpi=120, format="png")
+    return CURVES_PNG
+
+
+def write_report(all_runs: list[dict]) -> str:
+    runs = finished(all_runs)
+    planned = plan(all_runs, compute_analysis=False)
+    specs, pick, analysis, levels, threshold = (planned.specs, planned.pick, planned.analysis, planned.levels,
+                                                planned.threshold)
+    done = sum(run_key(s) in runs for s in specs)
+    lines = [
+        "# Results on the embedded default (small-scale analogue of the paper's Tables 1 and 2)",
+        "",
+        "Written by `python -m examples.run_results` from `examples/results/runs.jsonl`; every number below comes "
+        "from a run recorded there (its exact command is `examples.run_results.command(spec)`). Do not edit by hand.",
+        "",
+        "- Model: the embedded default VLM (SmolLM2-135M-Instruct + ImageNet EfficientNet-Lite0, LLaVA projector "
+        "aligned in stage 1), `LlavaForConditionalGeneration`, fp32 weights, CPU.",
+        f"- Data: easy-vqa. Training: train split minus 200 held-back images, 4 questions per record. Hyperparameter "
+        f"sweeps: {VAL_QUESTIONS} questions of the held-back images (validation). Reported accuracy: the first "
+        f"{TEST_QUESTIONS} questions of the shuffled test split, exact match after greedy decoding.",
+        f"- Every run: batch {BATCH_SIZE} (4 questions per record), cosine schedule with 3% warm-up, bf16 autocast "
+        "training and fp32 evaluation, same data order per seed (so runs with the same seed are paired); vision tower "
+        f"frozen. Seeds {', '.join(map(str, SEEDS))}; mean ± std over seeds. Long runs: {planned.long_steps or '(pending)'} "
+        f"optimizer steps, validation accuracy every {CURVE_EVERY} steps; short runs: {STEPS} steps. The untuned model "
+        "answers in sentences, so its exact match is near 0 (`python -m examples.compare` prints it as 'no "
+        "fine-tuning').",
+        f"- Noise: one run's test accuracy has a binomial s.e. of {100 * binomial_se(0.9, TEST_QUESTIONS):.1f} points "
+        f"at 90% and {100 * binomial_se(0.7, TEST_QUESTIONS):.1f} at 70% ({TEST_QUESTIONS} questions); a validation "
+        f"point {100 * binomial_se(0.9, VAL_QUESTIONS):.1f} at 90% ({VAL_QUESTIONS} questions). Differences between "
+        "methods are tested per seed (paired t, 95%); one seed gives no test.",
+        f"- Machine: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}); runs ran one at a "
+        "time, niced, with light other work beside them, so times are indicative. Peak memory is the process's "
+        "resident-set high-water mark during training (it includes allocator caches and the runtime; "
+        "benchmarks/README.md explains why it cannot rank methods closer than a few hundred MiB).",
+        f"- Progress: {done} of {len(specs)} planned runs finished"
+        + ("" if pick else " (the main runs are planned once the sweeps are done)") + ".",
+    ]
+    lines += long_sections(planned, runs, all_runs)
+    lines += [
+        "",
+        f"## Short runs ({STEPS} steps): Table 1 analogue (test accuracy, %)",
+        "",
+        f"Too short for the masks to move (see the mask table below); kept as the record of the sweeps that picked "
+        "the hyperparameters.",
+        "",
+        "| method | hyperparameters (picked on validation) | test acc | merged acc | final train loss | trainable | "
+        "saved | median step (s) | peak RSS (GiB) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    if pick:
+        for label, method, targets in TABLE1_GROUPS:
+            results = _seed_results(runs, _group(pick, method, targets))
+            lines.append(_row(label, _hyperparameters(pick, method), results))
+        lines += paired_differences(runs, pick)
+    else:
+        lines.append("| (pending: sweeps not finished) | | | | | | | | |")
+
+    lines += ["", f"## Short runs ({STEPS} steps): Table 2 analogue, S-MFT vs H-MFT (test accuracy, %)", ""]
+    if levels:
+        lines.append(f"H-MFT sparsity levels = s x (0.5, 1, 2), s = share of the S-MFT-Both (seed 0) masks below "
+                     f"{threshold:g} (masks normalised so that 1 = the initial mask): the first of the thresholds "
+                     f"{', '.join(f'{t:g}' for t in MASK_THRESHOLDS)} (the paper's near-zero first) with at least "
+                     f"{100 * MIN_LEVEL_SHARE:g}% of the masks below it, the paper's smallest H-MFT level."
+                     + ("" if threshold == MASK_THRESHOLDS[0] else
+                        f" In this {STEPS}-step run no mask came near 0 (see the mask table below), so the levels "
+                        "come from the masks S-MFT weakened most, not from masks it switched off."))
+        lines += ["", "| variant | hyperparameters | test acc | merged acc | final train loss | trainable | saved | "
+                  "median step (s) | peak RSS (GiB) |", "|---|---|---|---|---|---|---|---|---|"]
+        both = _seed_results(runs, _group(pick, "mft", "both"))
+        lines.append(_row("S-MFT Both", _hyperparameters(pick, "mft"), both))
+        _, main = hard_specs(levels, runs)
+        for sp in hard_levels(levels):
+            group = [s for s in main if s["sparsity"] == sp]
+            hp = f"lr {group[0]['lr']:g}" if group else "pending lr check"
+            reference = " (reference: the paper's TinyLlama best)" if sp not in levels else ""
+            lines.append(_row(f"H-MFT {100 * sp:.3g}%{reference}", hp, _seed_results(runs, group)))
+    elif analysis:
+        lines.append(f"Not run: fewer than {100 * MIN_LEVEL_SHARE:g}% of the S-MFT-Both (seed 0) masks fall below any "
+                     f"threshold up to {MASK_THRESHOLDS[-1]:g}, so the masks suggest no sparsity level.")
+    else:
+        lines.append("pending: needs the S-MFT-Both seed-0 test run, whose masks set the sparsity levels.")
+
+    lines += ["", f"## Short-run sweeps ({STEPS} steps; validation accuracy, %, seed 0)", "", "S-MFT (Both): learning rate x (init, T).", "",
+              "| init, T (M0) | " + " | ".join(f"lr {lr:g}" for lr in MFT_LRS) + " |",
+              "|---|" + "---|" * len(MFT_LRS)]
+    planned = {run_key(s) for s in sweep_specs()}
+    for (i, t) in MFT_INIT_T:
+        m0 = 1 / (1 + math.exp(-i / t))
+        cells = []
+        for lr in MFT_LRS:
+            s = spec("A", "val", "mft", lr, init_score=i, temperature=t)
+            a = accuracy(runs, s)
+            cells.append("" if run_key(s) not in planned else "…" if a is None else f"{100 * a:.1f}")
+        lines.append(f"| {i:g}, {t:g} ({m0:.4f}) | " + " | ".join(cells) + " |")
+    lines += ["", "(A cross, not a grid: learning rates at the paper's default (init 7, T 2.3), the paper's other "
+              "presets at lr 0.1; … = planned, not finished yet.)"]
+    for method, lrs, label in (("lora", LORA_LRS, "LoRA (r 16, alpha 32)"), ("full", FULL_LRS, "Full FT")):
+        cells = [accuracy(runs, spec("A", "val", method, lr)) for lr in lrs]
+        lines += ["", f"{label}:", "", "| " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
+                  "|" + "---|" * len(lrs), "| " + " | ".join("…" if c is None else f"{100 * c:.1f}" for c in cells) + " |"]
+    if levels:
+        lr_sweep, _ = hard_specs(levels, runs)
+        cells = [accuracy(runs, s) for s in lr_sweep]
+        lines += ["", f"H-MFT at sparsity {100 * lr_sweep[0]['sparsity']:.3g}%:", "",
+                  "| " + " | ".join(f"lr {s['lr']:g}" for s in lr_sweep) + " |", "|" + "---|" * len(lr_sweep),
+                  "| " + " | ".join("…" if c is None else f"{100 * c:.1f}" for c in cells) + " |"]
+
+    if analysis:
+        lines += mask_table(analysis, f"## Learned S-MFT masks after {STEPS} steps (Both, seed 0, test run)")
+
+    failed = {r["key"]: r for r in all_runs if r.get("kind") == "run" and r.get("status") == "failed"}
+    failed = {k: v for k, v in failed.items() if k not in runs}
+    if failed:
+        lines += ["", "## Failed runs", ""]
+        for r in failed.values():
+            lines.append(f"- `{slug(r['spec'])}`: exit {r['returncode']}: "
+                         f"`{r['log_tail'].strip().splitlines()[-1][:200] if r['log_tail'].strip() else ''}`")
+    if retired(all_runs):
+        lines += ["", "## Re-runs", "", "Finished runs retired and run again (their records stay in runs.jsonl):", ""]
+        old = {(r["key"], r["finished_at"]): r["result"] for r in all_runs if r.get("kind") == "run" and "result" in r}
+        for r in retired(all_runs):
+            result = old.get((r["key"], r["retired_finished_at"]), {})
+            figures = ", ".join(f"{label} {100 * result[k]:.2f}%" for k, label in
+                                (("accuracy", "test acc"), ("merged_accuracy", "merged")) if result.get(k) is not None)
+            lines.append(f"- `{r['slug']}` (finished {r['retired_finished_at']}{'; ' + figures if figures else ''}), "
+                         f"retired {r['at']}: {r['reason']}")
+    lines += ["", "Commands: `nice -n 10 python -m examples.run_results` (runs what is missing, resumable); "
+              "`python -m examples.run_results --report-only` (this file from runs.jsonl).", ""]
+    text = "\n".join(lines)
+    REPORT_FILE.write_text(text)
+    return text
+

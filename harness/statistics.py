@@ -1,0 +1,85 @@
+"""The statistics behind every comparison in examples/RESULTS.md and benchmarks/README.md.
+
+Accuracy on n independent questions has the binomial standard error sqrt(p (1 - p) / n). Two methods trained with
+the same seeds see the same data order, so their per-seed accuracies are paired; a paired t-test on the per-seed
+differences (n - 1 degrees of freedom) decides whether a gap is clear. With 3 seeds the two-sided 95% critical value
+is 4.30, not the normal 1.96: a rule like "|mean| > 2 std / sqrt(n)" calls noise a difference.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+_INTEGRATION_STEPS = 4000  # Simpson steps for the t density; the quantile is then exact to ~1e-6
+
+
+def binomial_se(accuracy: float, n: int) -> float:
+    """Standard error of an accuracy (a fraction) measured on `n` independent questions."""
+    return math.sqrt(accuracy * (1.0 - accuracy) / n)
+
+
+def _t_density(x: float, df: int) -> float:
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    return math.exp(log_norm - (df + 1) / 2 * math.log1p(x * x / df))
+
+
+def _t_central_probability(x: float, df: int) -> float:
+    """P(|T| < x) for Student's t with `df` degrees of freedom. The substitution x = tan(u) turns the heavy tail
+    into a finite smooth interval (df = 1 is the Cauchy distribution), integrated by Simpson's rule."""
+    upper = math.atan(x)
+    h = upper / _INTEGRATION_STEPS
+    total = 0.0
+    for i in range(_INTEGRATION_STEPS + 1):
+        u = i * h
+        weight = 1 if i in (0, _INTEGRATION_STEPS) else (4 if i % 2 else 2)
+        total += weight * _t_density(math.tan(u), df) / math.cos(u) ** 2
+    return 2.0 * total * h / 3.0
+
+
+def t_critical(df: int, confidence: float = 0.95) -> float:
+    """The two-sided critical value of Student's t: P(|T| < value) = `confidence` with `df` degrees of freedom."""
+    if df < 1:
+        raise ValueError(f"t_critical needs at least 1 degree of freedom (2 paired values), got df={df}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    low, high = 0.0, 1.0
+    while _t_central_probability(high, df) < confidence:
+        high *= 2.0
+    for _ in range(60):  # bisection: the interval shrinks to ~1e-18 of its start
+        middle = (low + high) / 2.0
+        if _t_central_probability(middle, df) < confidence:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2.0
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """Per-seed differences a - b (in the units given), their mean, the 95% confidence half-width of the mean by a
+    paired t-test, and whether the interval excludes 0 ("clear")."""
+
+    differences: tuple[float, ...]
+    mean: float
+    half_width: float
+
+    @property
+    def clear(self) -> bool:
+        return abs(self.mean) > self.half_width
+
+    def describe(self) -> str:
+        return f"{self.mean:+.1f} ± {self.half_width:.1f}"
+
+
+def paired_comparison(a: list[float], b: list[float], confidence: float = 0.95) -> PairedComparison:
+    """Paired t-test of `a` against `b` (same seeds, same order). Needs at least 2 pairs."""
+    if len(a) != len(b):
+        raise ValueError(f"paired values need the same seeds: {len(a)} values against {len(b)}")
+    if len(a) < 2:
+        raise ValueError(f"a paired t-test needs at least 2 pairs, got {len(a)}")
+    differences = tuple(x - y for x, y in zip(a, b))
+    n = len(differences)
+    half_width = t_critical(n - 1, confidence) * statistics.stdev(differences) / math.sqrt(n)
+    return PairedComparison(differences, statistics.mean(differences), half_width)

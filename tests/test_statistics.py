@@ -1,0 +1,48 @@
+"""harness.statistics against published values and hand-computed tests."""
+
+import math
+
+import pytest
+
+from harness.statistics import binomial_se, paired_comparison, t_critical
+
+
+@pytest.mark.parametrize(
+    "df, expected",
+    # two-sided 95% values of Student's t from the standard tables (e.g. NIST/SEMATECH e-Handbook, Table 1.3.6.7.2)
+    [(1, 12.706), (2, 4.303), (3, 3.182), (4, 2.776), (9, 2.262), (30, 2.042)],
+)
+def test_t_critical_matches_published_table(df, expected):
+    assert t_critical(df) == pytest.approx(expected, abs=1e-3)
+
+
+def test_t_critical_other_confidence_and_bad_input():
+    assert t_critical(5, confidence=0.99) == pytest.approx(4.032, abs=1e-3)  # the same table's 99% column
+    with pytest.raises(ValueError, match="df=0"):
+        t_critical(0)
+    with pytest.raises(ValueError, match="confidence"):
+        t_critical(3, confidence=1.0)
+
+
+def test_binomial_se_by_hand():
+    assert binomial_se(0.9, 400) == pytest.approx(0.015)  # sqrt(0.09 / 400)
+    assert binomial_se(0.5, 100) == pytest.approx(0.05)
+
+
+def test_paired_comparison_within_noise_and_clear():
+    # differences 1, 2, 3: mean 2, std 1, half-width 4.303 / sqrt(3) = 2.484 > 2: not clear
+    noisy = paired_comparison([71.0, 72.0, 73.0], [70.0, 70.0, 70.0])
+    assert noisy.differences == (1.0, 2.0, 3.0)
+    assert noisy.mean == pytest.approx(2.0)
+    assert noisy.half_width == pytest.approx(4.303 / math.sqrt(3), abs=1e-3)
+    assert not noisy.clear
+    # differences 4.9, 5.0, 5.1: std 0.1, half-width 0.248 < 5: clear
+    steady = paired_comparison([74.9, 75.0, 75.1], [70.0, 70.0, 70.0])
+    assert steady.clear and steady.describe() == "+5.0 ± 0.2"
+
+
+def test_paired_comparison_needs_matching_pairs():
+    with pytest.raises(ValueError, match="same seeds"):
+        paired_comparison([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="at least 2 pairs"):
+        paired_comparison([1.0], [1.0])
