@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from examples import run_results as rr
+from examples import results_plan as rp
+from examples import results_report as report
+from examples import run_results as runner
 from examples.compare import format_table
 
 
@@ -13,7 +15,7 @@ def _ok(spec, accuracy):
               "trainable_parameters": 1000, "saved_bytes": 4096, "median_step_seconds": 1.0,
               "peak_memory_bytes": 2**30, "saved_to": "x", "eval_questions": 400,
               "loss_history": [{"step": 4, "loss": 2.0}, {"step": 8, "loss": accuracy}]}
-    return {"kind": "run", "status": "ok", "key": rr.run_key(spec), "spec": spec, "result": result}
+    return {"kind": "run", "status": "ok", "key": rp.run_key(spec), "spec": spec, "result": result}
 
 
 def test_table_lists_every_method_and_flags_merge_differences():
@@ -33,22 +35,24 @@ def test_table_lists_every_method_and_flags_merge_differences():
 
 
 def test_main_runs_use_the_best_validation_hyperparameters():
-    runs = [_ok(s, 0.5) for s in rr.sweep_specs()]
-    best_mft = next(s for s in rr.sweep_specs() if s["method"] == "mft" and s["lr"] == 0.3)
-    best_lora = next(s for s in rr.sweep_specs() if s["method"] == "lora" and s["lr"] == 1e-3)
+    runs = [_ok(s, 0.5) for s in rp.sweep_specs()]
+    best_mft = next(s for s in rp.sweep_specs() if s["method"] == "mft" and s["lr"] == 0.3)
+    best_lora = next(s for s in rp.sweep_specs() if s["method"] == "lora" and s["lr"] == 1e-3)
     runs += [_ok(best_mft, 0.9), _ok(best_lora, 0.8)]  # later records of the same key win
-    runs = [r for r in runs if not (r["key"] in (rr.run_key(best_mft), rr.run_key(best_lora)) and
+    runs = [r for r in runs if not (r["key"] in (rp.run_key(best_mft), rp.run_key(best_lora)) and
                                     r["result"]["accuracy"] == 0.5)]
-    specs, pick, *_ = rr.plan(runs, compute_analysis=False)
+    planned = rp.plan(runs, compute_analysis=False)
+    specs, pick = planned.specs, planned.pick
     assert pick["mft"]["lr"] == 0.3 and pick["lora"]["lr"] == 1e-3 and pick["full"]["lr"] == 3e-5  # tie: default
     main = [s for s in specs if s["phase"] == "B"]
-    assert len(main) == 7 * len(rr.SEEDS)
+    assert len(main) == 7 * len(rp.SEEDS)
     assert {s["lr"] for s in main if s["method"] in ("lora", "qlora")} == {1e-3}
     assert {(s["targets"]) for s in main if s["method"] == "mft"} == {"attn", "mlp", "both"}
 
 
 def test_main_runs_wait_for_the_sweeps():
-    specs, pick, *_ = rr.plan([_ok(rr.sweep_specs()[0], 0.5)], compute_analysis=False)
+    planned = rp.plan([_ok(rp.sweep_specs()[0], 0.5)], compute_analysis=False)
+    specs, pick = planned.specs, planned.pick
     assert pick is None and all(s["phase"] == "A" for s in specs)
 
 
@@ -65,77 +69,78 @@ def _level(threshold, share):
     ],
 )
 def test_hard_sparsities_come_from_the_first_threshold_with_enough_masks_below_it(levels, expected):
-    assert rr.hard_sparsities({"levels": levels}) == expected
+    assert rp.hard_sparsities({"levels": levels}) == expected
 
 
 def test_mask_analysis_at_other_thresholds_is_not_reused():
     key = "k"
     old = {"kind": "mask_analysis", "source_key": key, "levels": [_level(0.1, 0.0)]}
-    assert rr.stored_mask_analysis([old], key) is None
-    current = {**old, "levels": [_level(t, 0.0) for t in rr.MASK_THRESHOLDS]}
-    assert rr.stored_mask_analysis([old, current], key) is current
-    assert rr.stored_mask_analysis([current], "other") is None
+    assert rp.stored_mask_analysis([old], key) is None
+    current = {**old, "levels": [_level(t, 0.0) for t in rp.MASK_THRESHOLDS]}
+    assert rp.stored_mask_analysis([old, current], key) is current
+    assert rp.stored_mask_analysis([current], "other") is None
 
 
 def _failed(spec):
-    return {"kind": "run", "status": "failed", "key": rr.run_key(spec), "spec": spec, "returncode": 1, "log_tail": "x"}
+    return {"kind": "run", "status": "failed", "key": rp.run_key(spec), "spec": spec, "returncode": 1, "log_tail": "x"}
 
 
 def test_a_retired_run_is_planned_again_and_its_retry_counts(tmp_path, monkeypatch):
-    monkeypatch.setattr(rr, "RUNS_FILE", tmp_path / "runs.jsonl")
-    monkeypatch.setattr(rr, "REPORT_FILE", tmp_path / "RESULTS.md")
-    first = rr.sweep_specs()[0]
+    monkeypatch.setattr(rp, "RUNS_FILE", tmp_path / "runs.jsonl")
+    monkeypatch.setattr(report, "REPORT_FILE", tmp_path / "RESULTS.md")
+    first = rp.sweep_specs()[0]
     done = {**_ok(first, 0.42), "finished_at": "2026-11-25 08:00:00"}
-    rr.append_record(done)
+    rp.append_record(done)
     with pytest.raises(SystemExit):
-        rr.main(["--rerun", rr.slug(first)])  # no reason
+        runner.main(["--rerun", rp.slug(first)])  # no reason
     with pytest.raises(SystemExit):
-        rr.main(["--rerun", "no-such-run", "--reason", "bug"])
-    assert rr.load_runs() == [done]
-    rr.main(["--rerun", rr.slug(first), "--reason", "merge bug fixed"])
-    runs = rr.load_runs()
-    assert rr.run_key(first) not in rr.finished(runs) and runs[0] == done  # kept in the file, no longer counted
-    assert rr.failures(runs + [_failed(first)]) == {rr.run_key(first): 1}
-    assert rr.failures([_failed(first)] + runs) == {}  # failures before the re-run record do not count
+        runner.main(["--rerun", "no-such-run", "--reason", "bug"])
+    assert rp.load_runs() == [done]
+    runner.main(["--rerun", rp.slug(first), "--reason", "merge bug fixed"])
+    runs = rp.load_runs()
+    assert rp.run_key(first) not in rp.finished(runs) and runs[0] == done  # kept in the file, no longer counted
+    assert rp.failures(runs + [_failed(first)]) == {rp.run_key(first): 1}
+    assert rp.failures([_failed(first)] + runs) == {}  # failures before the re-run record do not count
     redone = {**_ok(first, 0.5), "finished_at": "2026-11-25 09:00:00"}
-    assert rr.finished(runs + [redone])[rr.run_key(first)] is redone
-    text = rr.write_report(runs + [redone])
-    assert "50.0" in text and "merge bug fixed" in text and "test acc 42.00%" in text and rr.slug(first) in text
+    assert rp.finished(runs + [redone])[rp.run_key(first)] is redone
+    text = report.write_report(runs + [redone])
+    assert "50.0" in text and "merge bug fixed" in text and "test acc 42.00%" in text and rp.slug(first) in text
 
 
 def test_report_is_written_from_records(tmp_path, monkeypatch):
-    monkeypatch.setattr(rr, "REPORT_FILE", tmp_path / "RESULTS.md")
-    text = rr.write_report([_ok(rr.sweep_specs()[0], 0.42)])
+    monkeypatch.setattr(report, "REPORT_FILE", tmp_path / "RESULTS.md")
+    text = report.write_report([_ok(rp.sweep_specs()[0], 0.42)])
     assert "42.0" in text and "pending" in text and (tmp_path / "RESULTS.md").read_text() == text
 
 
 def test_report_counts_answers_the_merged_model_changed():
-    results = [{**_ok(rr.sweep_specs()[0], 0.5)["result"], "merged_identical_predictions": same,
+    results = [{**_ok(rp.sweep_specs()[0], 0.5)["result"], "merged_identical_predictions": same,
                 "merged_differing_predictions": n} for same, n in ((False, 3), (True, 0), (False, 1))]
-    assert "(3+1 of 400 answers differ, in 2 seed(s))" in rr._row("QLoRA", "lr 1", results)
+    assert "(3+1 of 400 answers differ, in 2 seed(s))" in report._row("QLoRA", "lr 1", results)
 
 
 def test_h_mft_rows_follow_the_mask_analysis_and_the_lr_check(tmp_path, monkeypatch):
-    monkeypatch.setattr(rr, "REPORT_FILE", tmp_path / "RESULTS.md")
-    runs = [_ok(s, 0.5) for s in rr.sweep_specs()]
-    _, pick, *_ = rr.plan(runs, compute_analysis=False)
-    source = next(s for s in rr.main_specs(pick) if s["method"] == "mft" and s["targets"] == "both" and s["seed"] == 0)
+    monkeypatch.setattr(report, "REPORT_FILE", tmp_path / "RESULTS.md")
+    runs = [_ok(s, 0.5) for s in rp.sweep_specs()]
+    pick = rp.plan(runs, compute_analysis=False).pick
+    source = next(s for s in rp.main_specs(pick) if s["method"] == "mft" and s["targets"] == "both" and s["seed"] == 0)
     runs.append(_ok(source, 0.6))
     shares = {0.98: 2e-4, 0.99: 0.01}
-    runs.append({"kind": "mask_analysis", "source_key": rr.run_key(source),
+    runs.append({"kind": "mask_analysis", "source_key": rp.run_key(source),
                  "levels": [{**_level(t, shares.get(t, 0.0)), "by_projection": {"q": shares.get(t, 0.0)}}
-                            for t in rr.MASK_THRESHOLDS]})
-    specs, _, _, levels, threshold = rr.plan(runs, compute_analysis=False)
+                            for t in rp.MASK_THRESHOLDS]})
+    planned = rp.plan(runs, compute_analysis=False)
+    specs, levels, threshold = planned.specs, planned.levels, planned.threshold
     assert levels == [1e-4, 2e-4, 4e-4] and threshold == 0.98
     lr_sweep = [s for s in specs if s["phase"] == "C"]
-    assert [s["lr"] for s in lr_sweep] == list(rr.HARD_LRS) and {s["sparsity"] for s in lr_sweep} == {2e-4}
-    assert "pending lr check" in rr.write_report(runs)
+    assert [s["lr"] for s in lr_sweep] == list(rp.HARD_LRS) and {s["sparsity"] for s in lr_sweep} == {2e-4}
+    assert "pending lr check" in report.write_report(runs)
     runs += [_ok(s, 0.7 if s["lr"] == 0.01 else 0.4) for s in lr_sweep]
-    specs, *_ = rr.plan(runs, compute_analysis=False)
+    specs = rp.plan(runs, compute_analysis=False).specs
     main = [s for s in specs if s["phase"] == "C" and s["split"] == "test"]
-    assert len(main) == 4 * len(rr.SEEDS) and {s["lr"] for s in main} == {0.01}
-    assert {s["sparsity"] for s in main} == {1e-4, 2e-4, 4e-4, rr.REFERENCE_SPARSITY}
-    text = rr.write_report(runs)
+    assert len(main) == 4 * len(rp.SEEDS) and {s["lr"] for s in main} == {0.01}
+    assert {s["sparsity"] for s in main} == {1e-4, 2e-4, 4e-4, rp.REFERENCE_SPARSITY}
+    text = report.write_report(runs)
     assert "pending lr check" not in text and "| H-MFT 0.02% | lr 0.01 | pending" in text and "below 0.98" in text
     assert "| H-MFT 1% (reference: the paper's TinyLlama best) | lr 0.01 | pending" in text
 
@@ -153,15 +158,50 @@ def test_compare_results_file_holds_the_settings_and_every_finished_method(tmp_p
 
 
 def test_paired_differences_wait_for_every_seed_and_compare_with_the_best():
-    runs = [_ok(s, 0.5) for s in rr.sweep_specs()]
-    _, pick, *_ = rr.plan(runs, compute_analysis=False)
+    runs = [_ok(s, 0.5) for s in rp.sweep_specs()]
+    pick = rp.plan(runs, compute_analysis=False).pick
     accuracy = {"lora": (0.80, 0.70, 0.75), "full": (0.60, 0.50, 0.55)}  # LoRA best; full 20 points behind each seed
-    main = [_ok(s, accuracy.get(s["method"], (0.78, 0.71, 0.70))[s["seed"]]) for s in rr.main_specs(pick)]
-    done = rr.finished(runs + main)
-    assert rr.paired_differences(rr.finished(runs + main[:-1]), pick) == []
-    lines = rr.paired_differences(done, pick)
+    main = [_ok(s, accuracy.get(s["method"], (0.78, 0.71, 0.70))[s["seed"]]) for s in rp.main_specs(pick)]
+    done = rp.finished(runs + main)
+    assert report.paired_differences(rp.finished(runs + main[:-1]), pick) == []
+    lines = report.paired_differences(done, pick)
     assert "minus LoRA (r 16)'s" in lines[1]
     full = next(line for line in lines if line.startswith("| Full FT"))
     assert "-20.0" in full and "± 0.0 | yes |" in full
     mft = next(line for line in lines if line.startswith("| S-MFT Both"))
-    assert "| -2.0 | +1.0 | -5.0 | -2.0 ± 3.0 | no |" in mft
+    # differences -2, +1, -5: sd 3, s.e. 3 / sqrt(3), t(2 df) = 4.303: half-width 7.45
+    assert "| -2.0 | +1.0 | -5.0 | -2.0 ± 7.5 | no, within noise |" in mft
+
+
+def _long_ok(spec, accuracy, best_step=80):
+    record = _ok(spec, accuracy)
+    steps = range(rp.CURVE_EVERY, spec["steps"] + 1, rp.CURVE_EVERY)
+    record["result"].update(
+        curve=[{"step": s, "val_accuracy": accuracy if s >= best_step else accuracy / 2, "train_seconds": float(s)}
+               for s in steps],
+        best_checkpoint={"step": best_step, "val_accuracy": accuracy, "train_seconds": float(best_step),
+                         "accuracy": accuracy + 0.01},
+        train_seconds=float(spec["steps"]))
+    return record
+
+
+def test_long_runs_report_best_and_end_time_to_best_and_draw_the_curves(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "REPORT_FILE", tmp_path / "RESULTS.md")
+    monkeypatch.setattr(report, "CURVES_PNG", tmp_path / "curves.png")
+    runs = [_ok(s, 0.5) for s in rp.sweep_specs()]
+    pick = rp.plan(runs, compute_analysis=False).pick
+    # the pilot is within one s.e. of its best from step 80, so the long runs take the shortest choice
+    runs.append(_long_ok(rp.pilot_spec(pick), 0.9))
+    planned = rp.plan(runs, compute_analysis=False)
+    assert planned.long_steps == rp.LONG_STEP_CHOICES[0]
+    headline = rp.headline_specs(pick, planned.long_steps)
+    accuracy = {"mft": (0.80, 0.70, 0.75), "lora": (0.70, 0.60, 0.65)}  # S-MFT 10 points ahead on every seed
+    runs += [_long_ok(s, accuracy[s["method"]][s["seed"]]) for s in headline if s["method"] in accuracy]
+    text = report.write_report(runs)
+    row = next(line for line in text.splitlines() if line.startswith("| S-MFT Both |"))
+    assert "| 76.0 ± 5.0 (3 seeds) | 75.0 ± 5.0 (3 seeds) | 80 | 80 |" in row
+    assert next(line for line in text.splitlines() if line.startswith("| Full FT |")).endswith("| pending | | | | | |")
+    lora = next(line for line in text.splitlines() if line.startswith("| LoRA (r 16) | +") or
+                line.startswith("| LoRA (r 16) | -"))
+    assert "-10.0 ± 0.0 | yes |" in lora
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
