@@ -4,7 +4,7 @@
 |-----------|----------------------------------------------------|---------------------------------|
 | mft       | soft-mask scores S (M = sigmoid(S/T)), peft_mft    | `create_mft_optimizer` (lr 0.1) |
 | mft-ste   | same, backward dM/dS := 1                          | same                            |
-| mft-hard  | hard-mask scores (top-|S| keep, `--sparsity` zeroed) | same                          |
+| mft-hard  | hard-mask scores (top-|S| keep, `--sparsity` zeroed) | same (lr 0.01)                |
 | lora      | LoRA A/B on the same modules MFT masks             | AdamW                           |
 | qlora     | LoRA on a bitsandbytes NF4 language model          | AdamW                           |
 | full      | every language-model and projector weight          | AdamW                           |
@@ -23,10 +23,12 @@ import torch
 from torch import nn
 
 from peft_mft import MFTConfig, create_mft_optimizer
+from peft_mft.training.optim import DEFAULT_HARD_SCORE_LR, DEFAULT_SCORE_LR
 
 METHODS = ("mft", "mft-ste", "mft-hard", "lora", "qlora", "full")
 INTERNAL_METHODS = ("projector",)
-DEFAULT_LR = {"mft": 0.1, "mft-ste": 0.1, "mft-hard": 0.1, "lora": 2e-4, "qlora": 2e-4, "full": 2e-5, "projector": 1e-3}
+DEFAULT_LR = {"mft": DEFAULT_SCORE_LR, "mft-ste": DEFAULT_SCORE_LR, "mft-hard": DEFAULT_HARD_SCORE_LR,
+              "lora": 2e-4, "qlora": 2e-4, "full": 2e-5, "projector": 1e-3}
 
 
 @dataclass
@@ -37,8 +39,8 @@ class MethodArgs:
     weight_decay: float = 0.0
     targets: str = "both"  # attn | mlp | both (+ the projector), for MFT and LoRA alike
     layers: list[int] | None = None  # decoder layers to adapt (None: all)
-    init_score: float = 7.0
-    temperature: float = 2.3
+    init_score: float | None = None  # None: the preset MFTConfig picks for the base model
+    temperature: float | None = None
     normalize_soft_mask: bool = True
     sparsity: float = 0.01
     lora_r: int = 16
@@ -82,8 +84,10 @@ def add_method_args(parser: argparse.ArgumentParser) -> None:
                    help="language-model projections to mask/adapt (plus the multimodal projector)")
     g.add_argument("--layers", type=parse_layers, default=None, help="decoder layers, e.g. 8-11 (default: all)")
     m = parser.add_argument_group("MFT")
-    m.add_argument("--init-score", type=float, default=7.0, help="soft masks: initial score S0")
-    m.add_argument("--temperature", type=float, default=2.3, help="soft masks: T in M = sigmoid(S/T)")
+    m.add_argument("--init-score", type=float, default=None,
+                   help="soft masks: initial score S0 (default: the preset MFTConfig picks for the base model)")
+    m.add_argument("--temperature", type=float, default=None,
+                   help="soft masks: T in M = sigmoid(S/T) (default: from the same preset)")
     m.add_argument("--no-normalize-soft-mask", dest="normalize_soft_mask", action="store_false",
                    help="paper-literal M = sigmoid(S/T) instead of dividing by its initial value")
     m.add_argument("--sparsity", type=float, default=0.01, help="mft-hard: fraction of each matrix zeroed")

@@ -21,11 +21,14 @@ from .targets import targets_regex
 PEFT_TYPE_MFT = add_peft_type_member("MFT")
 
 # (init_score, temperature) that the paper tuned per backbone (docs/method.md); larger models reuse these values.
+# "smollm2" is ours: the best of the paper's presets on the embedded SmolLM2-135M VLM, picked on validation
+# (examples/RESULTS.md, short-run sweeps: 71.5% against 52.0% for (7.0, 2.3) at lr 0.1).
 MFT_PRESETS: dict[str, tuple[float, float]] = {
     "qwen2.5-0.5b": (7.0, 2.3),
     "tinyllama-1.1b": (3.0, 0.5),
     "gemma-2b": (5.0, 1.3),
     "phi-2": (9.0, 1.1),
+    "smollm2": (3.0, 0.5),
 }
 
 # Model-name patterns (lower case, without the organisation) of each preset's family: every size of it.
@@ -34,7 +37,35 @@ _PRESET_FAMILIES = {
     "tinyllama-1.1b": r"tinyllama",
     "gemma-2b": r"gemma-(?:1\.1-)?\d+(?:\.\d+)?b(?:$|-)",
     "phi-2": r"phi-2(?:$|-)",
+    "smollm2": r"smollm2-",
 }
+
+# A model whose name matches no family: the preset that did best where we measured (our SmolLM2 sweep; the same
+# values as the paper's TinyLlama preset), not the paper's first-listed (7.0, 2.3), which did worst there.
+FALLBACK_PRESET = "smollm2"
+# Model types whose every checkpoint belongs to one preset's family (used when the name matches none).
+_PRESET_MODEL_TYPES = {"qwen2": "qwen2.5-0.5b", "gemma": "gemma-2b", "phi": "phi-2"}
+
+
+def preset_for_name(name: str) -> Optional[str]:
+    """The preset whose family matches model id or path `name` ("Qwen/Qwen2.5-7B" -> "qwen2.5-0.5b"), else None."""
+    model_name = name.rstrip("/").rsplit("/", 1)[-1].lower()
+    if model_name in MFT_PRESETS:
+        return model_name
+    return next((key for key, pattern in _PRESET_FAMILIES.items() if re.match(pattern, model_name)), None)
+
+
+def preset_for_model(model_config: dict) -> tuple[str, str]:
+    """(preset, why) for a base model's config dict (a VLM's language model decides): its name or path, else its
+    language model's type, else `FALLBACK_PRESET`."""
+    text_config = model_config.get("text_config") or {}
+    for name in (model_config.get("_name_or_path"), text_config.get("_name_or_path")):
+        if name and preset_for_name(str(name)):
+            return preset_for_name(str(name)), f"model name {name!r}"
+    model_type = text_config.get("model_type") or model_config.get("model_type")
+    if model_type in _PRESET_MODEL_TYPES:
+        return _PRESET_MODEL_TYPES[model_type], f"model type {model_type!r}"
+    return FALLBACK_PRESET, f"no preset family matches model type {model_type!r}, so the fallback"
 
 DEFAULT_HARD_SPARSITY = 0.01
 
@@ -100,28 +131,41 @@ class MFTConfig(PeftConfig):
     temperature)` unless `normalize_soft_mask=False`, so that a fresh adapter is exactly the base model. Hard masks:
     the `sparsity` fraction of entries with the smallest `|S|` is zeroed per matrix, the rest kept.
 
-    Use [`MFTConfig.from_preset`] for the paper's (init_score, temperature) per backbone.
+    Soft masks: `init_score` and `temperature` left at None come from a preset, `preset` if given, else the one
+    the base model's name or type selects when the adapter is created (`preset_for_model`); the resolved values are
+    written into the config (and so into `adapter_config.json`). [`MFTConfig.from_preset`] picks one by name.
     """
 
     mask_type: Literal["soft", "hard"] = field(
         default="soft",
         metadata={"help": "'soft' (S-MFT): M = sigmoid(S/T). 'hard' (H-MFT): binary mask zeroing the smallest |S|."},
     )
-    init_score: float = field(
-        default=7.0,
+    init_score: Optional[float] = field(
+        default=None,
         metadata={
             "help": (
                 "Soft masks: the constant every score starts at, so that M starts near 1 (paper: 7.0 for "
-                "Qwen2.5-0.5B, 3.0 TinyLlama-1.1B, 5.0 Gemma-2B, 9.0 Phi-2). Hard masks initialise scores to |W|."
+                "Qwen2.5-0.5B, 3.0 TinyLlama-1.1B, 5.0 Gemma-2B, 9.0 Phi-2). None: from the preset. Hard masks "
+                "initialise scores to |W| / mean |W| instead."
             )
         },
     )
-    temperature: float = field(
-        default=2.3,
+    temperature: Optional[float] = field(
+        default=None,
         metadata={
             "help": (
                 "Soft masks: sigmoid temperature T > 0; dM/dS = M(1-M)/T, so a small T saturates the sigmoid "
-                "(paper: 2.3 for Qwen2.5-0.5B, 0.5 TinyLlama-1.1B, 1.3 Gemma-2B, 1.1 Phi-2)."
+                "(paper: 2.3 for Qwen2.5-0.5B, 0.5 TinyLlama-1.1B, 1.3 Gemma-2B, 1.1 Phi-2). None: from the preset."
+            )
+        },
+    )
+    preset: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": (
+                f"Soft masks: the (init_score, temperature) preset that fills whichever of the two is None: one of "
+                f"{sorted(MFT_PRESETS)}. None: chosen from the base model's name or type when the adapter is "
+                f"created ({FALLBACK_PRESET!r} when none matches) and recorded here."
             )
         },
     )
@@ -193,7 +237,8 @@ class MFTConfig(PeftConfig):
         default=True,
         metadata={
             "help": (
-                "True: soft scores start at init_score, hard scores at |W|. False: random scores (for tests): "
+                "True: soft scores start at init_score, hard scores at |W| / mean |W| of their matrix. False: "
+                "random scores (for tests): "
                 "init_score + 2*T*N(0, 1) for soft masks, N(0, 1) for hard masks."
             )
         },
@@ -204,11 +249,19 @@ class MFTConfig(PeftConfig):
         self.peft_type = PEFT_TYPE_MFT
         if self.mask_type not in ("soft", "hard"):
             raise ValueError(f"MFTConfig.mask_type must be 'soft' or 'hard', got {self.mask_type!r}.")
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)) or (
-            self.temperature <= 0
+        if self.preset is not None:
+            if self.preset not in MFT_PRESETS:
+                raise ValueError(f"MFTConfig.preset must be one of {sorted(MFT_PRESETS)}, got {self.preset!r}.")
+            if self.mask_type == "soft":
+                self.resolve_preset(self.preset)
+        if self.temperature is not None and (
+            not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature))
+            or self.temperature <= 0
         ):
             raise ValueError(f"MFTConfig.temperature must be a finite number > 0, got {self.temperature!r}.")
-        if not (isinstance(self.init_score, (int, float)) and math.isfinite(self.init_score)):
+        if self.init_score is not None and not (
+            isinstance(self.init_score, (int, float)) and math.isfinite(self.init_score)
+        ):
             raise ValueError(f"MFTConfig.init_score must be a finite number, got {self.init_score!r}.")
         if self.mask_type == "hard":
             if self.straight_through:
@@ -221,15 +274,8 @@ class MFTConfig(PeftConfig):
             raise ValueError(
                 f"MFTConfig.sparsity={self.sparsity!r} applies to hard masks only; set mask_type='hard' or drop it."
             )
-        else:
-            warn_if_soft_mask_saturates(self.init_score, self.temperature)
-            if self.normalize_soft_mask and not self.mask_spec().normalizer >= torch.finfo(torch.float32).tiny:
-                raise ValueError(
-                    f"MFTConfig(init_score={self.init_score}, temperature={self.temperature}): normalize_soft_mask "
-                    "divides the mask by sigmoid(init_score / temperature), which underflows float32 here "
-                    f"(init_score / temperature = {self.init_score / self.temperature:.4g}); use init_score / "
-                    "temperature > -87 (the paper's presets use 3 to 8) or normalize_soft_mask=False."
-                )
+        elif self.init_score is not None and self.temperature is not None:
+            self._check_soft_mask()
         if self.targets is not None:
             if self.targets not in ("attn", "mlp", "both"):
                 raise ValueError(f"MFTConfig.targets must be 'attn', 'mlp' or 'both', got {self.targets!r}.")
@@ -246,6 +292,23 @@ class MFTConfig(PeftConfig):
             self.exclude_modules = set(self.exclude_modules)
         if self.layers_pattern and self.layers_to_transform is None:
             raise ValueError("MFTConfig.layers_pattern is only used together with layers_to_transform.")
+
+    def _check_soft_mask(self) -> None:
+        warn_if_soft_mask_saturates(self.init_score, self.temperature)
+        if self.normalize_soft_mask and not self.mask_spec().normalizer >= torch.finfo(torch.float32).tiny:
+            raise ValueError(
+                f"MFTConfig(init_score={self.init_score}, temperature={self.temperature}): normalize_soft_mask "
+                "divides the mask by sigmoid(init_score / temperature), which underflows float32 here "
+                f"(init_score / temperature = {self.init_score / self.temperature:.4g}); use init_score / "
+                "temperature > -87 (the paper's presets use 3 to 8) or normalize_soft_mask=False."
+            )
+
+    def resolve_preset(self, preset: str) -> None:
+        """Fill `init_score` / `temperature`, where None, from `MFT_PRESETS[preset]`, and record `preset`."""
+        init_score, temperature = MFT_PRESETS[preset]
+        self.preset = preset
+        self.init_score = init_score if self.init_score is None else self.init_score
+        self.temperature = temperature if self.temperature is None else self.temperature
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
@@ -282,19 +345,26 @@ class MFTConfig(PeftConfig):
         unchanged for its 7B-14B models; for another size they are the paper's choice, not a tuned one. Other keyword
         arguments are passed to `MFTConfig`.
         """
-        model_name = name.rsplit("/", 1)[-1].lower()
-        preset = next((key for key, pattern in _PRESET_FAMILIES.items() if re.match(pattern, model_name)), None)
+        preset = preset_for_name(name)
         if preset is None:
             raise ValueError(
                 f"Unknown MFT preset {name!r}; known presets: {sorted(MFT_PRESETS)}, also matched by model ids of "
-                "their families (Qwen2.5-*, TinyLlama-*, gemma-<size>, phi-2)."
+                "their families (Qwen2.5-*, TinyLlama-*, gemma-<size>, phi-2, SmolLM2-*)."
             )
-        init_score, temperature = MFT_PRESETS[preset]
-        return cls(init_score=init_score, temperature=temperature, **kwargs)
+        return cls(preset=preset, **kwargs)
+
+    def _require_resolved(self) -> None:
+        if self.mask_type == "soft" and (self.init_score is None or self.temperature is None):
+            raise ValueError(
+                f"MFTConfig(init_score={self.init_score}, temperature={self.temperature}) has no soft-mask values yet: "
+                "they come from a preset when the adapter is created (get_peft_model); set them or `preset` to use "
+                "the config before that."
+            )
 
     @property
     def initial_soft_mask(self) -> float:
         """M0 = sigmoid(init_score / temperature), the paper-literal soft mask of a fresh adapter."""
+        self._require_resolved()
         return 1.0 / (1.0 + math.exp(-self.init_score / self.temperature))
 
     def mask_spec(self, device: Optional[torch.device] = None) -> MaskSpec:
@@ -305,6 +375,7 @@ class MFTConfig(PeftConfig):
         """
         if self.mask_type == "hard":
             return MaskSpec("hard", sparsity=self.sparsity)
+        self._require_resolved()
         normalizer = 1.0
         if self.normalize_soft_mask:
             init = torch.tensor(self.init_score, dtype=torch.float32, device=device)

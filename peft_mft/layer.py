@@ -68,6 +68,12 @@ class MFTLayer(BaseTunerLayer):
                 # ZeRO-3 the weight is partitioned (shape [0], real shape in `ds_shape`): gather it to read it.
                 with gather_params_ctx(self.get_base_layer().weight, modifier_rank=None):
                     scores = self.get_base_weight().detach().abs().to(torch.float32)
+                # |W| / mean |W|: the same ranking on a unit scale, so that the default hard-score learning rate
+                # (0.01) moves a typical score by ~1% per Adam step whatever the layer's weight scale; raw |W|
+                # (mean 0.15 in SmolLM2) lost the ranking in one step at lr 0.1 (issue 12, docs/method.md).
+                mean = scores.mean()
+                if mean > 0:
+                    scores /= mean
             else:
                 scores = torch.randn(shape, dtype=torch.float32, device=device)
         self.mft_scores[adapter_name] = nn.Parameter(scores)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import re
 import warnings
 from typing import Optional
@@ -16,10 +17,12 @@ from peft.utils.error import NoMatchingPeftModuleError
 from peft.utils.quantization_utils import ForwardOnlyQuantizationBackend
 
 from .adapter_files import check_finite_state_dict, check_scores_fit_model
-from .config import MFTConfig
+from .config import MFTConfig, preset_for_model
 from .finite import check_finite_scores
 from .layer import Linear, MFTLayer, quantized_merge_error
 from .targets import TRANSFORMERS_MODELS_TO_MFT_TARGET_MODULES_MAPPING, is_vision_tower_module, layer_index, targets_regex
+
+logger = logging.getLogger(__name__)
 
 
 def _adapter_names_pre_forward_hook(module, args, kwargs, adapter_names):
@@ -55,8 +58,17 @@ class MFTModel(BaseTuner):
     target_module_mapping = TRANSFORMERS_MODELS_TO_MFT_TARGET_MODULES_MAPPING
 
     def _prepare_adapter_config(self, peft_config: MFTConfig, model_config: dict) -> MFTConfig:
-        """Resolve `targets` (or the architecture default) into `target_modules`."""
+        """Resolve the soft-mask preset from the base model (`preset_for_model`) where `init_score` / `temperature`
+        are not given, and `targets` (or the architecture default) into `target_modules`."""
         self._generic_rule_model_type = None
+        if peft_config.mask_type == "soft" and (peft_config.init_score is None or peft_config.temperature is None):
+            preset, why = preset_for_model(model_config)
+            peft_config.resolve_preset(preset)
+            peft_config._check_soft_mask()
+            logger.info(
+                "MFT soft-mask preset %r (%s): init_score %g, temperature %g.",
+                preset, why, peft_config.init_score, peft_config.temperature,
+            )
         if peft_config.target_modules is not None:
             return peft_config
         is_vlm = "vision_config" in model_config

@@ -91,7 +91,8 @@ def test_histogram_counts_fall_in_hand_computed_bins():
 
 
 def test_histogram_of_normalised_masks_reaches_one_over_m0():
-    config = MFTConfig(init_weights=False)  # random scores around 7.0, masks divided by M0 = sigmoid(7 / 2.3)
+    # random scores around 7.0, masks divided by M0 = sigmoid(7 / 2.3)
+    config = MFTConfig(init_score=7.0, temperature=2.3, init_weights=False)
     analysis = analyze_masks(get_peft_model(make_llama(), config))
     assert analysis.histogram_edges[-1] == pytest.approx(1 / config.initial_soft_mask, rel=1e-6)
     assert sum(analysis.histogram_counts) == TOTAL_NUMEL  # nothing falls outside, not even M = 1 / M0

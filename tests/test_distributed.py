@@ -81,11 +81,12 @@ def test_deepspeed_zero3_matches_one_process_and_merging_gathers_partitioned_wei
 
 
 def hard_mask_initial_scores(folder: Path) -> dict:
-    """|W| of the pretrained weights the ZeRO-3 run started from, keyed like the adapter file."""
+    """|W| / mean |W| of each pretrained weight the ZeRO-3 run started from, keyed like the adapter file."""
     from transformers import LlamaForCausalLM
 
     weights = LlamaForCausalLM.from_pretrained(folder / "pretrained").state_dict()
-    return {f"base_model.model.{key.removesuffix('.weight')}.mft_scores": value.abs() for key, value in weights.items()}
+    return {f"base_model.model.{key.removesuffix('.weight')}.mft_scores": value.abs() / value.abs().mean()
+            for key, value in weights.items()}
 
 
 def test_the_tolerance_would_catch_gradients_that_are_not_averaged(two_processes):

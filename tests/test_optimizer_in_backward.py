@@ -60,7 +60,7 @@ def test_trainer_with_optimizer_in_backward_matches_the_plain_optimizer_without_
     dataset = [{"input_ids": row, "labels": row} for row in text_inputs(batch=8)]
     scores = {}
     for fused in (False, True):
-        model = get_peft_model(make_llama(), MFTConfig())
+        model = get_peft_model(make_llama(), MFTConfig(init_score=7.0, temperature=2.3))
         optimizer = create_mft_optimizer(model, lr=0.1)
         optimizer = OptimizerInBackward(optimizer) if fused else optimizer
         args = TrainingArguments(
@@ -124,7 +124,7 @@ def test_trainer_asking_for_clipping_or_accumulation_is_refused_before_training(
 
     from .conftest import make_llama, text_inputs
 
-    model = get_peft_model(make_llama(), MFTConfig())
+    model = get_peft_model(make_llama(), MFTConfig(init_score=7.0, temperature=2.3))
     optimizer = OptimizerInBackward(create_mft_optimizer(model, lr=0.1))
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=2, report_to=[],
                              use_cpu=True, save_strategy="no", disable_tqdm=True, **arguments)

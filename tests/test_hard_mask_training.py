@@ -1,0 +1,76 @@
+"""H-MFT scores start at |W| / mean |W| per matrix and train at DEFAULT_HARD_SCORE_LR: the ranking by |S| survives a
+step and a few steps lower the training loss."""
+
+import torch
+from peft import get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from peft_mft import MFTConfig, create_mft_optimizer
+from peft_mft.layer import MFTLayer
+from peft_mft.training.optim import DEFAULT_HARD_SCORE_LR, DEFAULT_SCORE_LR
+from tests.conftest import _text_config_kwargs, make_llama, text_inputs
+
+
+def _hard_model(sparsity=0.3):
+    # Weights of std 0.2 rather than the usual 0.02, so that the tiny model's logits depend on which ones are zeroed
+    # (at 0.02 its output is near uniform whatever the mask).
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(LlamaConfig(**_text_config_kwargs(), initializer_range=0.2))
+    return get_peft_model(base, MFTConfig(mask_type="hard", sparsity=sparsity, targets="both"))
+
+
+def _loss(model, ids):
+    return model(input_ids=ids, labels=ids).loss
+
+
+def test_hard_scores_start_at_unit_mean_and_zero_the_smallest_weights():
+    sparsity = 0.3
+    model = _hard_model(sparsity)
+    for module in (m for m in model.modules() if isinstance(m, MFTLayer)):
+        assert abs(module.mft_scores["default"].mean().item() - 1.0) < 1e-5
+        weight = module.get_base_layer().weight.detach().abs().flatten()
+        smallest = torch.zeros_like(weight, dtype=torch.bool)
+        smallest[weight.topk(int(sparsity * weight.numel()), largest=False).indices] = True
+        assert torch.equal(module.get_mask("default").flatten() == 0, smallest)
+
+
+def test_the_optimizer_gives_hard_and_soft_scores_their_own_default_rates():
+    model = _hard_model()
+    (group,) = create_mft_optimizer(model).param_groups
+    assert group["lr"] == DEFAULT_HARD_SCORE_LR == 0.01
+    soft = get_peft_model(make_llama(), MFTConfig(init_score=3.0, temperature=0.5))
+    assert create_mft_optimizer(soft).param_groups[0]["lr"] == DEFAULT_SCORE_LR == 0.1
+    assert create_mft_optimizer(model, lr=0.5).param_groups[0]["lr"] == 0.5
+
+
+def test_most_score_signs_and_the_zeroed_set_survive_one_default_step():
+    model = _hard_model()
+    ids = text_inputs(batch=4, length=12)
+    layers = [m for m in model.modules() if isinstance(m, MFTLayer)]
+    before = [m.mft_scores["default"].detach().clone() for m in layers]
+    zeroed_before = [m.get_mask("default") == 0 for m in layers]
+    optimizer = create_mft_optimizer(model)
+    _loss(model, ids).backward()
+    optimizer.step()
+    after = [m.mft_scores["default"].detach() for m in layers]
+    flipped = sum((torch.sign(a) != torch.sign(b)).sum().item() for a, b in zip(after, before))
+    total = sum(b.numel() for b in before)
+    assert flipped / total < 0.05
+    kept = sum((z & (m.get_mask("default") == 0)).sum().item() for z, m in zip(zeroed_before, layers))
+    assert kept / sum(z.sum().item() for z in zeroed_before) > 0.8
+
+
+def test_a_few_hard_mask_steps_lower_the_training_loss():
+    model = _hard_model()
+    model.train()
+    ids = text_inputs(batch=8, length=12)
+    optimizer = create_mft_optimizer(model)
+    with torch.no_grad():
+        start = _loss(model, ids).item()
+    for _ in range(10):
+        optimizer.zero_grad()
+        _loss(model, ids).backward()
+        optimizer.step()
+    with torch.no_grad():
+        end = _loss(model, ids).item()
+    assert end < start - 0.05, (start, end)
