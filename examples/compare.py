@@ -3,6 +3,10 @@
     python -m examples.compare            # every method, same steps / batch / data order / seed
     python -m examples.compare --quick    # smoke run: a few steps and questions per method
 
+Each method trains at the hyperparameters picked on validation for examples/RESULTS.md
+(`examples.results_plan.validated_hyperparameters`, read from the committed runs.jsonl): the same numbers the long
+runs use. H-MFT has no validated setting yet and runs at the library defaults (lr 0.01, 1% zeroed).
+
 The model is the embedded default (SmolLM2-135M-Instruct + EfficientNet-Lite0 as a `LlavaForConditionalGeneration`,
 projector aligned in stage 1; built from pip packages on first use and cached), the data easy-vqa (train split for
 training, a fixed sample of its test split for evaluation). Each method starts from a fresh copy of the checkpoint.
@@ -30,7 +34,9 @@ from harness.methods import METHODS, MethodArgs, prepare_model
 from harness.models import load_llava
 from harness.training import TrainConfig, train_and_evaluate
 
-FULL = {"steps": 16, "batch_size": 8, "eval_samples": 160}
+from .results_plan import validated_hyperparameters
+
+FULL = {"steps": 48, "batch_size": 8, "eval_samples": 200}
 QUICK = {"steps": 2, "batch_size": 2, "eval_samples": 8}
 QUICK_STAGE1_STEPS = 4  # used only when the full stage-1 projector is not cached yet
 
@@ -68,6 +74,45 @@ def format_table(rows: list[dict], baseline: dict | None) -> str:
     out = [fmt.format(*header), "-|-".join("-" * w for w in widths)]
     out += [fmt.format(*line) for line in lines]
     return "\n".join(out)
+
+
+def tuned_method_args(method: str, validated: dict) -> MethodArgs:
+    """`MethodArgs` at the validated hyperparameters (`validated_hyperparameters()`); defaults where none exist."""
+    if method in ("mft", "mft-ste"):
+        return MethodArgs(**validated["mft"])
+    if method in ("lora", "qlora"):
+        return MethodArgs(lr=validated["lora"]["lr"])
+    if method == "full":
+        return MethodArgs(lr=validated["full"]["lr"])
+    return MethodArgs()
+
+
+def describe_args(method: str, args: MethodArgs) -> str:
+    text = f"lr {args.learning_rate(method):g}"
+    if method in ("mft", "mft-ste"):
+        text += f", init {args.init_score:g}, T {args.temperature:g}"
+    if method == "mft-hard":
+        text += f", {100 * args.sparsity:g}% zeroed (defaults, not validated)"
+    return text
+
+
+def write_loss_png(rows: list[dict], path: Path) -> Path:
+    """Training loss against optimizer step, one line per finished method (its test accuracy in the legend)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7.0, 4.5), layout="constrained")
+    ax = figure.subplots()
+    for r in rows:
+        if "loss_history" in r:
+            ax.plot([h["step"] for h in r["loss_history"]], [h["loss"] for h in r["loss_history"]],
+                    label=f"{r['method']} (test {100 * r['accuracy']:.1f}%)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (answer tokens)")
+    ax.set_yscale("log")
+    ax.set_title("examples.compare: training loss per method")
+    ax.legend(fontsize=8)
+    figure.savefig(path, dpi=110, format="png")
+    return path
 
 
 def release_memory() -> None:
@@ -138,17 +183,21 @@ def main(argv=None) -> list[dict]:
         del loaded
         release_memory()
 
+    validated = validated_hyperparameters()
+    method_args = {method: tuned_method_args(method, validated) for method in methods}
+    print("hyperparameters (picked on validation, examples/RESULTS.md): "
+          + "; ".join(f"{m} {describe_args(m, a)}" for m, a in method_args.items()))
     rows = []
     for method in methods:
         loaded = load_llava(str(checkpoint), quantize_4bit=method == "qlora")
         processor = processor or loaded.processor()
         prepared = None
         try:
-            prepared = prepare_model(loaded.model, method, MethodArgs())
+            prepared = prepare_model(loaded.model, method, method_args[method])
             result = train_and_evaluate(
                 prepared, processor, train_records, eval_records,
                 TrainConfig(output_dir=str(out / method), max_steps=steps, batch_size=batch_size, seed=args.seed,
-                            logging_steps=max(1, steps // 6), eval_batch_size=32, bf16=not args.fp32,
+                            logging_steps=max(1, steps // 12), eval_batch_size=32, bf16=not args.fp32,
                             desc=method),
             )
         except Exception as err:  # noqa: BLE001 - one failing method must not hide the others' results
@@ -165,6 +214,9 @@ def main(argv=None) -> list[dict]:
     print(f"\n{len(eval_records)} easy-vqa test questions; {steps} steps x batch {batch_size}, "
           f"{'fp32' if args.fp32 else 'bf16 autocast'} training; "
           f"total {time.time() - start:.0f} s. Details: {out / 'results.json'}")
+    if any("loss_history" in row for row in rows):
+        print(f"Training-loss curves: {write_loss_png(rows, out / 'curves.png')}; the long runs' validation curves "
+              "(3 seeds): examples/results/curves.png")
     failed = [row["method"] for row in rows if "error" in row]
     if failed:  # the others' results are in the table and results.json; the job still failed
         raise SystemExit(f"examples.compare: {len(failed)} of {len(rows)} methods failed ({', '.join(failed)}); "

@@ -289,9 +289,13 @@ def test_compare_exits_non_zero_when_a_method_fails_and_keeps_the_others(workdir
     monkeypatch.setattr(compare, "embedded_llava_checkpoint", lambda **kwargs: workdir["llava"])
     monkeypatch.setattr(compare, "prepare_easy_vqa", lambda: {"train": workdir["train"], "test": workdir["test"],
                                                               "image_folder": workdir["root"] / "data"})
+    validated = {"mft": {"lr": 0.07, "init_score": 4.0, "temperature": 0.9}, "lora": {"lr": 5e-4}, "full": {"lr": 1e-5}}
+    monkeypatch.setattr(compare, "validated_hyperparameters", lambda: validated)
     real_prepare = compare.prepare_model
+    used = {}
 
     def prepare_with_a_bug(model, method, args):
+        used[method] = args
         if method == "lora":
             raise RuntimeError("simulated bug in lora")
         return real_prepare(model, method, args)
@@ -305,6 +309,10 @@ def test_compare_exits_non_zero_when_a_method_fails_and_keeps_the_others(workdir
     runs = json.loads((tmp_path / "results.json").read_text())["runs"]
     assert runs[0]["method"] == "mft" and "accuracy" in runs[0]
     assert runs[1] == {"method": "lora", "error": "RuntimeError: simulated bug in lora"}
+    # each method trains at the validated hyperparameters
+    assert (used["mft"].lr, used["mft"].init_score, used["mft"].temperature) == (0.07, 4.0, 0.9)
+    assert used["lora"].lr == 5e-4 and runs[0]["lr"] == 0.07
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_template_error_other_than_the_content_style_is_not_swallowed(workdir):
