@@ -16,7 +16,8 @@ from peft.utils.integrations import gather_params_ctx
 from .bnb_layout import restore_standard_4bit_layout
 from .config import MFTConfig
 from .errors import QuantizedMergeError
-from .mask import MaskSpec, masked_linear, masked_weight_reference
+from .mask import HardThreshold, MaskSpec, hard_mask_threshold, masked_linear, masked_weight_reference
+from .score_versions import score_version
 
 
 def quantized_merge_error(backend_name: str, module_name: Optional[str] = None) -> QuantizedMergeError:
@@ -46,6 +47,8 @@ class MFTLayer(BaseTunerLayer):
         self.merged_adapters = []
         self.in_features, self.out_features = _get_in_out_features(self.get_base_layer())
         self.kwargs = kwargs
+        # adapter -> (score_version of the scores it was selected from, threshold): see `hard_threshold`
+        self._hard_thresholds: dict[str, tuple[tuple, Optional[HardThreshold]]] = {}
 
     def get_base_weight(self) -> torch.Tensor:
         """The base weight, dequantized for quantized bases (a 4-bit one first gets its standard layout back, see
@@ -78,6 +81,7 @@ class MFTLayer(BaseTunerLayer):
                 scores = torch.randn(shape, dtype=torch.float32, device=device)
         self.mft_scores[adapter_name] = nn.Parameter(scores)
         self.mft_mask_spec[adapter_name] = spec
+        self._hard_thresholds.pop(adapter_name, None)
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
 
     def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: Optional[torch.device] = None) -> None:
@@ -100,10 +104,30 @@ class MFTLayer(BaseTunerLayer):
         scores.data = scores.data.to(dtype)
         return dtype
 
+    def hard_threshold(self, adapter_name: str) -> Optional[HardThreshold]:
+        """The hard mask's threshold over `adapter_name`'s current scores, selected again only when the scores may
+        have changed (`peft_mft.score_versions`): once per optimizer step in training, once in all of `generate`.
+        None for soft masks, and under `torch.compile` (the masked linear then selects in the traced graph)."""
+        spec = self.mft_mask_spec[adapter_name]
+        if spec.mask_type != "hard" or torch.compiler.is_compiling():
+            return None
+        scores = self.mft_scores[adapter_name]
+        version = score_version(scores)
+        cached = self._hard_thresholds.get(adapter_name)
+        if cached is None or cached[0] != version:
+            cached = (version, hard_mask_threshold(scores, spec.sparsity))
+            self._hard_thresholds[adapter_name] = cached
+        return cached[1]
+
+    def forget_hard_thresholds(self) -> None:
+        """Select every hard mask's threshold again at the next forward (after writing scores through `.data`)."""
+        self._hard_thresholds.clear()
+
     def get_mask(self, adapter_name: str) -> torch.Tensor:
         """The current mask `M` of `adapter_name` (float32, (out_features, in_features)), without gradient."""
         with torch.no_grad():
-            return self.mft_mask_spec[adapter_name].mask(self.mft_scores[adapter_name])
+            spec, scores = self.mft_mask_spec[adapter_name], self.mft_scores[adapter_name]
+            return spec.mask(scores, self.hard_threshold(adapter_name))
 
 
 class Linear(nn.Module, MFTLayer):
@@ -138,7 +162,10 @@ class Linear(nn.Module, MFTLayer):
         bias = self.get_base_layer().bias
         if len(active) == 1:
             name = active[0]
-            return masked_linear(x, self._masked_weight_source(), self.mft_scores[name], bias, self.mft_mask_spec[name])
+            return masked_linear(
+                x, self._masked_weight_source(), self.mft_scores[name], bias, self.mft_mask_spec[name],
+                self.hard_threshold(name),
+            )
         # Several active adapters: their masks multiply. Plain autograd is fine for this rare case.
         weight = self.get_base_weight()
         for name in active:
@@ -165,7 +192,10 @@ class Linear(nn.Module, MFTLayer):
             index = torch.tensor(rows, device=x.device)
             if name in self.mft_scores:
                 spec, scores = self.mft_mask_spec[name], self.mft_scores[name]
-                out = masked_linear(x[index], self._masked_weight_source(), scores, self.get_base_layer().bias, spec)
+                out = masked_linear(
+                    x[index], self._masked_weight_source(), scores, self.get_base_layer().bias, spec,
+                    self.hard_threshold(name),
+                )
             else:
                 out = self.base_layer(x[index], *args, **kwargs)
             if result is None:

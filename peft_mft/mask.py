@@ -195,11 +195,12 @@ class MaskedLinearFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight: WeightSource, scores, bias, spec: MaskSpec):
+    def forward(ctx, x, weight: WeightSource, scores, bias, spec: MaskSpec, hard_threshold: Optional[HardThreshold]):
         weight_fn = weight if callable(weight) else None
         w = weight_fn() if weight_fn is not None else weight
         compute_dtype = _compute_dtype(x)
-        hard_threshold = hard_mask_threshold(scores, spec.sparsity) if spec.mask_type == "hard" else None
+        if spec.mask_type == "hard" and hard_threshold is None:
+            hard_threshold = hard_mask_threshold(scores, spec.sparsity)
         # M is a fresh float32 tensor, so W * M can be written into it.
         masked_weight = _fresh_mask(scores, spec, hard_threshold).mul_(w).to(compute_dtype)
         with torch.autocast(x.device.type, enabled=False):
@@ -251,11 +252,20 @@ class MaskedLinearFunction(torch.autograd.Function):
                 grad_s = grad_s.to(scores.dtype)
         if needs_b and ctx.has_bias:
             grad_b = grad_out.reshape(-1, grad_out.shape[-1]).sum(0)
-        return grad_x, grad_w, grad_s, grad_b, None
+        return grad_x, grad_w, grad_s, grad_b, None, None
 
 
 def masked_linear(
-    x: torch.Tensor, weight: WeightSource, scores: torch.Tensor, bias: Optional[torch.Tensor], spec: MaskSpec
+    x: torch.Tensor,
+    weight: WeightSource,
+    scores: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    spec: MaskSpec,
+    hard_threshold: Optional[HardThreshold] = None,
 ) -> torch.Tensor:
-    """Apply the masked linear layer; see `MaskedLinearFunction`. Returns (..., out_features)."""
-    return MaskedLinearFunction.apply(x, weight, scores, bias, spec)
+    """Apply the masked linear layer; see `MaskedLinearFunction`. Returns (..., out_features).
+
+    Hard masks: `hard_threshold` reuses a `hard_mask_threshold(scores, spec.sparsity)` of these very scores (the
+    caller keeps it while the scores do not change); None computes it here.
+    """
+    return MaskedLinearFunction.apply(x, weight, scores, bias, spec, hard_threshold)

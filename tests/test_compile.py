@@ -74,7 +74,8 @@ def _train(model, steps=3):
 
 @pytest.mark.parametrize("mask_type", ["soft", "hard"])
 def test_compiled_mft_model_trains_and_matches_eager(mask_type):
-    config = MFTConfig(mask_type=mask_type, sparsity=0.1 if mask_type == "hard" else None, init_weights=False)
+    soft = dict(init_score=7.0, temperature=2.3) if mask_type == "soft" else {}
+    config = MFTConfig(mask_type=mask_type, sparsity=0.1 if mask_type == "hard" else None, init_weights=False, **soft)
     eager = get_peft_model(make_llama(num_hidden_layers=1), config)
     compiled = get_peft_model(make_llama(num_hidden_layers=1), config)
     compiled.load_state_dict(eager.state_dict())
