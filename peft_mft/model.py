@@ -20,7 +20,13 @@ from .adapter_files import check_finite_state_dict, check_scores_fit_model
 from .config import MFTConfig, preset_for_model
 from .finite import check_finite_scores
 from .layer import Linear, MFTLayer, quantized_merge_error
-from .targets import TRANSFORMERS_MODELS_TO_MFT_TARGET_MODULES_MAPPING, is_vision_tower_module, layer_index, targets_regex
+from .targets import (
+    TRANSFORMERS_MODELS_TO_MFT_TARGET_MODULES_MAPPING,
+    is_projector,
+    is_vision_tower_module,
+    layer_index,
+    targets_regex,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +43,39 @@ def describe_masked(names: list[str]) -> str:
         pattern = re.sub(r"\.\d+\.", ".*.", name)
         counts[pattern] = counts.get(pattern, 0) + 1
     return ", ".join(f"{pattern} (x{count})" if count > 1 else pattern for pattern, count in counts.items())
+
+
+def warn_about_unmaskable_parts(model: nn.Module) -> None:
+    """Warn about weights MFT cannot mask where a user expects masks: a VLM projector that is not an `nn.Linear`
+    (Gemma3's bare `mm_input_projection_weight`) and MoE experts fused into 3-D parameters (Llama4TextExperts)."""
+    projector_parameters = [
+        f"{name}.{param_name}"
+        for name, module in model.named_modules()
+        if name.rsplit(".", 1)[-1] == "multi_modal_projector"
+        and not any(isinstance(m, (nn.Linear, MFTLayer)) for m in module.modules())
+        for param_name, param in module.named_parameters()
+        if param.ndim == 2
+    ]
+    if projector_parameters:
+        warnings.warn(
+            f"The image-text projector of this model is not an nn.Linear ({', '.join(projector_parameters)}), so "
+            "MFT leaves it unmasked; only the language model's projections are masked. Gemma3 keeps its projector as "
+            "a bare parameter; train it in full with MFTConfig(modules_to_save=['multi_modal_projector']) if needed.",
+            stacklevel=3,
+        )
+    fused_experts = [
+        name
+        for name, module in model.named_modules()
+        if name.rsplit(".", 1)[-1] == "experts"
+        and any(param.ndim == 3 for param in module.parameters(recurse=False))
+    ]
+    if fused_experts:
+        warnings.warn(
+            f"{len(fused_experts)} MoE expert blocks keep their experts as fused 3-D parameters, not nn.Linear "
+            f"({describe_masked(fused_experts)}); MFT masks only linears, so the experts stay unmasked (their shared "
+            "experts and every other projection are masked).",
+            stacklevel=3,
+        )
 
 
 class MFTModel(BaseTuner):
@@ -101,6 +140,7 @@ class MFTModel(BaseTuner):
         """PEFT's injection; a model type MFT does not know gets the generic rule and a warning listing what it masked."""
         try:
             super().inject_adapter(model, adapter_name, **kwargs)
+            warn_about_unmaskable_parts(model)
             if getattr(self, "_generic_rule_model_type", None) is not None:
                 masked = [name for name, module in model.named_modules() if isinstance(module, MFTLayer)]
                 warnings.warn(
@@ -124,6 +164,10 @@ class MFTModel(BaseTuner):
     def _create_and_replace(
         self, mft_config: MFTConfig, adapter_name, target, target_name, parent, current_key, **optional_kwargs
     ):
+        if is_projector(current_key) and not isinstance(target, (MFTLayer, nn.Linear)):
+            # a projector module that holds linears (LLaVA's `multi_modal_projector`): the name rule also matches
+            # Mllama's, which is itself one linear; here the linears inside are matched one by one instead
+            return
         if isinstance(target, MFTLayer):
             target.update_layer(adapter_name, mft_config)
             return

@@ -14,15 +14,25 @@ Targets = Literal["attn", "mlp", "both"]
 # phi3, whose q, k, v and gate, up projections are fused into one linear each (qkv_proj; gate_up_proj).
 ATTN_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "dense", "qkv_proj")
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj", "fc1", "fc2", "gate_up_proj")
-# The image-text projector's linear layers: LLaVA (transformers), LLaVA (original repo), TinyLLaVA, Qwen2-VL merger.
-# The last three are nn.Sequential(Linear, GELU, Linear, ...), whose linear layers sit at even indices.
+# Attention blocks: self-attention under its usual names, and Mllama's cross-attention to the image.
+_ATTN_BLOCKS = ("self_attn", "attention", "attn", "cross_attn")
+# Feed-forward blocks: `mlp`, or Llama4's `feed_forward`; MoE experts that are nn.Linear (`shared_expert.up_proj`,
+# `experts.3.down_proj`) sit below them. Experts fused into one 3-D parameter (Llama4TextExperts) are not linears.
+_MLP_BLOCKS = ("mlp", "feed_forward")
+# The image-text projector's linear layers: LLaVA and its successors (`multi_modal_projector.linear_1/2`, PaliGemma's
+# `.linear`, Mistral3's `.patch_merger.merging_layer`, Mllama's projector, itself one linear), LLaVA (original repo),
+# TinyLLaVA, the Qwen2-VL / Qwen2.5-VL merger, the Qwen3-VL merger and deep-stack mergers, Idefics3 / SmolVLM.
+# The Sequential ones (Linear, GELU, Linear, ...) have their linear layers at even indices.
 _EVEN = r"\d*[02468]"
 PROJECTOR_PATTERN = (
-    rf"(?:multi_modal_projector\.linear_\d+|mm_projector\.{_EVEN}|connector\._connector\.{_EVEN}"
-    rf"|visual\.merger\.mlp\.{_EVEN})"
+    r"(?:multi_modal_projector(?:\.linear(?:_\d+)?|\.patch_merger\.merging_layer)?"
+    rf"|mm_projector\.{_EVEN}|connector\._connector\.{_EVEN}|visual\.merger\.mlp\.{_EVEN}"
+    r"|visual\.(?:merger|deepstack_merger_list\.\d+)\.linear_fc[12]|connector\.modality_projection\.proj)"
 )
 # Attribute names under which VLMs keep their vision encoder; MFT never masks anything beneath them.
 VISION_TOWER_NAMES = ("vision_tower", "vision_model", "visual", "image_encoder", "vision_encoder")
+# Attribute names under which VLMs keep their language model (Idefics3 and SmolVLM: `text_model`).
+LANGUAGE_MODEL_NAMES = ("language_model", "text_model")
 
 _PROJECTOR_RE = re.compile(rf"(?:.*\.)?{PROJECTOR_PATTERN}")
 _LAYER_INDEX_RE = re.compile(r".*?\.[^.]*\.(?P<idx>\d+)\.")
@@ -52,10 +62,10 @@ def targets_regex(targets: Targets, language_model_only: bool) -> str:
     `language_model_only` scopes the projections to modules under a `language_model` attribute, as in VLMs, whose
     vision towers reuse names such as `q_proj` and `mlp.fc1`.
     """
-    attn = rf"(?:self_attn|attention|attn)\.(?:{'|'.join(ATTN_PROJECTIONS)})"
-    mlp = rf"mlp\.(?:{'|'.join(MLP_PROJECTIONS)})"
+    attn = rf"(?:{'|'.join(_ATTN_BLOCKS)})\.(?:{'|'.join(ATTN_PROJECTIONS)})"
+    mlp = rf"(?:{'|'.join(_MLP_BLOCKS)})\.(?:.*\.)?(?:{'|'.join(MLP_PROJECTIONS)})"
     projections = {"attn": attn, "mlp": mlp, "both": f"{attn}|{mlp}"}[targets]
-    scope = r"(?:.*\.)?language_model\.(?:.*\.)?" if language_model_only else r"(?:.*\.)?"
+    scope = rf"(?:.*\.)?(?:{'|'.join(LANGUAGE_MODEL_NAMES)})\.(?:.*\.)?" if language_model_only else r"(?:.*\.)?"
     return rf"{scope}(?:{projections})|(?:.*\.)?{PROJECTOR_PATTERN}"
 
 
@@ -76,7 +86,17 @@ TRANSFORMERS_MODELS_TO_MFT_TARGET_MODULES_MAPPING: dict[str, list[str] | str] = 
     "llava_onevision": _VLM_BOTH,
     "qwen2_vl": _VLM_BOTH,
     "qwen2_5_vl": _VLM_BOTH,
+    "qwen3_vl": _VLM_BOTH,
     "tinyllava": _VLM_BOTH,
+    "idefics3": _VLM_BOTH,
+    "smolvlm": _VLM_BOTH,
+    "paligemma": _VLM_BOTH,
+    "mllama": _VLM_BOTH,
+    "mistral3": _VLM_BOTH,
+    "llama4": _VLM_BOTH,
+    "gemma3": _VLM_BOTH,
+    "internvl": _VLM_BOTH,
+    "aya_vision": _VLM_BOTH,
 }
 
 
