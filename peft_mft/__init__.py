@@ -1,7 +1,8 @@
 """Mask Fine-Tuning (MFT) as a PEFT adapter type: `import peft_mft` registers it with PEFT.
 
 Layout: the tuner (`config`, `mask`, `layer`, `model`, `targets`, `bnb_layout`), adapter folders (`adapter_files`,
-`atomic`), numerical checks (`finite`), errors (`errors`); `peft_mft.training` (optimizers, Trainer helpers) and
+`atomic`), merged weights for weight sync (`merged_weights`), hard-threshold bookkeeping (`score_versions`),
+numerical checks (`finite`), errors (`errors`); `peft_mft.training` (optimizers, Trainer helpers) and
 `peft_mft.tools` (analysis, model card, harden, export, merge, the `peft-mft` command line).
 """
 
@@ -17,6 +18,7 @@ from .config import CONFIG_LOADED_HOOKS, CONFIG_SAVED_HOOKS, PEFT_TYPE_MFT, MFTC
 from .errors import AdapterFileError, MFTInputError, NonFiniteScoresError
 from .finite import check_finite_scores
 from .layer import MFTLayer
+from .merged_weights import merged_weights
 from .model import MFTModel
 from .tools.model_card import write_model_card
 from .training.callbacks import FiniteScoresCallback
@@ -41,6 +43,7 @@ __all__ = [
     "check_finite_scores",
     "create_mft_optimizer",
     "load_adapter",
+    "merged_weights",
     "restore_standard_4bit_layouts",
     "save_adapter",
     "__version__",

@@ -26,7 +26,8 @@ def quantized_merge_error(backend_name: str, module_name: Optional[str] = None) 
     return QuantizedMergeError(
         f"Cannot merge MFT masks into {where}: re-quantizing W * M is lossy (a 4-bit merge can move logits by ~0.5). "
         "Load the base model without quantization (e.g. dtype=torch.bfloat16), load the adapter on it with "
-        "PeftModel.from_pretrained, then call merge_and_unload()."
+        "PeftModel.from_pretrained, then call merge_and_unload(). For weight sync (RL with vLLM), "
+        "peft_mft.merged_weights(model) gives every merged weight, dequantized, without changing the model."
     )
 
 
