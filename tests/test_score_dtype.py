@@ -58,3 +58,38 @@ def test_autocast_adapter_dtype_false_on_a_float32_base_changes_nothing_and_does
     model = get_peft_model(make_llama(), MFTConfig(), autocast_adapter_dtype=False)
     assert {p.dtype for p in score_params(model).values()} == {torch.float32}
     assert not [w for w in recwarn if "cannot hold small updates" in str(w.message)]
+
+
+def _trl_cast(model):
+    """What TRL's SFTTrainer does to a quantized model's trainable parameters."""
+    for param in model.parameters():
+        if param.requires_grad:
+            param.data = param.data.to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("mask_type", ["soft", "hard"])
+def test_restore_float32_scores_gives_a_fresh_adapter_its_exact_initial_scores(mask_type):
+    from peft_mft.training.callbacks import restore_float32_scores
+
+    soft = dict(init_score=3.0, temperature=0.5) if mask_type == "soft" else dict(sparsity=0.1)
+    model = get_peft_model(make_llama(), MFTConfig(mask_type=mask_type, **soft))
+    initial = {n: p.detach().clone() for n, p in score_params(model).items()}
+    _trl_cast(model)
+    if mask_type == "hard":  # |W| / mean |W| is not a bf16 number: the cast really lost digits
+        assert any(not torch.equal(p.float(), initial[n]) for n, p in score_params(model).items())
+    assert restore_float32_scores(model) == []
+    assert all(torch.equal(p, initial[n]) and p.dtype == torch.float32 for n, p in score_params(model).items())
+
+
+def test_trained_scores_are_widened_and_named_and_base_dtype_scores_left_alone():
+    from peft_mft.training.callbacks import restore_float32_scores
+
+    model = get_peft_model(make_llama(), MFTConfig(init_score=3.0, temperature=0.5, init_weights=False))
+    _trl_cast(model)
+    widened = restore_float32_scores(model)
+    assert len(widened) == len(score_params(model)) and widened[0].startswith("default: ")
+    assert {p.dtype for p in score_params(model).values()} == {torch.float32}
+    chosen = get_peft_model(make_llama().to(torch.bfloat16), MFTConfig(init_score=3.0, temperature=0.5),
+                            autocast_adapter_dtype=False)
+    assert restore_float32_scores(chosen) == []
+    assert {p.dtype for p in score_params(chosen).values()} == {torch.bfloat16}

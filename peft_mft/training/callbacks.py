@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
+import torch
+from torch import nn
 from transformers import TrainerCallback
 
 from ..finite import check_finite_scores
+from ..layer import MFTLayer
 
 
 class FiniteScoresCallback(TrainerCallback):
@@ -22,3 +27,48 @@ class FiniteScoresCallback(TrainerCallback):
         if model is not None and state.global_step % self.every_n_steps == 0:
             # Every process runs the callback; under FSDP / ZeRO-3 each holds a shard, so they agree via all-reduce.
             check_finite_scores(model, action=f"continue training after step {state.global_step}", all_processes=True)
+
+
+def restore_float32_scores(model: nn.Module) -> list[str]:
+    """Scores that something cast below float32 after the adapter was made (TRL's SFTTrainer casts every trainable
+    parameter of a quantized model to bf16) back to float32; scores asked to follow a 16-bit base
+    (`autocast_adapter_dtype=False`) are left alone. A fresh adapter gets its exact initial scores back (recomputed
+    and checked against the cast values); otherwise the 16-bit values are widened and their lost digits stay lost:
+    returns the names of those layers (adapter and module)."""
+    configs = getattr(model, "peft_config", {})
+    widened = []
+    for module_name, layer in model.named_modules():
+        if not isinstance(layer, MFTLayer):
+            continue
+        for adapter_name, scores in layer.mft_scores.items():
+            if scores.dtype in (torch.float32, torch.float64) or adapter_name in layer.scores_follow_base_dtype:
+                continue
+            config = configs.get(adapter_name)
+            initial = layer.initial_scores(config) if config is not None and config.init_weights else None
+            if initial is not None and torch.equal(initial.to(scores.dtype), scores.data):
+                scores.data = initial
+            else:
+                scores.data = scores.data.float()
+                widened.append(f"{adapter_name}: {module_name}")
+    return widened
+
+
+class Float32ScoresCallback(TrainerCallback):
+    """Keeps MFT scores float32 under trainers that cast trainable parameters to bf16 after wrapping the model (TRL's
+    `SFTTrainer` and its siblings do so for a 4-bit or 8-bit base, as the QLoRA recipe wants for LoRA weights; bf16
+    cannot hold score updates: its spacing is 0.0156 at 3.0). At the end of the trainer's `__init__`, before any
+    optimizer step, it restores float32 scores (`restore_float32_scores`), exactly for a fresh adapter, and warns if
+    an adapter with trained scores lost precision to the cast (create the trainer first, then load such an adapter).
+    """
+
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        if model is None:
+            return
+        widened = restore_float32_scores(model)
+        if widened:
+            warnings.warn(
+                f"MFT scores of {len(widened)} layers had been cast to 16 bits after they were trained or randomly "
+                f"initialised (e.g. {widened[0]}); they are float32 again but keep the 16-bit rounding. Load a "
+                "trained adapter after creating the trainer to keep its exact scores.",
+                stacklevel=2,
+            )
