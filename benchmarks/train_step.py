@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from harness.memory import PeakMemory, rss_bytes
+from harness.tensor_memory import CATEGORIES, TensorMemory
 from peft_mft.errors import QuantizedMergeError
 
 from .timing import load_average, machine_description, release_checkpoint_pages, summarize, synchronize
@@ -52,6 +53,7 @@ DEFAULT_VARIANTS = MAIN_VARIANTS + MEMORY_VARIANTS
 # Figures given as a ratio to `full` (key in a variant's result -> label in the table).
 RATIO_FIGURES = {
     "step_seconds_median": "step",
+    "tensor_memory_peak_bytes": "peak tensor memory",
     "peak_memory_bytes": "peak memory",
     "trainable_parameters": "trainable",
     "optimizer_state_bytes": "optimizer state",
@@ -203,13 +205,23 @@ def measure_variant(variant: Variant, args, device: torch.device) -> dict:
         step()
         synchronize(device)
         seconds.append(time.perf_counter() - start)
+    peak_rss = memory.read()
+    # One more step, untimed (the dispatch mode slows every operator): live tensor bytes by category at their peak.
+    with TensorMemory(model, optimizer) as tensors:
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+    tensor_memory = tensors.peak_by_category()
+    optimizer.zero_grad(set_to_none=True)
     result = {
         "variant": variant.name,
         "model": source,
+        "tensor_memory": tensor_memory,
+        "tensor_memory_peak_bytes": tensor_memory["peak"],
         "step_seconds": summarize(seconds),
         "step_seconds_median": summarize(seconds)["median"],
         "step_seconds_all": seconds,
-        "peak_memory_bytes": memory.read(),
+        "peak_memory_bytes": peak_rss,
         "peak_memory_kind": memory.kind,
         "memory_before_timed_steps_bytes": resident_before,
         "trainable_parameters": prepared.trainable_parameters,
@@ -370,28 +382,40 @@ def markdown(report: dict) -> str:
         return "\n".join(lines)
     lines += [
         f"Step: forward + backward + optimizer step, median and interquartile range over {setup['steps']} steps after "
-        f"{setup['warmup']} warm-up. Peak memory after warm-up: "
-        + ("CUDA max allocated." if machine["device"] == "cuda" else "process resident-set high-water mark.")
-        + " `x full`: the figure divided by full fine-tuning's. Merge: `merge_and_unload()` (full has nothing to merge).",
+        f"{setup['warmup']} warm-up. Tensor memory: peak of live tensor bytes during one more step "
+        "(`harness.tensor_memory`; what a GPU's max_memory_allocated counts). Peak "
+        + ("CUDA max allocated" if machine["device"] == "cuda" else "RSS: the process's resident-set high-water mark")
+        + " over the timed steps. `x full`: the figure divided by full fine-tuning's. Merge: `merge_and_unload()` (full "
+        "has nothing to merge).",
         "",
-        "| variant | step s | IQR s | x full | peak memory MiB | x full | trainable params | x full | "
+        "| variant | step s | IQR s | x full | tensor memory MiB | x full | peak "
+        + ("allocated" if machine["device"] == "cuda" else "RSS") + " MiB | x full | trainable params | x full | "
         "optimizer state MiB | x full | adapter MiB | x full | merge s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if "step_seconds" not in r:
-            lines.append(f"| {r['variant']} | {(r.get('error') or r.get('skipped')).splitlines()[-1]} |" + " |" * 11)
+            lines.append(f"| {r['variant']} | {(r.get('error') or r.get('skipped')).splitlines()[-1]} |" + " |" * 13)
             continue
         step = r["step_seconds"]
         merge = r.get("merge_seconds")
         merge_text = f"{merge:.2f}" if merge is not None else ("refused" if r.get("merge_refused") else "-")
         lines.append(
             f"| {r['variant']} | {step['median']:.3f} | {step['iqr']:.3f} | {_ratio(r, 'step_seconds_median')} | "
+            f"{_mb(r.get('tensor_memory_peak_bytes'))} | {_ratio(r, 'tensor_memory_peak_bytes')} | "
             f"{_mb(r['peak_memory_bytes'])} | {_ratio(r, 'peak_memory_bytes')} | "
             f"{r['trainable_parameters']:,} | {_ratio(r, 'trainable_parameters')} | "
             f"{_mb(r['optimizer_state_bytes'])} | {_ratio(r, 'optimizer_state_bytes')} | "
             f"{_mb(r['adapter_bytes'])} | {_ratio(r, 'adapter_bytes')} | {merge_text} |"
         )
+    measured = [r for r in results if "tensor_memory" in r]
+    if measured:
+        lines += ["", "Tensor memory at its peak, by what the tensors hold (MiB):", "",
+                  "| variant | " + " | ".join(c.replace("_", " ") for c in CATEGORIES) + " | peak |",
+                  "|---|" + "---|" * (len(CATEGORIES) + 1)]
+        for r in measured:
+            t = r["tensor_memory"]
+            lines.append(f"| {r['variant']} | " + " | ".join(_mb(t[c]) for c in CATEGORIES) + f" | {_mb(t['peak'])} |")
     compact = [(r["variant"], fmt, c) for r in results for fmt, c in r.get("compact", {}).items()]
     if compact:
         lines += ["", "Compact MFT adapters (`peft_mft.tools.export`; inference only, training resumes from the fp32 scores):",

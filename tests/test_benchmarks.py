@@ -116,6 +116,12 @@ def test_train_step_reports_every_figure_and_its_ratio_to_full(tiny):
     assert hard["compact"]["hard-indices"]["bytes"] < hard["compact"]["hard-bits"]["bytes"] < hard["adapter_bytes"] / 16
     assert lora["trainable_parameters"] < masked and lora["merge_seconds"] >= 0
     assert full["merge_seconds"] is None
+    # live tensor bytes at the peak: scores (trainable) and their AdamW moments as counted above; full fine-tuning's
+    # trainable bytes are every trained weight
+    assert hard["tensor_memory"]["trainable"] == 4 * masked
+    assert hard["tensor_memory"]["optimizer_state"] == hard["optimizer_state_bytes"]
+    assert full["tensor_memory"]["trainable"] == 4 * full["trainable_parameters"]
+    assert lora["tensor_memory"]["peak"] < full["tensor_memory"]["peak"] and "tensor memory at its peak" in table.lower()
 
 
 def test_accuracy_mode_trains_with_trainer_including_step_in_backward(tiny):

@@ -1,0 +1,56 @@
+"""TensorMemory: the peak of live tensor bytes in a training step, by category, against the analytic budget."""
+
+import torch
+from peft import get_peft_model
+from torch import nn
+
+from harness.tensor_memory import CATEGORIES, TensorMemory
+from peft_mft import MFTConfig, OptimizerInBackward, create_mft_optimizer
+
+WIDTH, DEPTH, BATCH = 256, 3, 2  # weights dominate: 3 x 256 x 256 floats against 2 x 256 activations per layer
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(*[nn.Linear(WIDTH, WIDTH, bias=False) for _ in range(DEPTH)])
+
+
+def _measured_step(model, optimizer):
+    x = torch.randn(BATCH, WIDTH)
+    for _ in range(2):  # the second step: optimizer state exists, as in a long run
+        with TensorMemory(model, optimizer) as memory:
+            model(x).square().mean().backward()
+            optimizer.step()
+        result = memory.peak_by_category()
+        optimizer.zero_grad(set_to_none=True)
+    return result
+
+
+def test_full_fine_tuning_holds_weights_gradients_and_two_adam_moments():
+    model = _mlp()
+    result = _measured_step(model, torch.optim.AdamW(model.parameters(), lr=1e-3))
+    weights = DEPTH * WIDTH * WIDTH * 4
+    assert result["trainable"] == weights and result["frozen_weights"] == 0
+    assert result["gradients"] == weights  # all alive while the optimizer steps
+    assert 2 * weights <= result["optimizer_state"] <= 2 * weights + DEPTH * 8  # exp_avg, exp_avg_sq (+ step)
+    assert result["peak"] == sum(result[c] for c in CATEGORIES)
+    # the rest is AdamW's own temporary (the foreach update's sqrt(v) + eps for every parameter, one weight's worth)
+    # plus the tiny activations: the peak is in optimizer.step(), not in the forward
+    assert weights <= result["activations_and_temporaries"] < 1.05 * weights
+
+
+def test_mft_splits_frozen_weights_from_scores():
+    model = get_peft_model(_mlp(), MFTConfig(target_modules=["0", "1", "2"], init_score=3.0, temperature=0.5))
+    result = _measured_step(model, create_mft_optimizer(model))
+    weights = DEPTH * WIDTH * WIDTH * 4
+    assert result["frozen_weights"] == weights and result["trainable"] == weights
+    assert 2 * weights <= result["optimizer_state"] <= 2 * weights + DEPTH * 8
+
+
+def test_gradients_freed_in_the_backward_still_count_as_gradients():
+    model = _mlp()
+    plain = _measured_step(model, torch.optim.AdamW(model.parameters(), lr=1e-3))
+    model = _mlp()
+    in_backward = _measured_step(model, OptimizerInBackward(torch.optim.AdamW(model.parameters(), lr=1e-3)))
+    assert 0 < in_backward["gradients"] < plain["gradients"]  # never all at once
+    assert in_backward["peak"] < plain["peak"]
