@@ -2,6 +2,7 @@
 block from outside the source tree."""
 
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -17,12 +18,21 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 
 
+# What the sdist is made from; the build runs on a copy, so it writes nothing (build/, *.egg-info) into the checkout.
+PACKAGE_FILES = ("peft_mft", "setup.cfg", "pyproject.toml", "README.md", "LICENSE")
+
+
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory):
     """`python -m build` (sdist and wheel; no isolation: the build needs nothing this environment lacks)."""
-    out = tmp_path_factory.mktemp("dist")
+    source, out = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("dist")
+    for name in PACKAGE_FILES:
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(ROOT / name, source / name)
     subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--sdist", "--wheel", "--outdir", str(out),
-                    str(ROOT)], check=True, capture_output=True)
+                    str(source)], check=True, capture_output=True)
     return out
 
 

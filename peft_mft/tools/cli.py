@@ -13,6 +13,8 @@ import sys
 from decimal import Decimal, InvalidOperation
 from typing import Optional, Sequence
 
+import torch
+
 from ..errors import MFTInputError
 from .analysis import NEAR_ZERO_THRESHOLD, MaskAnalysis, MaskComparison, analyze_masks, compare_masks, format_share
 from .report import PROJECTION_HEADER, method_line, projection_cells
@@ -166,19 +168,51 @@ def _merge(args) -> int:
 # ---- export ----------------------------------------------------------------------------------------------------------
 
 # The issue's short names for `peft_mft.tools.export.COMPACT_FORMATS`.
-_FORMAT_ALIASES = {"fp16": "soft-fp16", "int8": "soft-int8", "bits": "hard-bits", "indices": "hard-indices"}
+_FORMAT_ALIASES = {
+    "fp16": "soft-fp16", "int8": "soft-int8", "sparse": "soft-sparse", "bits": "hard-bits", "indices": "hard-indices",
+}
+# The calibration batch of `--max-drift`: random token ids (text only; seeded, so the choice is reproducible).
+CALIBRATION_SHAPE = (4, 64)
+
+
+def _sparse_threshold(args) -> tuple[float, dict]:
+    """`--threshold`, or the threshold `--max-drift` allows on the base model `--base` (and what was measured)."""
+    if (args.threshold is None) == (args.max_drift is None):
+        raise MFTInputError("--format sparse needs exactly one of --threshold T or --max-drift X (with --base).")
+    if args.threshold is not None:
+        return args.threshold, None
+    if args.base is None:
+        raise MFTInputError("--max-drift measures the drift on the base model: give its folder with --base.")
+    if not args.max_drift > 0:
+        raise MFTInputError(f"--max-drift must be > 0 (a largest |logit change|), got {args.max_drift}.")
+    from ..adapter_files import load_adapter
+    from .merge import load_base_model
+    from .sparse_threshold import choose_sparse_threshold
+
+    model = load_adapter(load_base_model(args.base, "float32"), args.adapter)
+    vocab = model.config.get_text_config().vocab_size
+    ids = torch.randint(0, vocab, CALIBRATION_SHAPE, generator=torch.Generator().manual_seed(0))
+    choice = choose_sparse_threshold(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, args.max_drift)
+    calibration = f"{CALIBRATION_SHAPE[0]} x {CALIBRATION_SHAPE[1]} random token ids (seed 0, text only)"
+    return choice.threshold, {"budget": args.max_drift, "measured": choice.drift, "calibration": calibration}
 
 
 def _export(args) -> int:
     from .export import export_compact_adapter
 
-    result = export_compact_adapter(
-        args.adapter, args.output, _FORMAT_ALIASES.get(args.format, args.format), overwrite=args.overwrite
-    )
+    fmt = _FORMAT_ALIASES.get(args.format, args.format)
+    threshold, drift = _sparse_threshold(args) if fmt == "soft-sparse" else (None, None)
+    if fmt != "soft-sparse" and (args.threshold is not None or args.max_drift is not None):
+        raise MFTInputError(f"--threshold and --max-drift apply to --format sparse only, not {fmt}.")
+    result = export_compact_adapter(args.adapter, args.output, fmt, overwrite=args.overwrite, threshold=threshold,
+                                    drift=drift)
     print(
         f"wrote {args.output}: {result.format}, {result.layers} layers, {result.masked_weights:,} masked weights, "
         f"{result.bytes_on_disk:,} bytes ({result.bytes_on_disk / result.scores_bytes:.3g} x the float32 scores), "
-        f"largest mask error {result.max_abs_mask_error:.3g}; load it with peft_mft.tools.export.load_compact_adapter"
+        f"largest mask error {result.max_abs_mask_error:.3g}"
+        + (f", threshold {threshold:.4g}" if threshold is not None else "")
+        + (f", logit drift {drift['measured']:.3g} (budget {drift['budget']:g})" if drift else "")
+        + "; load it with peft_mft.tools.export.load_compact_adapter"
     )
     return 0
 
@@ -264,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         help="write a compact inference-only adapter",
         description="Write the adapter's masks in a compact format for inference (peft_mft.tools.export): soft masks as "
-        "float16 deviations or per-row uint8, hard masks bit-packed or as zeroed indices. Training resumes only from "
+        "float16 deviations, per-row uint8 or only those that moved (sparse), hard masks bit-packed or as zeroed "
+        "indices. Training resumes only from "
         "the float32 adapter.",
     )
     export.add_argument("adapter", metavar="ADAPTER", help="MFT adapter folder (float32 scores)")
@@ -272,8 +307,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         required=True,
         choices=[*COMPACT_FORMATS, *_FORMAT_ALIASES],
-        help="compact format; fp16, int8, bits and indices are short for soft-fp16, soft-int8, hard-bits, hard-indices",
+        help="compact format; fp16, int8, sparse, bits and indices are short for soft-fp16, soft-int8, soft-sparse, "
+        "hard-bits, hard-indices",
     )
+    export.add_argument("--threshold", type=float, default=None,
+                        help="sparse: store only masks that moved more than this from the initial mask")
+    export.add_argument("--max-drift", type=float, default=None,
+                        help="sparse: the largest threshold whose largest |logit change| on a calibration batch of "
+                        f"{CALIBRATION_SHAPE[0]} x {CALIBRATION_SHAPE[1]} random tokens stays within this (needs --base)")
+    export.add_argument("--base", default=None, help="sparse with --max-drift: the base model folder")
     export.add_argument("output", metavar="OUT", help="output folder (see --overwrite)")
     _add_overwrite_argument(export)
     export.set_defaults(run=_export)

@@ -9,10 +9,13 @@ packs much smaller:
 | `soft-int8` | soft | `M` quantized to uint8 with a float32 minimum and step per row (1 byte) | within half a step of each row |
 | `hard-bits` | hard | keep / zero, bit-packed (1 bit) | exact |
 | `hard-indices` | hard | the zeroed entries' columns (uint16 where `in_features` <= 65536) + a count per row | exact |
+| `soft-sparse` | soft | masks with `|M - M_init| > threshold`: column + float16 `M - M_init` (4 bytes) | kept: as `soft-fp16`; rest: `M_init` |
 
 `M_init` is the mask of a fresh adapter (1 with the default normalised soft mask), so float16 spends its precision on
 how far training moved the mask. `hard-indices` is smaller than `hard-bits` when fewer than about 1 in 16 weights is
-zeroed (H-MFT zeroes well under 1%).
+zeroed (H-MFT zeroes well under 1%). `soft-sparse` stores the soft masks training moved: its `threshold` is given, or
+found for a logit-drift budget on a calibration batch (`peft_mft.tools.sparse_threshold`); both, the share kept and
+the measured drift go into `mft_compact.json` and the folder's README.
 
 **Compact adapters are for inference and merging. Training resumes only from the full float32 scores**: a compact
 folder keeps the mask, not the scores behind it (a hard mask loses every magnitude, a quantized soft mask its fine
@@ -32,7 +35,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import torch
 from peft import PeftModel
@@ -49,7 +52,9 @@ from .output_folder import check_output_folder, command_output
 
 PathLike = Union[str, os.PathLike]
 
-COMPACT_FORMATS = {"soft-fp16": "soft", "soft-int8": "soft", "hard-bits": "hard", "hard-indices": "hard"}
+COMPACT_FORMATS = {
+    "soft-fp16": "soft", "soft-int8": "soft", "soft-sparse": "soft", "hard-bits": "hard", "hard-indices": "hard",
+}
 COMPACT_META_NAME = "mft_compact.json"
 COMPACT_WEIGHTS_NAME = "mft_compact.safetensors"
 COMPACT_FORMAT_VERSION = 1
@@ -94,10 +99,31 @@ def unpack_bits(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return bits[: math.prod(shape)].view(shape)
 
 
-def _encode(mask: torch.Tensor, spec: MaskSpec, mask_init: float, fmt: str, prefix: str) -> dict[str, torch.Tensor]:
+def _column_dtype(in_features: int) -> torch.dtype:
+    return torch.uint16 if in_features <= 65536 else torch.int32
+
+
+def _rows_of(per_row: torch.Tensor) -> torch.Tensor:
+    """Row index of each stored entry, from the count of entries per row (row-major order)."""
+    return torch.repeat_interleave(torch.arange(per_row.numel()), per_row.long())
+
+
+def sparse_keep(mask: torch.Tensor, mask_init: float, threshold: float) -> torch.Tensor:
+    """The masks `soft-sparse` stores: those that moved more than `threshold` from the initial mask (bool, out x in)."""
+    return (mask - mask_init).abs() > threshold
+
+
+def encode_mask(
+    mask: torch.Tensor, spec: MaskSpec, mask_init: float, fmt: str, prefix: str, threshold: float = 0.0
+) -> dict[str, torch.Tensor]:
     """Tensors that store `mask` (float32, out x in) in format `fmt`, named `prefix + suffix`."""
     if fmt == "soft-fp16":
         return {prefix + ".mask_delta_fp16": (mask - mask_init).to(torch.float16)}
+    if fmt == "soft-sparse":
+        keep = sparse_keep(mask, mask_init, threshold)
+        return {prefix + ".kept_per_row": keep.sum(1, dtype=torch.int32),
+                prefix + ".kept_columns": keep.nonzero()[:, 1].to(_column_dtype(mask.shape[1])),
+                prefix + ".kept_delta_fp16": (mask - mask_init)[keep].to(torch.float16)}
     if fmt == "soft-int8":
         row_min = mask.amin(1)
         step = (mask.amax(1) - row_min) / 255
@@ -109,11 +135,11 @@ def _encode(mask: torch.Tensor, spec: MaskSpec, mask_init: float, fmt: str, pref
         return {prefix + ".keep_bits": pack_bits(keep)}
     zeroed = ~keep
     columns = zeroed.nonzero()[:, 1]  # row-major order
-    column_dtype = torch.uint16 if mask.shape[1] <= 65536 else torch.int32
-    return {prefix + ".zeroed_per_row": zeroed.sum(1, dtype=torch.int32), prefix + ".zeroed_columns": columns.to(column_dtype)}
+    return {prefix + ".zeroed_per_row": zeroed.sum(1, dtype=torch.int32),
+            prefix + ".zeroed_columns": columns.to(_column_dtype(mask.shape[1]))}
 
 
-def _decode(tensors: dict[str, torch.Tensor], mask_init: float, fmt: str, prefix: str, shape) -> torch.Tensor:
+def decode_mask(tensors: dict[str, torch.Tensor], mask_init: float, fmt: str, prefix: str, shape) -> torch.Tensor:
     """The float32 mask stored under `prefix` in format `fmt`."""
     if fmt == "soft-fp16":
         return tensors[prefix + ".mask_delta_fp16"].float() + mask_init
@@ -122,10 +148,13 @@ def _decode(tensors: dict[str, torch.Tensor], mask_init: float, fmt: str, prefix
         return tensors[prefix + ".row_min"][:, None] + codes * tensors[prefix + ".row_step"][:, None]
     if fmt == "hard-bits":
         return unpack_bits(tensors[prefix + ".keep_bits"], shape).float()
-    per_row = tensors[prefix + ".zeroed_per_row"].long()
-    rows = torch.repeat_interleave(torch.arange(shape[0]), per_row)
+    if fmt == "soft-sparse":
+        mask = torch.full(shape, mask_init, dtype=torch.float32)
+        rows, columns = _rows_of(tensors[prefix + ".kept_per_row"]), tensors[prefix + ".kept_columns"].long()
+        mask[rows, columns] = tensors[prefix + ".kept_delta_fp16"].float() + mask_init
+        return mask
     mask = torch.ones(shape, dtype=torch.float32)
-    mask[rows, tensors[prefix + ".zeroed_columns"].long()] = 0.0
+    mask[_rows_of(tensors[prefix + ".zeroed_per_row"]), tensors[prefix + ".zeroed_columns"].long()] = 0.0
     return mask
 
 
@@ -145,18 +174,22 @@ def scores_for_mask(mask: torch.Tensor, spec: MaskSpec) -> torch.Tensor:
 # ---- export and load --------------------------------------------------------------------------------------------
 
 
-def _mask_init(config: MFTConfig, spec: MaskSpec) -> float:
+def initial_mask(config: MFTConfig, spec: MaskSpec) -> float:
     """The soft mask of a fresh adapter (1.0 when normalised), the reference `soft-fp16` stores deviations from."""
     return float(spec.mask(torch.tensor([config.init_score], dtype=torch.float32))[0]) if spec.mask_type == "soft" else 1.0
 
 
 def export_compact_adapter(
-    adapter_folder: PathLike, output_folder: PathLike, fmt: str, overwrite: bool = False
+    adapter_folder: PathLike, output_folder: PathLike, fmt: str, overwrite: bool = False,
+    threshold: Optional[float] = None, drift: Optional[dict] = None,
 ) -> CompactExport:
     """Write the adapter saved in `adapter_folder` (float32 scores, by `save_pretrained`) as a compact folder.
 
     `fmt`: one of `COMPACT_FORMATS` ("soft-fp16", "soft-int8" for soft masks; "hard-bits", "hard-indices" for hard
-    masks). The masks are decoded again before returning, and the largest error is stored in `mft_compact.json`.
+    masks; "soft-sparse" also needs `threshold`, the distance from the initial mask below which a mask is stored as
+    exactly initial). The masks are decoded again before returning, and the largest error is stored in
+    `mft_compact.json`, with `threshold`, the share of masks kept and `drift` (what `choose_sparse_threshold`
+    measured: budget, drift, calibration) for "soft-sparse".
     Does not modify `adapter_folder`; `output_folder` follows the rule of `peft_mft.tools.output_folder` (never an input,
     never a non-empty folder of something else unless `overwrite`). Inference only: training resumes only from the
     float32 scores.
@@ -171,9 +204,13 @@ def export_compact_adapter(
         usable = sorted(name for name, kind in COMPACT_FORMATS.items() if kind == config.mask_type)
         raise MFTInputError(f"Format {fmt!r} stores {COMPACT_FORMATS[fmt]} masks, but {source} holds a "
                          f"{config.mask_type} adapter; use one of {usable}.")
+    valid_threshold = isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold >= 0
+    if fmt == "soft-sparse" and not valid_threshold:
+        raise MFTInputError(f"Format 'soft-sparse' needs a threshold >= 0 (how far from the initial mask a mask must "
+                            f"have moved to be stored), got {threshold!r}.")
     spec = config.mask_spec(torch.device("cpu"))
-    mask_init = _mask_init(config, spec)
-    packed, layers, masked_weights, scores_bytes, max_error = {}, {}, 0, 0, 0.0
+    mask_init = initial_mask(config, spec)
+    packed, layers, masked_weights, scores_bytes, max_error, kept = {}, {}, 0, 0, 0.0, 0
     for key, tensor in tensors.items():
         if not key.endswith(SCORES_SUFFIX):
             packed[key] = tensor  # modules_to_save and the like
@@ -183,9 +220,11 @@ def export_compact_adapter(
                              "(out_features, in_features).")
         prefix = key[: -len(SCORES_SUFFIX)]
         mask = spec.mask(tensor.float())
-        encoded = _encode(mask, spec, mask_init, fmt, prefix)
-        loaded_mask = spec.mask(scores_for_mask(_decode(encoded, mask_init, fmt, prefix, tuple(tensor.shape)), spec))
+        encoded = encode_mask(mask, spec, mask_init, fmt, prefix, threshold or 0.0)
+        loaded_mask = spec.mask(scores_for_mask(decode_mask(encoded, mask_init, fmt, prefix, tuple(tensor.shape)), spec))
         max_error = max(max_error, float((loaded_mask - mask).abs().max()))
+        if fmt == "soft-sparse":
+            kept += int(encoded[prefix + ".kept_columns"].numel())
         packed.update(encoded)
         layers[prefix] = list(tensor.shape)
         masked_weights += tensor.numel()
@@ -200,12 +239,39 @@ def export_compact_adapter(
         "max_abs_mask_error": max_error,
         "note": "Inference only: training resumes only from the float32 scores written by save_pretrained.",
     }
+    if fmt == "soft-sparse":
+        meta.update(threshold=threshold, kept_share=kept / masked_weights, drift=drift)
     with command_output(output, [source], "export", overwrite) as staging:  # a crash leaves the folder intact
         config.save_pretrained(str(staging))
         save_file({k: v.contiguous() for k, v in packed.items()}, str(staging / COMPACT_WEIGHTS_NAME))
         (staging / COMPACT_META_NAME).write_text(json.dumps(meta, indent=1))
+        (staging / "README.md").write_text(compact_card(meta, (staging / COMPACT_WEIGHTS_NAME).stat().st_size,
+                                                        scores_bytes))
     return CompactExport(str(output), fmt, len(layers), masked_weights, (output / COMPACT_WEIGHTS_NAME).stat().st_size,
                          scores_bytes, max_error)
+
+
+def compact_card(meta: dict, bytes_on_disk: int, scores_bytes: int) -> str:
+    """The README of a compact folder: what it stores, its size and error, and how to load it."""
+    lines = [
+        "---", "library_name: peft", "tags: [mft, mask-fine-tuning]", "---", "",
+        f"# Compact MFT adapter ({meta['format']})", "",
+        f"Masks of {len(meta['layers'])} layers in `{COMPACT_WEIGHTS_NAME}`: {bytes_on_disk:,} bytes, "
+        f"{bytes_on_disk / scores_bytes:.3g} x the float32 scores. Largest mask error: "
+        f"{meta['max_abs_mask_error']:.3g}.",
+    ]
+    if meta["format"] == "soft-sparse":
+        lines.append(f"Stored: the masks that moved more than {meta['threshold']:.4g} from the initial mask "
+                     f"({100 * meta['kept_share']:.3g}% of them); every other mask is exactly the initial one.")
+        if meta.get("drift"):
+            d = meta["drift"]
+            lines.append(f"Threshold chosen for a logit-drift budget of {d['budget']:.3g}: largest |logit change| "
+                         f"{d['measured']:.3g} on {d['calibration']}.")
+    lines += ["", meta["note"], "", "```python", "import peft_mft",
+              "from peft_mft.tools.export import load_compact_adapter",
+              "model = load_compact_adapter(base_model, \".\")  # a PeftModel: forward, generate, merge_and_unload()",
+              "```", ""]
+    return "\n".join(lines)
 
 
 def read_compact_masks(folder: PathLike) -> tuple[MFTConfig, dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -224,11 +290,11 @@ def read_compact_masks(folder: PathLike) -> tuple[MFTConfig, dict, dict[str, tor
     spec = config.mask_spec(torch.device("cpu"))
     with safe_open(str(folder / COMPACT_WEIGHTS_NAME), framework="pt") as f:
         tensors = {key: f.get_tensor(key) for key in f.keys()}
-    mask_init = _mask_init(config, spec)
+    mask_init = initial_mask(config, spec)
     masks = {}
     for prefix, shape in meta["layers"].items():
         try:
-            mask = _decode(tensors, mask_init, fmt, prefix, tuple(shape))
+            mask = decode_mask(tensors, mask_init, fmt, prefix, tuple(shape))
         except KeyError as exc:
             raise MFTInputError(f"{folder / COMPACT_WEIGHTS_NAME} lacks tensor {exc.args[0]!r} of layer {prefix!r}.") from None
         if spec.mask_type == "hard" and int((mask == 0).sum()) != num_zeroed(mask.numel(), spec.sparsity):

@@ -19,6 +19,21 @@ PathLike = Union[str, os.PathLike]
 _PREPROCESSING_FILES = ("tokenizer_config.json", "tokenizer.json", "preprocessor_config.json", "processor_config.json")
 
 
+def load_base_model(base: PathLike, dtype: str = "auto") -> torch.nn.Module:
+    """The transformers model saved in folder `base`, as the class its config names; `dtype` 'auto' keeps the saved
+    dtype, else 'float32', 'bfloat16' or 'float16'. `MFTInputError` names a missing folder or an unknown class."""
+    base_dir = Path(base)
+    if not (base_dir / "config.json").is_file():
+        what = "has no config.json" if base_dir.is_dir() else "does not exist"
+        raise MFTInputError(f"base model folder {base} {what}; give a folder written by save_pretrained.")
+    config = transformers.AutoConfig.from_pretrained(base)
+    architectures = getattr(config, "architectures", None) or []
+    model_class = next((getattr(transformers, name) for name in architectures if hasattr(transformers, name)), None)
+    if model_class is None:
+        raise MFTInputError(f"base model {base} names no transformers class (config.architectures = {architectures}).")
+    return model_class.from_pretrained(base, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
+
+
 def merge_to_folder(
     base: PathLike, adapter: PathLike, output: PathLike, dtype: str = "auto", progress: bool = True,
     overwrite: bool = False,
@@ -33,16 +48,7 @@ def merge_to_folder(
     """
     check_output_folder(output, [base, adapter], "merge", overwrite)  # before loading the model
     base_dir = Path(base)
-    if not (base_dir / "config.json").is_file():
-        what = "has no config.json" if base_dir.is_dir() else "does not exist"
-        raise MFTInputError(f"base model folder {base} {what}; give a folder written by save_pretrained.")
-    config = transformers.AutoConfig.from_pretrained(base)
-    architectures = getattr(config, "architectures", None) or []
-    model_class = next((getattr(transformers, name) for name in architectures if hasattr(transformers, name)), None)
-    if model_class is None:
-        raise MFTInputError(f"base model {base} names no transformers class (config.architectures = {architectures}).")
-    torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-    model = load_adapter(model_class.from_pretrained(base, dtype=torch_dtype), adapter)
+    model = load_adapter(load_base_model(base, dtype), adapter)
     merged = model.merge_and_unload(progressbar=progress)
     preprocessing = None
     if any((base_dir / name).is_file() for name in _PREPROCESSING_FILES):
