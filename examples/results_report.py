@@ -364,6 +364,10 @@ def write_report(all_runs: list[dict]) -> str:
                      + ("" if threshold == MASK_THRESHOLDS[0] else
                         f" In this {STEPS}-step run no mask came near 0 (see the mask table below), so the levels "
                         "come from the masks S-MFT weakened most, not from masks it switched off."))
+        lines += ["", "These H-MFT runs started their scores at raw |W| (mean 0.15 in SmolLM2), the rule of the code "
+                  "when they ran: at lr 0.1 one Adam step flipped the sign of about half of them, so the ranking by "
+                  "|S| was lost and H-MFT barely learned. The library now starts hard scores at |W| / mean |W| per "
+                  "matrix and trains them at lr 0.01 (docs/method.md); the long-run H-MFT rows above use that rule."]
         lines += ["", "| variant | hyperparameters | test acc | merged acc | final train loss | trainable | saved | "
                   "median step (s) | peak RSS (GiB) |", "|---|---|---|---|---|---|---|---|---|"]
         both = _seed_results(runs, _group(pick, "mft", "both"))
