@@ -219,3 +219,26 @@ def test_machine_description_records_allocator_and_thread_settings(monkeypatch):
     monkeypatch.setenv("UNRELATED_SETTING", "1")
     environment = machine_description(torch.device("cpu"))["environment"]
     assert environment["MALLOC_MMAP_THRESHOLD_"] == "131072" and "UNRELATED_SETTING" not in environment
+
+
+def test_sparse_sizes_sweeps_thresholds_of_a_trained_adapter(tiny):
+    from peft import get_peft_model
+
+    from benchmarks import sparse_sizes
+    from peft_mft import MFTConfig
+
+    torch.manual_seed(0)
+    model = get_peft_model(load_llava(str(tiny["model"])).model,
+                           MFTConfig(init_score=3.0, temperature=0.5, init_weights=False))
+    adapter = tiny["root"] / "sparse-adapter"
+    model.save_pretrained(adapter)
+    out = tiny["root"] / "sparse"
+    report = sparse_sizes.main([str(adapter), "--model", str(tiny["model"]), "--eval-data", str(tiny["test"]),
+                                "--eval-samples", "4", "--thresholds", "0", "0.05", "10", "--lora-bytes",
+                                "lora-r16=5000", "--out", str(out)])
+    rows = {r["threshold"]: r for r in report["rows"]}
+    assert rows[0.0]["kept_share"] > rows[0.05]["kept_share"] > rows[10.0]["kept_share"] == 0.0
+    assert rows[0.0]["bytes"] > rows[0.05]["bytes"] > rows[10.0]["bytes"]
+    assert rows[0.0]["max_logit_drift"] < 1e-2  # everything kept: float16 deviations only
+    assert {p.name for p in out.iterdir()} == {"sparse_sizes.json", "sparse_sizes.md", "sparse_sizes.png"}
+    assert "lora-r16: 0.0 MiB" in (out / "sparse_sizes.md").read_text()
