@@ -96,3 +96,57 @@ def test_the_example_script_runs_the_recipe(checkpoint, tmp_path):
     # a model folder whose name matches no preset family: the fallback preset, written into the saved config
     resolved = (saved["peft_type"], saved["preset"], saved["init_score"], saved["temperature"])
     assert resolved == ("MFT", "smollm2", 3.0, 0.5)
+
+
+# A chat template that renders TRL's vision-language messages (content as a list of image and text parts) with the
+# tiny checkpoint's tokens; LlavaProcessor also needs the patch size to count image tokens (16x16 image, 8x8 patches,
+# CLIP's class token dropped).
+VLM_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}{% else %}{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>\n"
+    "{% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.mark.parametrize("quantized", [False, True], ids=["fp32-base", "4bit-language-model"])
+def test_vision_language_sft_trains_only_scores_including_the_projectors(tmp_path, quantized):
+    from PIL import Image
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from trl import SFTConfig, SFTTrainer
+
+    from tests.examples.tiny import COLORS, make_dataset, save_tiny_llava
+
+    folder = save_tiny_llava(tmp_path / "llava")
+    make_dataset(tmp_path / "data")
+    images = sorted((tmp_path / "data" / "images").glob("*.png"))
+    colors = list(COLORS)
+    dataset = Dataset.from_dict({
+        "messages": [[{"role": "user", "content": [{"type": "image"},
+                                                   {"type": "text", "text": "what color is the shape ?"}]},
+                      {"role": "assistant", "content": [{"type": "text", "text": colors[i % len(colors)]}]}]
+                     for i in range(len(images))],
+        "images": [[Image.open(path).convert("RGB")] for path in images],
+    })
+    kwargs = {}
+    if quantized:
+        kwargs = dict(quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32,
+            llm_int8_skip_modules=["vision_tower", "multi_modal_projector", "lm_head"]), device_map={"": "cpu"})
+    model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32, **kwargs)
+    processor = AutoProcessor.from_pretrained(folder)
+    processor.patch_size, processor.num_additional_image_tokens = 8, 1
+    processor.vision_feature_select_strategy, processor.chat_template = "default", VLM_TEMPLATE
+    args = SFTConfig(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=2, learning_rate=0.1,
+                     weight_decay=0.0, save_strategy="no", report_to="none", use_cpu=True, bf16=False,
+                     max_length=None)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
+                         peft_config=MFTConfig(targets="both", init_score=3.0, temperature=0.5),
+                         callbacks=[Float32ScoresCallback()])
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed and all("mft_scores" in n for n in changed)
+    assert any("multi_modal_projector" in n for n in changed) and not any("vision_tower" in n for n in changed)
+    assert {p.dtype for n, p in after.items() if "mft_scores" in n} == {torch.float32}
