@@ -28,6 +28,19 @@ from .results_plan import (
 CURVES_PNG = RESULTS_DIR / "curves.png"
 
 
+def model_builds_line(runs: dict[str, dict]) -> str:
+    """How many finished runs used each build of the embedded model (recorded since 2026-12-02; earlier: unknown)."""
+    counts: dict[str, int] = {}
+    for run in runs.values():
+        build = run.get("model_build")
+        name = (f"weights {build['sha256']} (stage-1 loss {build['stage1_train_loss']:.4f})" if build
+                else "not recorded (runs before 2026-12-02)")
+        counts[name] = counts.get(name, 0) + 1
+    caveat = ". Runs of one seed compared across builds start from slightly different projectors."
+    return "; ".join(f"{name}: {count} runs" for name, count in sorted(counts.items())) + (
+        caveat if len(counts) > 1 else ".")
+
+
 def _mean_std(values: list[float]) -> str:
     if not values:
         return "pending"
@@ -332,6 +345,7 @@ def write_report(all_runs: list[dict]) -> str:
         "time, niced, with light other work beside them, so times are indicative. Peak memory is the process's "
         "resident-set high-water mark during training (it includes allocator caches and the runtime; "
         "benchmarks/README.md explains why it cannot rank methods closer than a few hundred MiB).",
+        f"- Model builds (stage 1 on CPU is not bit-reproducible, see README): {model_builds_line(runs)}",
         f"- Progress: {done} of {len(specs)} planned runs finished"
         + ("" if pick else " (the main runs are planned once the sweeps are done)") + ".",
     ]

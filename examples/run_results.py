@@ -63,7 +63,24 @@ def command(s: dict, metrics: Path) -> list[str]:
     return cmd
 
 
-def execute(s: dict, runs: list[dict]) -> dict | None:
+def model_build() -> dict:
+    """Which build of the embedded model the runs use: stage 1 on CPU is not bit-reproducible, so a machine that
+    rebuilt the cache trains from slightly different projector weights (README). The weights' SHA-256 (first 12 hex
+    digits) and stage 1's final loss go into every run record."""
+    import hashlib
+
+    from harness.embedded import embedded_llava_checkpoint
+
+    folder = Path(embedded_llava_checkpoint())
+    digest = hashlib.sha256()
+    with open(folder / "model.safetensors", "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    stage1 = json.loads((folder / "stage1.json").read_text())
+    return {"sha256": digest.hexdigest()[:12], "stage1_train_loss": stage1.get("train_loss")}
+
+
+def execute(s: dict, runs: list[dict], build: dict | None = None) -> dict | None:
     key = run_key(s)
     if key in finished(runs):
         return finished(runs)[key]
@@ -79,7 +96,7 @@ def execute(s: dict, runs: list[dict]) -> dict | None:
         proc = subprocess.run(command(s, metrics), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
     record = {"kind": "run", "key": key, "spec": s, "seconds": round(time.time() - start, 1),
-              "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+              "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"), "model_build": build}
     if proc.returncode == 0 and metrics.is_file():
         result = json.loads(metrics.read_text())
         record.update(status="ok", result=result)
@@ -127,16 +144,15 @@ def main(argv=None) -> None:
         for s in specs:
             print(("done    " if run_key(s) in done else "pending ") + slug(s))
         return
-    from harness.embedded import embedded_llava_checkpoint
-
-    embedded_llava_checkpoint()  # build the shared model once, before the runs start in parallel-free sequence
+    build = model_build()  # builds the shared model once, before the runs start
+    print(f"embedded model build {build}", flush=True)
     new = 0
     while True:
         specs = plan(all_runs).specs
         todo = [s for s in specs if run_key(s) not in finished(all_runs) and failures(all_runs).get(run_key(s), 0) < 2]
         if not todo or (args.max_runs is not None and new >= args.max_runs):
             break
-        execute(todo[0], all_runs)
+        execute(todo[0], all_runs, build)
         new += 1
         write_report(all_runs)
     write_report(all_runs)

@@ -205,3 +205,11 @@ def test_long_runs_report_best_and_end_time_to_best_and_draw_the_curves(tmp_path
                 line.startswith("| LoRA (r 16) | -"))
     assert "-10.0 ± 0.0 | yes |" in lora
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_report_counts_runs_per_model_build():
+    first = _ok(rp.sweep_specs()[0], 0.5)
+    second = {**_ok(rp.sweep_specs()[1], 0.5), "model_build": {"sha256": "abc123def456", "stage1_train_loss": 1.1483}}
+    line = report.model_builds_line(rp.finished([first, second]))
+    assert "weights abc123def456 (stage-1 loss 1.1483): 1 runs" in line
+    assert "not recorded (runs before 2026-12-02): 1 runs" in line and "slightly different projectors" in line
