@@ -36,7 +36,7 @@ from harness.training import TrainConfig, train_and_evaluate
 
 from .results_plan import validated_hyperparameters
 
-FULL = {"steps": 48, "batch_size": 8, "eval_samples": 200}
+FULL = {"steps": 40, "batch_size": 8, "eval_samples": 200}
 QUICK = {"steps": 2, "batch_size": 2, "eval_samples": 8}
 QUICK_STAGE1_STEPS = 4  # used only when the full stage-1 projector is not cached yet
 
