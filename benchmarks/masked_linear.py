@@ -17,7 +17,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from peft_mft.mask import MaskSpec, masked_linear
+from peft_mft.mask import MaskSpec, hard_mask_threshold, masked_linear
 
 from .timing import load_average, machine_description, summarize, time_interleaved
 
@@ -75,6 +75,17 @@ def layer_functions(out_features: int, in_features: int, tokens: int, device, dt
             scores.grad = x.grad = None
 
         functions[name] = masked
+
+    # The hard mask with its threshold selected beforehand: what a forward costs while the scores have not changed
+    # since the last selection (MFTLayer.hard_threshold): the forward recomputed under gradient checkpointing, and
+    # every forward of generate.
+    reused = hard_mask_threshold(hard_scores, SPECS["mft-hard"].sparsity)
+
+    def masked_reused():
+        masked_linear(x, weight, hard_scores, None, SPECS["mft-hard"], reused).backward(grad_out)
+        hard_scores.grad = x.grad = None
+
+    functions["mft-hard-reused"] = masked_reused
     return functions
 
 
@@ -94,7 +105,7 @@ def run(shapes, tokens: int, repeats: int, warmup: int, device: torch.device, dt
             rows.append({"shape": f"{out_features}x{in_features}", "layer": name, **stats,
                          "ratio_to_dense": stats["median"] / dense})
     decoder_layer = {}
-    for name in ("dense", *SPECS):
+    for name in ("dense", *SPECS, "mft-hard-reused"):
         medians = [row["median"] for row in rows if row["layer"] == name]
         decoder_layer[name] = sum(count * median for count, median in zip(counts, medians))
     decoder_layer = {name: {"seconds": total, "ratio_to_dense": total / decoder_layer["dense"]}
