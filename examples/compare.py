@@ -32,6 +32,7 @@ from harness.embedded import embedded_cache_path, embedded_llava_checkpoint
 from harness.evaluation import evaluate_vqa
 from harness.methods import METHODS, MethodArgs, prepare_model
 from harness.models import load_llava
+from harness.statistics import binomial_se
 from harness.training import TrainConfig, train_and_evaluate
 
 from .results_plan import validated_hyperparameters
@@ -214,6 +215,13 @@ def main(argv=None) -> list[dict]:
     print(f"\n{len(eval_records)} easy-vqa test questions; {steps} steps x batch {batch_size}, "
           f"{'fp32' if args.fp32 else 'bf16 autocast'} training; "
           f"total {time.time() - start:.0f} s. Details: {out / 'results.json'}")
+    finished = [row["accuracy"] for row in rows if "accuracy" in row]
+    if finished:
+        typical = sum(finished) / len(finished)
+        print(f"One seed on {len(eval_records)} questions: each accuracy is uncertain by about "
+              f"{100 * binomial_se(typical, len(eval_records)):.1f} points (binomial s.e. at {100 * typical:.0f}%), "
+              "so gaps of a few points are noise. The tested comparison (3 seeds, 640 steps, paired): "
+              "examples/RESULTS.md.")
     if any("loss_history" in row for row in rows):
         print(f"Training-loss curves: {write_loss_png(rows, out / 'curves.png')}; the long runs' validation curves "
               "(3 seeds): examples/results/curves.png")
