@@ -4,9 +4,10 @@
     python -m benchmarks.sparse_sizes ADAPTER --thresholds 0.001 0.01 0.05 --eval-samples 400 --out results/sparse
 
 For each threshold: the folder `peft-mft export --format sparse --threshold T` writes (bytes), the share of masks
-kept, the largest |logit change| against the float32 adapter on a calibration batch (4 x 64 random token ids, seed
-0, as `--max-drift` measures it) and exact-match accuracy on `--eval-samples` held-out questions, beside the float32
-adapter's own accuracy and size (each accuracy with its binomial s.e.). Writes `sparse_sizes.json`, `.md` and a PNG.
+kept, the largest |logit change| against the float32 adapter on the calibration batch `--max-drift` measures it on
+(`peft_mft.tools.sparse_threshold.random_calibration_inputs`) and exact-match accuracy on `--eval-samples` held-out
+questions, beside the float32 adapter's own accuracy and size (each accuracy with its binomial s.e.). Writes
+`sparse_sizes.json`, `.md` and a PNG.
 """
 
 from __future__ import annotations
@@ -24,14 +25,14 @@ from harness.models import load_llava
 from harness.statistics import binomial_se
 from peft_mft.adapter_files import load_adapter
 from peft_mft.tools.export import COMPACT_WEIGHTS_NAME, export_compact_adapter, load_compact_adapter
+from peft_mft.tools.sparse_threshold import random_calibration_inputs
 
 DEFAULT_THRESHOLDS = (0.001, 0.003, 0.01, 0.02, 0.05, 0.1, 0.2)
-CALIBRATION_SHAPE = (4, 64)
 
 
-def _logits(model, ids):
+def _logits(model, inputs):
     with torch.no_grad():
-        return model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
+        return model(**inputs).logits.float()
 
 
 def measure(adapter: Path, model_source: str, eval_records, thresholds, eval_batch_size: int = 32) -> dict:
@@ -39,9 +40,8 @@ def measure(adapter: Path, model_source: str, eval_records, thresholds, eval_bat
     loaded = load_llava(model_source)
     processor = loaded.processor()
     reference = load_adapter(loaded.model, adapter).eval()
-    vocab = reference.config.get_text_config().vocab_size
-    ids = torch.randint(0, vocab, CALIBRATION_SHAPE, generator=torch.Generator().manual_seed(0))
-    reference_logits = _logits(reference, ids)
+    calibration = random_calibration_inputs(reference)
+    reference_logits = _logits(reference, calibration)
     scores_bytes = (adapter / "adapter_model.safetensors").stat().st_size
     evaluated = evaluate_vqa(reference, processor, eval_records, batch_size=eval_batch_size, desc="float32 adapter")
     rows = []
@@ -58,7 +58,7 @@ def measure(adapter: Path, model_source: str, eval_records, thresholds, eval_bat
                 "threshold": threshold,
                 "bytes": (folder / COMPACT_WEIGHTS_NAME).stat().st_size,
                 "kept_share": meta["kept_share"],
-                "max_logit_drift": float((_logits(model, ids) - reference_logits).abs().max()),
+                "max_logit_drift": float((_logits(model, calibration) - reference_logits).abs().max()),
                 "accuracy": result["accuracy"],
                 "answers_changed": sum(a["prediction"] != b["prediction"]
                                        for a, b in zip(result["predictions"], evaluated["predictions"])),

@@ -13,8 +13,6 @@ import sys
 from decimal import Decimal, InvalidOperation
 from typing import Optional, Sequence
 
-import torch
-
 from ..errors import MFTInputError
 from .analysis import NEAR_ZERO_THRESHOLD, MaskAnalysis, MaskComparison, analyze_masks, compare_masks, format_share
 from .report import PROJECTION_HEADER, method_line, projection_cells
@@ -171,8 +169,6 @@ def _merge(args) -> int:
 _FORMAT_ALIASES = {
     "fp16": "soft-fp16", "int8": "soft-int8", "sparse": "soft-sparse", "bits": "hard-bits", "indices": "hard-indices",
 }
-# The calibration batch of `--max-drift`: random token ids (text only; seeded, so the choice is reproducible).
-CALIBRATION_SHAPE = (4, 64)
 
 
 def _sparse_threshold(args) -> tuple[float, dict]:
@@ -187,14 +183,12 @@ def _sparse_threshold(args) -> tuple[float, dict]:
         raise MFTInputError(f"--max-drift must be > 0 (a largest |logit change|), got {args.max_drift}.")
     from ..adapter_files import load_adapter
     from .merge import load_base_model
-    from .sparse_threshold import choose_sparse_threshold
+    from .sparse_threshold import CALIBRATION_DESCRIPTION, choose_sparse_threshold, random_calibration_inputs
 
     model = load_adapter(load_base_model(args.base, "float32"), args.adapter)
-    vocab = model.config.get_text_config().vocab_size
-    ids = torch.randint(0, vocab, CALIBRATION_SHAPE, generator=torch.Generator().manual_seed(0))
-    choice = choose_sparse_threshold(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, args.max_drift)
-    calibration = f"{CALIBRATION_SHAPE[0]} x {CALIBRATION_SHAPE[1]} random token ids (seed 0, text only)"
-    return choice.threshold, {"budget": args.max_drift, "measured": choice.drift, "calibration": calibration}
+    choice = choose_sparse_threshold(model, random_calibration_inputs(model), args.max_drift)
+    drift = {"budget": args.max_drift, "measured": choice.drift, "calibration": CALIBRATION_DESCRIPTION}
+    return choice.threshold, drift
 
 
 def _export(args) -> int:
@@ -293,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge.set_defaults(run=_merge)
 
     from .export import COMPACT_FORMATS
+    from .sparse_threshold import CALIBRATION_DESCRIPTION
 
     export = commands.add_parser(
         "export",
@@ -314,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="sparse: store only masks that moved more than this from the initial mask")
     export.add_argument("--max-drift", type=float, default=None,
                         help="sparse: the largest threshold whose largest |logit change| on a calibration batch of "
-                        f"{CALIBRATION_SHAPE[0]} x {CALIBRATION_SHAPE[1]} random tokens stays within this (needs --base)")
+                        f"{CALIBRATION_DESCRIPTION} stays within this (needs --base)")
     export.add_argument("--base", default=None, help="sparse with --max-drift: the base model folder")
     export.add_argument("output", metavar="OUT", help="output folder (see --overwrite)")
     _add_overwrite_argument(export)

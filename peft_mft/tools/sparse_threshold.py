@@ -20,6 +20,19 @@ from ..layer import MFTLayer
 from .export import decode_mask, encode_mask, initial_mask, scores_for_mask
 
 
+# The calibration batch when the caller has none (`peft-mft export --max-drift`, benchmarks/sparse_sizes.py): random
+# token ids, text only, seeded so that the chosen threshold is reproducible.
+CALIBRATION_SHAPE = (4, 64)
+CALIBRATION_DESCRIPTION = f"{CALIBRATION_SHAPE[0]} x {CALIBRATION_SHAPE[1]} random token ids (seed 0, text only)"
+
+
+def random_calibration_inputs(model) -> dict:
+    """`CALIBRATION_SHAPE` random token ids over `model`'s (text) vocabulary, with their attention mask."""
+    vocab = model.config.get_text_config().vocab_size
+    ids = torch.randint(0, vocab, CALIBRATION_SHAPE, generator=torch.Generator().manual_seed(0))
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
 @dataclass
 class SparseThreshold:
     """The chosen threshold, its measured drift (largest |logit change|) and share of masks kept, and every
