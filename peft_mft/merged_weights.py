@@ -15,6 +15,7 @@ import torch
 from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
+from .bnb_layout import restore_standard_4bit_layout
 from .finite import check_finite_scores
 from .layer import MFTLayer
 
@@ -24,7 +25,8 @@ def _dequantized(module: nn.Module, name: str, param: torch.Tensor) -> torch.Ten
     if name == "weight" and type(param).__name__ in ("Params4bit", "Int8Params"):
         from peft.utils.integrations import dequantize_bnb_weight
 
-        return dequantize_bnb_weight(param, state=getattr(module, "state", None))
+        restore_standard_4bit_layout(module)  # a weight repacked for the CPU kernel dequantizes wrongly otherwise
+        return dequantize_bnb_weight(module.weight, state=getattr(module, "state", None))
     return param.detach()
 
 
