@@ -60,8 +60,9 @@ def preset_for_model(model_config: dict) -> tuple[str, str]:
     language model's type, else `FALLBACK_PRESET`."""
     text_config = model_config.get("text_config") or {}
     for name in (model_config.get("_name_or_path"), text_config.get("_name_or_path")):
-        if name and preset_for_name(str(name)):
-            return preset_for_name(str(name)), f"model name {name!r}"
+        preset = preset_for_name(str(name)) if name else None
+        if preset:
+            return preset, f"model name {name!r}"
     model_type = text_config.get("model_type") or model_config.get("model_type")
     if model_type in _PRESET_MODEL_TYPES:
         return _PRESET_MODEL_TYPES[model_type], f"model type {model_type!r}"
