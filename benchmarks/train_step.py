@@ -16,7 +16,9 @@ Every figure is also given as a ratio to `full`, so runs on noisy machines compa
 `train_step.md` under `--out`; `--accuracy-steps N` instead trains each variant N steps with the examples' Trainer
 helper, as `python -m examples.compare` trains each method (same data order, seed, schedule; but float32, like the
 timed loop, where compare defaults to bf16 autocast), and measures exact-match accuracy on easy-vqa test questions
-(`memory_accuracy.json` / `.md`).
+(`memory_accuracy.json` / `.md`), with each question's correctness for paired tests (`benchmarks.accuracy_seeds`).
+The report is rewritten after every variant; `--resume` keeps the finished variants of the one already in `--out`
+(same setup) and runs only the rest, so an interrupted long run continues.
 
 The batch: the first `--batch-size` records of the training data (default: easy-vqa, as in the examples), encoded by
 the examples' processor, right-padded (or cut) to `--seq-len` tokens. No gradient clipping or scheduler in the timed
@@ -254,6 +256,9 @@ def accuracy_variant(variant: Variant, args, device: torch.device) -> dict:
                              **({"max_grad_norm": 0.0} if "step-in-backward" in variant.options else {}))
         result = train_and_evaluate(prepared, processor, train_records, eval_records, config, save=False,
                                     check_merged=False)
+        predictions = json.loads((Path(workdir) / "predictions.json").read_text())
+    result.update(answers_correct="".join("1" if p["correct"] else "0" for p in predictions),  # for paired tests
+                  tensor_memory_peak_bytes=result["tensor_memory"]["peak"])
     result.update(variant=variant.name, model=source, optimizer=type(prepared.optimizer).__name__,
                   step_seconds_median=result["median_step_seconds"],
                   optimizer_state_bytes=_optimizer_state_bytes(prepared.optimizer), load_average_after=load_average())
@@ -308,13 +313,31 @@ def _run_one(args, variant: Variant, device: torch.device) -> dict:
         return json.loads(result_file.read_text())
 
 
-def _run_all(args, variants: list[Variant], device: torch.device, on_result=lambda results: None) -> list[dict]:
-    """Run every variant; `on_result(results so far)` after each."""
-    results = []
+def _run_all(args, variants: list[Variant], device: torch.device, on_result=lambda results: None,
+             finished: tuple[dict, ...] = ()) -> list[dict]:
+    """Run every variant without a result in `finished`; `on_result(results so far)` after each."""
+    done = {r["variant"]: r for r in finished}
+    results = [done[v.name] for v in variants if v.name in done]
     for variant in variants:
-        results.append(_run_one(args, variant, device))
-        on_result(results)
+        if variant.name not in done:
+            results.append(_run_one(args, variant, device))
+            on_result(results)
     return results
+
+
+def finished_results(path: Path, setup: dict) -> list[dict]:
+    """`--resume`: the successful results of the earlier report at `path` ([] if there is none). Raises ValueError
+    when that report was written with another setup (its results would not compare)."""
+    if not path.is_file():
+        return []
+    report = json.loads(path.read_text())
+    earlier = {k: v for k, v in report["setup"].items() if k != "model"}
+    ours = {k: v for k, v in setup.items() if k != "model"}
+    if earlier != ours:
+        differing = sorted(k for k in set(earlier) | set(ours) if earlier.get(k) != ours.get(k))
+        details = ", ".join(f"{k}: {earlier.get(k)!r} there, {ours.get(k)!r} here" for k in differing)
+        raise ValueError(f"--resume: {path} was written with another setup ({details}); choose another --out")
+    return [r for r in report["results"] if "error" not in r and "skipped" not in r]
 
 
 def _bitsandbytes_supports(device: torch.device) -> bool:
@@ -362,20 +385,22 @@ def markdown(report: dict) -> str:
     if setup["accuracy_steps"]:
         lines += [
             f"{setup['accuracy_steps']} training steps (examples' Trainer helper, cosine schedule), exact-match "
-            f"accuracy on {setup['eval_samples']} held-out records. Peak memory: resident set sampled every 20 ms "
-            "during training (CUDA: max allocated). `x full`: divided by full fine-tuning's figure.",
+            f"accuracy on {setup['eval_samples']} held-out records. Tensor memory: peak of live tensor bytes in the "
+            "second training step (`harness.tensor_memory`). Peak memory: resident set sampled every 20 ms during "
+            "training (CUDA: max allocated). `x full`: divided by full fine-tuning's figure.",
             "",
-            "| variant | accuracy | questions | final loss | peak memory MiB | x full | optimizer state MiB | "
-            "median step s | x full |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| variant | accuracy | questions | final loss | tensor memory MiB | x full | peak memory MiB | x full | "
+            "optimizer state MiB | median step s | x full |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in results:
             if "accuracy" not in r:
-                lines.append(f"| {r['variant']} | {(r.get('error') or r.get('skipped')).splitlines()[-1]} |" + " |" * 7)
+                lines.append(f"| {r['variant']} | {(r.get('error') or r.get('skipped')).splitlines()[-1]} |" + " |" * 9)
                 continue
             loss = r["loss_history"][-1]["loss"] if r.get("loss_history") else r.get("train_loss")
             lines.append(
                 f"| {r['variant']} | {r['accuracy']:.3f} | {r['eval_questions']} | {loss:.3f} | "
+                f"{_mb(r.get('tensor_memory_peak_bytes'))} | {_ratio(r, 'tensor_memory_peak_bytes')} | "
                 f"{_mb(r['peak_memory_bytes'])} | {_ratio(r, 'peak_memory_bytes')} | {_mb(r['optimizer_state_bytes'])} | "
                 f"{r['median_step_seconds']:.2f} | {_ratio(r, 'step_seconds_median')} |"
             )
@@ -449,6 +474,8 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", default=None, help="folder for the JSON and Markdown (default: benchmarks/results/<device>)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the finished variants of the report already in --out (same setup) and run the rest")
     parser.add_argument("--in-process", action="store_true",
                         help="run variants in this process (fast, for tests; peak memory is then not per variant)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -474,15 +501,18 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     stem = "memory_accuracy" if args.accuracy_steps else "train_step"
 
+    setup = {"batch_size": args.batch_size, "seq_len": args.seq_len, "steps": args.steps, "warmup": args.warmup,
+             "accuracy_steps": args.accuracy_steps, "eval_samples": args.eval_samples, "seed": args.seed,
+             "in_process": args.in_process}
+    finished = finished_results(out / f"{stem}.json", setup) if args.resume else []
+
     def report_for(results: list[dict]) -> dict:
         add_ratios(results)
         model = next((r["model"] for r in results if "model" in r), args.model or "embedded")
         return {
             "benchmark": "train_step",
             "command": command,
-            "setup": {"model": model, "batch_size": args.batch_size, "seq_len": args.seq_len, "steps": args.steps,
-                      "warmup": args.warmup, "accuracy_steps": args.accuracy_steps, "eval_samples": args.eval_samples,
-                      "in_process": args.in_process},
+            "setup": {"model": model, **setup},
             "machine": machine_description(device),
             "load_average_start": load_start,
             "load_average_end": load_average(),
@@ -495,7 +525,7 @@ def main(argv=None) -> dict:
         (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
         (out / f"{stem}.md").write_text(markdown(report) + "\n")
 
-    report = report_for(_run_all(args, variants, device, on_result=write))
+    report = report_for(_run_all(args, variants, device, on_result=write, finished=tuple(finished)))
     print(markdown(report))
     return report
 

@@ -4,6 +4,9 @@ Accuracy on n independent questions has the binomial standard error sqrt(p (1 - 
 the same seeds see the same data order, so their per-seed accuracies are paired; a paired t-test on the per-seed
 differences (n - 1 degrees of freedom) decides whether a gap is clear. With 3 seeds the two-sided 95% critical value
 is 4.30, not the normal 1.96: a rule like "|mean| > 2 std / sqrt(n)" calls noise a difference.
+
+Two runs scored on the same questions are also paired question by question: McNemar's exact test asks whether the
+questions only one of them answers split unevenly between them (a binomial test on those discordant questions).
 """
 
 from __future__ import annotations
@@ -83,3 +86,24 @@ def paired_comparison(a: list[float], b: list[float], confidence: float = 0.95) 
     n = len(differences)
     half_width = t_critical(n - 1, confidence) * statistics.stdev(differences) / math.sqrt(n)
     return PairedComparison(differences, statistics.mean(differences), half_width)
+
+
+@dataclass(frozen=True)
+class McNemar:
+    """Questions only `a` answers, only `b` answers, and the exact two-sided p-value of that split under
+    "neither is better" (each discordant question equally likely to go either way)."""
+
+    only_a: int
+    only_b: int
+    p_value: float
+
+
+def mcnemar_exact(a_correct: list[bool], b_correct: list[bool]) -> McNemar:
+    """McNemar's exact test of two runs' per-question correctness (same questions, same order)."""
+    if len(a_correct) != len(b_correct):
+        raise ValueError(f"paired answers need the same questions: {len(a_correct)} against {len(b_correct)}")
+    only_a = sum(1 for x, y in zip(a_correct, b_correct) if x and not y)
+    only_b = sum(1 for x, y in zip(a_correct, b_correct) if y and not x)
+    n, k = only_a + only_b, min(only_a, only_b)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n  # P(X <= k), X ~ Binomial(n, 1/2)
+    return McNemar(only_a, only_b, min(1.0, 2.0 * tail))

@@ -27,6 +27,7 @@ from typing import Iterable, Optional
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+from transformers import TrainerCallback
 
 CATEGORIES = ("frozen_weights", "trainable", "gradients", "optimizer_state", "activations_and_temporaries")
 
@@ -146,3 +147,29 @@ class TensorMemory(TorchDispatchMode):
             out[category.get(allocation, "activations_and_temporaries")] += nbytes
         out["peak"] = sum(out[c] for c in CATEGORIES)
         return out
+
+
+class TensorMemoryCallback(TrainerCallback):
+    """`TensorMemory` over one optimizer step of `Trainer.train()`: forward, backward and `optimizer.step()` of the
+    `step`-th step (default the second, when the optimizer state exists; the last if training is shorter).
+    `by_category`: `TensorMemory.peak_by_category()` of that step (bytes), None until it has run. The batch is built
+    before the step begins, so its few input tensors are not counted (nor are they in benchmarks.train_step)."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int = 2):
+        if step < 1:
+            raise ValueError(f"TensorMemoryCallback: step counts optimizer steps from 1, got {step}")
+        self.model, self.optimizer, self.step = model, optimizer, step
+        self.by_category: Optional[dict[str, int]] = None
+        self._mode: Optional[TensorMemory] = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        target = self.step if args.max_steps <= 0 else min(self.step, args.max_steps)
+        if self.by_category is None and self._mode is None and state.global_step + 1 == target:
+            self._mode = TensorMemory(self.model, self.optimizer)
+            self._mode.__enter__()
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        if self._mode is not None:  # before zero_grad, while the step's gradients are alive
+            self._mode.__exit__(None, None, None)
+            self.by_category, self._mode = self._mode.peak_by_category(), None
+

@@ -20,6 +20,7 @@ from .data import LlavaCollator, LlavaDataset, Record, VLMProcessor
 from .evaluation import evaluate_vqa
 from .memory import PeakMemoryCallback
 from .methods import PreparedModel, merge_adapter
+from .tensor_memory import TensorMemoryCallback
 
 logger = logging.getLogger(__name__)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -157,9 +158,10 @@ def train_and_evaluate(
         disable_tqdm=config.disable_tqdm,
     )
     timer, memory = StepTimer(), PeakMemoryCallback()
+    tensor_memory = TensorMemoryCallback(model, prepared.optimizer)
     eval_kwargs = dict(batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens,
                        disable_tqdm=config.disable_tqdm)
-    callbacks = [timer, memory]
+    callbacks = [timer, memory, tensor_memory]
     curve = None
     if curve_records and config.curve_every:
         curve = ValidationCurve(curve_records, processor, config.curve_every, timer, **eval_kwargs)
@@ -188,6 +190,7 @@ def train_and_evaluate(
         "median_step_seconds": statistics.median(timer.durations) if timer.durations else None,
         "peak_memory_bytes": memory.peak_bytes,
         "peak_memory_kind": memory.kind,
+        "tensor_memory": tensor_memory.by_category,
         "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h],
     }
     is_main = trainer.is_world_process_zero()

@@ -139,6 +139,10 @@ def test_accuracy_mode_trains_with_trainer_including_step_in_backward(tiny):
     assert fused["eval_questions"] == 4 and fused["peak_memory_bytes"] > 0
     correct = fused["accuracy"] * 4  # a share of the 4 questions asked: a whole number of them
     assert correct == round(correct)
+    assert len(fused["answers_correct"]) == 4 and fused["answers_correct"].count("1") == round(correct)
+    tensors = fused["tensor_memory"]  # the second Trainer step, by category
+    assert tensors["peak"] == fused["tensor_memory_peak_bytes"] > tensors["trainable"] > 0
+    assert tensors["optimizer_state"] == fused["optimizer_state_bytes"]
     full = results["full"]
     assert fused["ratio_to_full"]["step_seconds_median"] == fused["median_step_seconds"] / full["median_step_seconds"]
 
@@ -154,6 +158,24 @@ def test_accuracy_mode_trains_with_trainer_including_step_in_backward(tiny):
     assert f"| mft+step-in-backward | {100 * fused['accuracy']:.1f} | - | " in table
     with pytest.raises(ValueError, match="appears in two reports"):
         accuracy_seeds.main([str(reports[0]), str(reports[0])])
+
+    paired = accuracy_seeds.main(["--baseline", "full"] + [str(p) for p in reports])
+    difference = 100 * (fused["accuracy"] - full["accuracy"])
+    assert f"| mft+step-in-backward | s0 {difference:+.1f} | - | - (one seed) | s0 " in paired
+    with pytest.raises(ValueError, match="'lora' is not among the variants"):
+        accuracy_seeds.main(["--baseline", "lora"] + [str(p) for p in reports])
+
+
+def test_accuracy_mode_resumes_finished_variants(tiny):
+    out = tiny["root"] / "accuracy-resume"
+    common = ["--model", str(tiny["model"]), "--data", str(tiny["train"]), "--eval-data", str(tiny["test"]),
+              "--batch-size", "2", "--accuracy-steps", "1", "--eval-samples", "2", "--in-process", "--out", str(out)]
+    first = train_step.main(common + ["--methods", "full"])["results"][0]
+    report = train_step.main(common + ["--methods", "full,mft", "--resume"])
+    assert [r["variant"] for r in report["results"]] == ["full", "mft"]
+    assert report["results"][0]["train_seconds"] == first["train_seconds"]  # kept, not trained again
+    with pytest.raises(ValueError, match="another setup .*accuracy_steps: 1 there, 2 here"):
+        train_step.main(common + ["--accuracy-steps", "2", "--methods", "full", "--resume"])  # the last one counts
 
 
 def test_compact_logit_drift_sees_other_masks_and_restores_the_trained_scores(tiny, tmp_path):

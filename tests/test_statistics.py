@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from harness.statistics import binomial_se, paired_comparison, t_critical
+from harness.statistics import binomial_se, mcnemar_exact, paired_comparison, t_critical
 
 
 @pytest.mark.parametrize(
@@ -46,3 +46,18 @@ def test_paired_comparison_needs_matching_pairs():
         paired_comparison([1.0, 2.0], [1.0])
     with pytest.raises(ValueError, match="at least 2 pairs"):
         paired_comparison([1.0], [1.0])
+
+
+def test_mcnemar_exact_by_hand():
+    # 6 questions only a answers, 1 only b, 3 both, 2 neither: P(X <= 1 | n=7) = 8 / 128, two-sided 0.125
+    a = [True] * 6 + [False] + [True] * 3 + [False] * 2
+    b = [False] * 6 + [True] + [True] * 3 + [False] * 2
+    test = mcnemar_exact(a, b)
+    assert (test.only_a, test.only_b) == (6, 1) and test.p_value == pytest.approx(0.125)
+    # 10 against 0: 2 / 1024, the textbook clear case (p < 0.05)
+    assert mcnemar_exact([True] * 10, [False] * 10).p_value == pytest.approx(2 / 1024)
+    # no discordant question, or an even split: p = 1
+    assert mcnemar_exact([True, False], [True, False]).p_value == 1.0
+    assert mcnemar_exact([True, False], [False, True]).p_value == 1.0
+    with pytest.raises(ValueError, match="same questions"):
+        mcnemar_exact([True], [True, False])
