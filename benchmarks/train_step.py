@@ -259,6 +259,9 @@ def accuracy_variant(variant: Variant, args, device: torch.device) -> dict:
         predictions = json.loads((Path(workdir) / "predictions.json").read_text())
     result.update(answers_correct="".join("1" if p["correct"] else "0" for p in predictions),  # for paired tests
                   tensor_memory_peak_bytes=result["tensor_memory"]["peak"])
+    if variant.method in ("mft", "mft-ste"):  # the soft-mask preset resolved for this model (validated: 3, 0.5)
+        adapter = prepared.model.peft_config["default"]
+        result.update(init_score=adapter.init_score, temperature=adapter.temperature)
     result.update(variant=variant.name, model=source, optimizer=type(prepared.optimizer).__name__,
                   step_seconds_median=result["median_step_seconds"],
                   optimizer_state_bytes=_optimizer_state_bytes(prepared.optimizer), load_average_after=load_average())
