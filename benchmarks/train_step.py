@@ -8,8 +8,9 @@
 
 Each variant (see `benchmarks.variants`: `METHOD[+OPTION...]`) runs in a fresh Python process, so its peak memory
 is its own. Per variant: optimizer step time (forward + backward + `optimizer.step()` + `zero_grad`, after warm-up;
-median, interquartile range, min, max), peak memory after warm-up (CPU: resident-set high-water mark, with the
-checkpoint's memory-mapped pages dropped after set-up so that weights it replaced do not count; CUDA: max
+median, interquartile range, min, max), live tensor bytes at the peak of one more step by category
+(`harness.tensor_memory`: the primary memory figure), peak memory after warm-up (CPU: resident-set high-water mark,
+with the checkpoint's memory-mapped pages dropped after set-up so that weights it replaced do not count; CUDA: max
 allocated), trainable parameters, optimizer-state bytes, adapter bytes on disk (and compact MFT formats: bytes, mask
 error, logit drift on the batch), merge time.
 Every figure is also given as a ratio to `full`, so runs on noisy machines compare. Writes `train_step.json` and
