@@ -141,6 +141,44 @@ def retired(runs: list[dict]) -> list[dict]:
     return [r for r in runs if r.get("kind") == "rerun"]
 
 
+# Each test question's correctness ("1" / "0" per question, in evaluation order) at the end of a run and at its best
+# validation checkpoint, for McNemar's test between two runs of one seed. Kept in the records because outputs/ is not
+# committed and does not survive a change of machine.
+ANSWER_FILES = {"end": "predictions.json", "best": "predictions-best.json"}
+
+
+def answers_from_outputs(s: dict, result: dict) -> dict[str, str] | None:
+    """Run `s`'s answers read from its outputs folder, or None when a file is missing or does not give the recorded
+    accuracy (the folder then holds another run's files)."""
+    recorded = {"end": result.get("accuracy"), "best": (result.get("best_checkpoint") or {}).get("accuracy")}
+    answers = {}
+    for point, name in ANSWER_FILES.items():
+        if recorded[point] is None:
+            continue
+        path = OUTPUTS / slug(s) / name
+        if not path.is_file():
+            return None
+        text = "".join("1" if p["correct"] else "0" for p in json.loads(path.read_text()))
+        if not text or abs(text.count("1") / len(text) - recorded[point]) > 1e-9:
+            return None
+        answers[point] = text
+    return answers or None
+
+
+def answers_record(run: dict, answers: dict[str, str]) -> dict:
+    """A record adding the answers of an already finished `run` (one recorded before answers were kept)."""
+    return {"kind": "answers", "key": run["key"], "run_finished_at": run["finished_at"], **answers}
+
+
+def recorded_answers(all_runs: list[dict], run: dict) -> dict[str, str] | None:
+    """The answers of the finished `run`: in its result, or in an answers record written for it."""
+    if run["result"].get("answers_correct"):
+        return run["result"]["answers_correct"]
+    matching = [r for r in all_runs if r.get("kind") == "answers" and r["key"] == run["key"]
+                and r["run_finished_at"] == run.get("finished_at")]
+    return {k: matching[-1][k] for k in ANSWER_FILES if k in matching[-1]} if matching else None
+
+
 def spec(phase, split, method, lr, seed=0, targets="both", init_score=None, temperature=None, sparsity=None,
          steps=STEPS, curve_every=None):
     s = {"phase": phase, "split": split, "method": method, "lr": lr, "seed": seed, "targets": targets,

@@ -15,14 +15,14 @@ import platform
 import statistics
 from pathlib import Path
 
-from harness.statistics import binomial_se, paired_comparison, t_critical
+from harness.statistics import binomial_se, mcnemar_exact, paired_comparison, t_critical
 
 from .results_plan import (
     BATCH_SIZE, CURVE_EVERY, FULL_LRS, GRID_LRS, GRID_STEPS, HARD_LONG_LRS, LAYER_THIRDS, LOGGING_STEPS,
     LONG_EXTRA_SEED_GROUPS, LORA_LRS, MASK_THRESHOLDS, MFT_INIT_T, MFT_LRS, MIN_LEVEL_SHARE, REFERENCE_SPARSITY,
     REPORT_FILE, RESULTS_DIR, ROOT, SEEDS, STEPS, TABLE1_GROUPS, TEST_QUESTIONS, VAL_QUESTIONS, Plan, accuracy,
-    finished, grid_specs, hard_levels, hard_long_specs, hard_specs, layer_specs, long_spec, main_specs, plan, retired,
-    run_key, slug, spec, sweep_specs,
+    finished, grid_specs, hard_levels, hard_long_specs, hard_specs, layer_specs, long_spec, main_specs, plan,
+    recorded_answers, retired, run_key, slug, spec, sweep_specs,
 )
 
 CURVES_PNG = RESULTS_DIR / "curves.png"
@@ -94,16 +94,25 @@ def _hyperparameters(pick: dict, method: str) -> str:
     return f"lr {pick['lora' if method in ('lora', 'qlora') else 'full']['lr']:g}"
 
 
-def paired_table(by_seed: dict[str, dict[int, float]], reference: str, what: str) -> list[str]:
+def paired_table(by_seed: dict[str, dict[int, float]], reference: str, what: str,
+                 answers: dict[str, dict[int, str]] | None = None) -> list[str]:
     """Markdown: each row's per-seed accuracy minus `reference`'s on the seeds both have (same data order and
     questions, so the differences are paired), with the mean and its 95% t interval; "clear" only when that interval
-    excludes 0 (see the module docstring)."""
+    excludes 0 (see the module docstring). With `answers` (label -> seed -> per-question correctness), McNemar's
+    exact test per seed as well."""
     seeds = sorted(by_seed[reference])
+    answers = answers or {}
+    mcnemar = any(answers.values())
     lines = ["", f"Paired by seed: {what} minus {reference}'s, in points. Mean ± the half-width of its 95% confidence "
              f"interval (paired t-test, seeds - 1 degrees of freedom: t = {t_critical(len(SEEDS) - 1):.2f} for "
-             f"{len(SEEDS)} seeds); 'clear' only when the interval excludes 0.", "",
-             "| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± 95% CI | clear |",
-             "|---|" + "---|" * (len(seeds) + 2)]
+             f"{len(SEEDS)} seeds); 'clear' only when the interval excludes 0."
+             + (" McNemar: per seed, the test questions only this run / only the reference run answered, and the exact "
+                "test's p-value; it asks whether these two trained models differ on such questions, not whether the "
+                "methods do (seed-to-seed variation is outside it), so it decides nothing about 'clear'."
+                if mcnemar else ""), "",
+             "| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± 95% CI | clear |"
+             + (" McNemar per seed |" if mcnemar else ""),
+             "|---|" + "---|" * (len(seeds) + 2 + mcnemar)]
     for label, accuracies in by_seed.items():
         if label == reference:
             continue
@@ -115,7 +124,13 @@ def paired_table(by_seed: dict[str, dict[int, float]], reference: str, what: str
         else:
             test = paired_comparison([100 * accuracies[s] for s in common], [100 * by_seed[reference][s] for s in common])
             verdict, summary = ("yes" if test.clear else "no, within noise"), test.describe()
-        lines.append(f"| {label} | {cells} | {summary} | {verdict} |")
+        row = f"| {label} | {cells} | {summary} | {verdict} |"
+        if mcnemar:
+            ours, theirs = answers.get(label, {}), answers.get(reference, {})
+            tests = [(s, mcnemar_exact([c == "1" for c in ours[s]], [c == "1" for c in theirs[s]]))
+                     for s in common if s in ours and s in theirs]
+            row += " " + ("; ".join(f"s{s} {t.only_a}/{t.only_b}, p {t.p_value:.2f}" for s, t in tests) or "-") + " |"
+        lines.append(row)
     return lines
 
 
@@ -165,7 +180,7 @@ def _cell(values: list[float], n_questions: int) -> str:
     return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f} ({len(values)} seeds)"
 
 
-def long_table(planned: Plan, runs: dict[str, dict]) -> list[str]:
+def long_table(planned: Plan, runs: dict[str, dict], all_runs: list[dict]) -> list[str]:
     """Markdown: the long Table 1 rows at the best validation checkpoint and at the end, time to best, memory."""
     steps = planned.long_steps
     lines = ["", f"## Long runs ({steps} steps): Table 1 analogue (test accuracy, %)", "",
@@ -190,14 +205,17 @@ def long_table(planned: Plan, runs: dict[str, dict]) -> list[str]:
         peak = max(r["peak_memory_bytes"] for r in results) / 2**30
         lines.append(f"| {label} | {hp} | {_cell(at_best, TEST_QUESTIONS)} | {_cell(at_end, TEST_QUESTIONS)} | "
                      f"{to_best:g} | {seconds:.0f} | {total:.0f} | {peak:.2f} |")
-    headline = {}
+    headline, answers = {}, {}
     for method, targets in LONG_EXTRA_SEED_GROUPS:
         label = _label(method, targets)
-        headline[label] = {seed: runs[run_key(s)]["result"]["best_checkpoint"]["accuracy"] for seed in SEEDS
-                           if run_key(s := long_spec(planned.pick, method, targets, seed, steps)) in runs}
+        seed_runs = {seed: runs[run_key(s)] for seed in SEEDS
+                     if run_key(s := long_spec(planned.pick, method, targets, seed, steps)) in runs}
+        headline[label] = {seed: run["result"]["best_checkpoint"]["accuracy"] for seed, run in seed_runs.items()}
+        answers[label] = {seed: stored["best"] for seed, run in seed_runs.items()
+                          if (stored := recorded_answers(all_runs, run)) and "best" in stored}
     reference = _label("mft", "both")
     if len(headline[reference]) >= 2:
-        lines += paired_table(headline, reference, "test accuracy at the best validation checkpoint")
+        lines += paired_table(headline, reference, "test accuracy at the best validation checkpoint", answers)
     lines += ["", f"![learning curves]({CURVES_PNG.relative_to(REPORT_FILE.parent)}) Validation accuracy per method "
               "(mean over seeds, band: min to max) and training loss."]
     return lines
@@ -272,7 +290,7 @@ def long_sections(planned: Plan, runs: dict[str, dict], all_runs: list[dict]) ->
     if not planned.long_steps:
         return []
     write_curves_png(planned, runs)
-    lines = long_table(planned, runs) + grid_section(runs) + hard_long_section(planned, runs)
+    lines = long_table(planned, runs, all_runs) + grid_section(runs) + hard_long_section(planned, runs)
     lines += layer_section(planned, runs)
     if planned.long_analysis:
         seed = json.loads(planned.long_analysis["source_key"])["seed"]

@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 
 from .results_plan import (
-    LOGGING_STEPS, OUTPUTS, REPORT_FILE, ROOT, TEST_QUESTIONS, VAL_QUESTIONS, analyse_adapter, append_record,
-    failures, finished, layer_range, load_runs, plan, rerun_record, run_key, slug,
+    LOGGING_STEPS, OUTPUTS, REPORT_FILE, ROOT, TEST_QUESTIONS, VAL_QUESTIONS, analyse_adapter, answers_from_outputs,
+    answers_record, append_record, failures, finished, layer_range, load_runs, plan, recorded_answers, rerun_record,
+    run_key, slug,
 )
 from .results_report import write_report
 
@@ -99,6 +100,7 @@ def execute(s: dict, runs: list[dict], build: dict | None = None) -> dict | None
               "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"), "model_build": build}
     if proc.returncode == 0 and metrics.is_file():
         result = json.loads(metrics.read_text())
+        result["answers_correct"] = answers_from_outputs(s, result)
         record.update(status="ok", result=result)
     else:
         tail = (out / "log.txt").read_text()[-1500:]
@@ -111,6 +113,19 @@ def execute(s: dict, runs: list[dict], build: dict | None = None) -> dict | None
             and s["method"] in ("mft", "mft-ste"):
         analyse_adapter(key, Path(record["result"]["saved_to"]), runs)
     return record if record["status"] == "ok" else None
+
+
+def store_missing_answers(all_runs: list[dict]) -> int:
+    """Append the answers of finished runs recorded before answers were kept, where their outputs folder still
+    holds them (`answers_from_outputs`). Returns how many runs got them."""
+    stored = 0
+    for run in finished(all_runs).values():
+        if recorded_answers(all_runs, run) is None and (answers := answers_from_outputs(run["spec"], run["result"])):
+            record = answers_record(run, answers)
+            append_record(record)
+            all_runs.append(record)
+            stored += 1
+    return stored
 
 
 def main(argv=None) -> None:
@@ -135,6 +150,7 @@ def main(argv=None) -> None:
         print(f"retired {args.rerun}; the next run repeats it")
         return
     if args.report_only:
+        store_missing_answers(all_runs)
         write_report(all_runs)
         print(f"wrote {REPORT_FILE}")
         return
@@ -144,6 +160,7 @@ def main(argv=None) -> None:
         for s in specs:
             print(("done    " if run_key(s) in done else "pending ") + slug(s))
         return
+    store_missing_answers(all_runs)
     build = model_build()  # builds the shared model once, before the runs start
     print(f"embedded model build {build}", flush=True)
     new = 0

@@ -143,7 +143,7 @@ def test_accuracy_mode_trains_with_trainer_including_step_in_backward(tiny):
     tensors = fused["tensor_memory"]  # the second Trainer step, by category
     assert tensors["peak"] == fused["tensor_memory_peak_bytes"] > tensors["trainable"] > 0
     assert tensors["optimizer_state"] == fused["optimizer_state_bytes"]
-    assert (fused["init_score"], fused["temperature"]) == (3.0, 0.5)  # the preset resolved for the tiny base: the fallback "smollm2"
+    assert (fused["init_score"], fused["temperature"]) == (3.0, 0.5)  # the fallback preset ("smollm2")
     full = results["full"]
     assert fused["ratio_to_full"]["step_seconds_median"] == fused["median_step_seconds"] / full["median_step_seconds"]
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 from peft import get_peft_model
 from torch import nn
+from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 from transformers import Trainer, TrainingArguments
 
 from harness.tensor_memory import CATEGORIES, TensorMemory, TensorMemoryCallback
@@ -83,7 +84,7 @@ def test_callback_measures_one_trainer_step(tmp_path, max_steps):
     assert result["trainable"] == weights and result["gradients"] == weights
     assert 2 * weights <= result["optimizer_state"] <= 2 * weights + DEPTH * 8
     assert result["peak"] == sum(result[c] for c in CATEGORIES)
-    assert not any(isinstance(mode, TensorMemory) for mode in torch.utils._python_dispatch._get_current_dispatch_mode_stack())
+    assert not any(isinstance(mode, TensorMemory) for mode in _get_current_dispatch_mode_stack())  # it exited
 
 
 def test_callback_counts_steps_from_one():

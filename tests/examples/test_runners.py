@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from examples import results_plan as rp
@@ -205,6 +207,44 @@ def test_long_runs_report_best_and_end_time_to_best_and_draw_the_curves(tmp_path
                 line.startswith("| LoRA (r 16) | -"))
     assert "-10.0 ± 0.0 | yes |" in lora
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "McNemar" not in text  # no run kept its answers
+
+    # seed 0 with answers: S-MFT right on questions 0-5, LoRA on 4-9: 4 discordant each way
+    mft0, lora0 = (next(r for r in runs if r.get("spec") == s) for s in headline[:2])
+    mft0["result"]["answers_correct"] = {"best": "1111110000", "end": "1111110000"}
+    lora0["result"]["answers_correct"] = {"best": "0000111111", "end": "0000111111"}
+    text = report.write_report(runs)
+    lora = next(line for line in text.splitlines() if line.startswith("| LoRA (r 16) | -"))
+    assert lora.endswith("| yes | s0 4/4, p 1.00 |") and "McNemar per seed" in text
+    full = next(line for line in text.splitlines() if line.startswith("| Full FT |"))
+    assert full.endswith("| pending | | | | | |")
+
+
+def test_answers_come_from_the_outputs_folder_only_when_they_give_the_recorded_accuracy(tmp_path, monkeypatch):
+    monkeypatch.setattr(rp, "RUNS_FILE", tmp_path / "runs.jsonl")
+    monkeypatch.setattr(rp, "OUTPUTS", tmp_path / "outputs")
+    monkeypatch.setattr(runner, "OUTPUTS", tmp_path / "outputs")
+    s = rp.sweep_specs()[0]
+    run = {**_ok(s, 0.5), "finished_at": "2026-12-01 10:00:00"}
+    run["result"]["best_checkpoint"] = {"accuracy": 0.25}
+    folder = tmp_path / "outputs" / rp.slug(s)
+    folder.mkdir(parents=True)
+
+    def write(name, flags):
+        (folder / name).write_text(json.dumps([{"correct": f} for f in flags]))
+
+    write("predictions.json", [True, False, True, False])
+    assert rp.answers_from_outputs(s, run["result"]) is None  # the best checkpoint's file is missing
+    write("predictions-best.json", [True, True, False, False])  # 50%, not the recorded 25%: another run's file
+    assert rp.answers_from_outputs(s, run["result"]) is None
+    write("predictions-best.json", [False, True, False, False])
+    assert rp.answers_from_outputs(s, run["result"]) == {"end": "1010", "best": "0100"}
+
+    runs = [run]
+    assert runner.store_missing_answers(runs) == 1 and runner.store_missing_answers(runs) == 0  # once
+    assert rp.load_runs() == [runs[-1]] and rp.recorded_answers(runs, run) == {"end": "1010", "best": "0100"}
+    again = {**run, "finished_at": "2026-12-02 10:00:00"}  # a re-run of the key: the old answers are not its own
+    assert rp.recorded_answers(runs, again) is None
 
 
 def test_the_report_counts_runs_per_model_build():
