@@ -189,13 +189,13 @@ def long_table(planned: Plan, runs: dict[str, dict], all_runs: list[dict]) -> li
              "and training seconds (validation time excluded) until that checkpoint, the paper's Epoch and Time "
              "columns; median over seeds. Hyperparameters: the short-run sweeps' picks.", "",
              "| method | hyperparameters | test acc at best val | test acc at end | steps to best | seconds to best | "
-             "train seconds (all steps) | peak RSS (GiB) |", "|---|---|---|---|---|---|---|---|"]
+             "train seconds (all steps) | peak RSS (GiB) | tensor memory (GiB) |", "|---" * 9 + "|"]
     for label, method, targets in TABLE1_GROUPS:
         results = [runs[run_key(long_spec(planned.pick, method, targets, seed, steps))]["result"] for seed in SEEDS
                    if run_key(long_spec(planned.pick, method, targets, seed, steps)) in runs]
         hp = _hyperparameters(planned.pick, method)
         if not results:
-            lines.append(f"| {label} | {hp} | pending | | | | | |")
+            lines.append(f"| {label} | {hp} | pending | | | | | | |")
             continue
         at_best = [r["best_checkpoint"]["accuracy"] for r in results]
         at_end = [r["accuracy"] for r in results]
@@ -203,8 +203,10 @@ def long_table(planned: Plan, runs: dict[str, dict], all_runs: list[dict]) -> li
         seconds = statistics.median(r["best_checkpoint"]["train_seconds"] for r in results)
         total = statistics.median(r["train_seconds"] for r in results)
         peak = max(r["peak_memory_bytes"] for r in results) / 2**30
+        tensors = [r["tensor_memory"]["peak"] / 2**30 for r in results if r.get("tensor_memory")]
         lines.append(f"| {label} | {hp} | {_cell(at_best, TEST_QUESTIONS)} | {_cell(at_end, TEST_QUESTIONS)} | "
-                     f"{to_best:g} | {seconds:.0f} | {total:.0f} | {peak:.2f} |")
+                     f"{to_best:g} | {seconds:.0f} | {total:.0f} | {peak:.2f} | "
+                     + (f"{max(tensors):.2f} |" if tensors else "- |"))
     headline, answers = {}, {}
     for method, targets in LONG_EXTRA_SEED_GROUPS:
         label = _label(method, targets)
@@ -362,7 +364,9 @@ def write_report(all_runs: list[dict]) -> str:
         f"- Machine: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}); runs ran one at a "
         "time, niced, with light other work beside them, so times are indicative. Peak memory is the process's "
         "resident-set high-water mark during training (it includes allocator caches and the runtime; "
-        "benchmarks/README.md explains why it cannot rank methods closer than a few hundred MiB).",
+        "benchmarks/README.md explains why it cannot rank methods closer than a few hundred MiB); tensor memory, "
+        "recorded by runs since 2026-12-02, is the peak of live tensor bytes in the second training step "
+        "(`harness.tensor_memory`, what a GPU's max_memory_allocated counts).",
         f"- Model builds (stage 1 on CPU is not bit-reproducible, see README): {model_builds_line(runs)}",
         f"- Progress: {done} of {len(specs)} planned runs finished"
         + ("" if pick else " (the main runs are planned once the sweeps are done)") + ".",
