@@ -49,8 +49,8 @@ from .variants import Variant, parse_variant, prepare_variant
 
 MAIN_VARIANTS = ("full", "mft", "mft-ste", "mft-hard", "lora-r8", "lora-r64", "qlora-r8", "mft+4bit-base")
 MEMORY_VARIANTS = (
-    "full+gc", "mft+gc", "mft+sgd", "mft+adamw8bit", "mft+paged-adamw8bit", "mft+bf16-base",
-    "mft+bf16-base+adamw8bit+gc", "mft+4bit-base+adamw8bit+gc",
+    "full+gc", "mft+gc", "mft+sgd", "mft+adamw8bit", "mft+paged-adamw8bit", "mft+adafactor", "mft+bf16-base",
+    "mft+bf16-base+adamw8bit+gc", "mft+bf16-base+adafactor+gc", "mft+4bit-base+adamw8bit+gc",
 )
 DEFAULT_VARIANTS = MAIN_VARIANTS + MEMORY_VARIANTS
 # Figures given as a ratio to `full` (key in a variant's result -> label in the table).

@@ -7,6 +7,8 @@ A variant is written `METHOD[+OPTION...]`:
 - OPTION (each is a memory-saving choice the README measures):
   - `adamw8bit`, `paged-adamw8bit`: bitsandbytes 8-bit AdamW states (paged falls back to plain on CPU);
   - `sgd`: SGD with momentum 0.9 (one state tensor instead of AdamW's two);
+  - `adafactor`: transformers' Adafactor without a first moment and with the second moment factored into a row and
+    a column vector per matrix (state O(rows + cols) instead of AdamW's 2 x rows x cols), at the method's lr;
   - `bf16-base`: MFT only; the frozen masked weights held in bfloat16 while scores, activations and GEMMs stay float32
     (the masked linear multiplies the bf16 weight by the float32 mask);
   - `4bit-base`: MFT only; the language model loaded in bitsandbytes NF4 (as for QLoRA), scores float32;
@@ -32,7 +34,8 @@ from harness.methods import MethodArgs, PreparedModel, prepare_model
 from peft_mft.training.optimizer_in_backward import OptimizerInBackward
 
 MFT_METHODS = ("mft", "mft-ste", "mft-hard")
-OPTIONS = ("adamw8bit", "paged-adamw8bit", "sgd", "bf16-base", "4bit-base", "gc", "step-in-backward")
+OPTIMIZER_OPTIONS = ("adamw8bit", "paged-adamw8bit", "sgd", "adafactor")
+OPTIONS = OPTIMIZER_OPTIONS + ("bf16-base", "4bit-base", "gc", "step-in-backward")
 SGD_MOMENTUM = 0.9
 _METHOD = re.compile(r"^(mft|mft-ste|mft-hard|full|(?:q?lora)-r(\d+))$")
 
@@ -73,7 +76,7 @@ def parse_variant(text: str) -> Variant:
             raise ValueError(f"Variant {text!r}: {option} applies to MFT methods (use qlora-r<R> for LoRA on 4-bit).")
     if "bf16-base" in options and "4bit-base" in options:
         raise ValueError(f"Variant {text!r}: choose one of bf16-base and 4bit-base.")
-    if sum(option in options for option in ("adamw8bit", "paged-adamw8bit", "sgd")) > 1:
+    if sum(option in options for option in OPTIMIZER_OPTIONS) > 1:
         raise ValueError(f"Variant {text!r}: give at most one optimizer option.")
     return variant
 
@@ -105,11 +108,16 @@ def hold_masked_weights_in(model: nn.Module, dtype: torch.dtype) -> int:
 
 def _optimizer(prepared: PreparedModel, variant: Variant) -> torch.optim.Optimizer:
     """The optimizer an option asks for, with the learning rate and parameter groups of the prepared one."""
-    choice = next((option for option in ("adamw8bit", "paged-adamw8bit", "sgd") if option in variant.options), None)
+    choice = next((option for option in OPTIMIZER_OPTIONS if option in variant.options), None)
     if choice is None:
         return prepared.optimizer
     if choice == "sgd":
         optimizer_cls, kwargs = torch.optim.SGD, {"momentum": SGD_MOMENTUM}
+    elif choice == "adafactor":
+        from transformers.optimization import Adafactor
+
+        # a fixed lr (the schedule is Trainer's), no first moment: the factored second moment is the whole state
+        optimizer_cls, kwargs = Adafactor, {"scale_parameter": False, "relative_step": False, "beta1": None}
     else:
         import bitsandbytes as bnb
 

@@ -43,6 +43,7 @@ def test_parse_variant(text, expected):
         ("mft+fast", "unknown option"),
         ("full+bf16-base", "applies to MFT methods"),
         ("mft+sgd+adamw8bit", "at most one optimizer"),
+        ("mft+adafactor+adamw8bit", "at most one optimizer"),
         ("mft+bf16-base+4bit-base", "choose one of"),
     ],
 )
@@ -92,7 +93,7 @@ def test_bf16_base_keeps_scores_and_activations_float32(tiny):
 def test_train_step_reports_every_figure_and_its_ratio_to_full(tiny):
     out = tiny["root"] / "out"
     report = train_step.main([
-        "--model", str(tiny["model"]), "--data", str(tiny["train"]), "--methods", "full,mft-hard,lora-r8,mft+sgd",
+        "--model", str(tiny["model"]), "--data", str(tiny["train"]), "--methods", "full,mft-hard,lora-r8,mft+sgd,mft+adafactor",
         "--batch-size", "2", "--seq-len", "48", "--steps", "2", "--warmup", "1", "--in-process", "--out", str(out),
     ])
     results = {r["variant"]: r for r in report["results"]}
@@ -109,6 +110,8 @@ def test_train_step_reports_every_figure_and_its_ratio_to_full(tiny):
     masked = hard["trainable_parameters"]
     assert 8 * masked <= hard["optimizer_state_bytes"] <= 8 * masked + 4 * 1000
     assert 4 * masked <= sgd["optimizer_state_bytes"] <= 4 * masked + 4 * 1000  # SGD: one momentum buffer
+    # Adafactor: a row and a column vector per score matrix, far below one byte per score
+    assert 0 < results["mft+adafactor"]["optimizer_state_bytes"] < masked / 2
     assert hard["adapter_bytes"] >= 4 * masked and hard["merge_seconds"] >= 0
     assert hard["compact"]["hard-bits"]["max_abs_mask_error"] == 0.0
     assert hard["compact"]["hard-bits"]["max_abs_logit_drift"] == hard["compact"]["hard-indices"]["max_abs_logit_drift"] == 0.0
