@@ -72,6 +72,19 @@ def test_llava_script_runs_every_method(workdir, method, tmp_path):
     _check_result(result, method, tmp_path)
 
 
+def test_llava_script_as_the_results_runner_calls_it(workdir, tmp_path):
+    """bf16 autocast, a validation curve and tensor memory of the second step, as examples.run_results runs it."""
+    from examples.llava.train import main
+
+    args = _script_args(workdir, workdir["llava"], "mft", tmp_path)
+    result = main(args + ["--bf16", "--curve-data", str(workdir["test"]), "--curve-samples", "2", "--curve-every", "1",
+                          "--no-merge-check"])
+    assert [point["step"] for point in result["curve"]] == [1, 2] and result["best_checkpoint"]["step"] in (1, 2)
+    tensors = result["tensor_memory"]
+    assert tensors["peak"] == sum(v for k, v in tensors.items() if k != "peak") and tensors["trainable"] > 0
+    assert (tmp_path / "predictions-best.json").is_file()
+
+
 @pytest.mark.parametrize("method", ["mft", "mft-hard", "lora", "qlora", "full", "mft-ste"])
 def test_tinyllava_script_runs_every_method(workdir, method, tmp_path):
     from examples.tinyllava.train import main
