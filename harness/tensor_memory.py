@@ -153,7 +153,8 @@ class TensorMemoryCallback(TrainerCallback):
     """`TensorMemory` over one optimizer step of `Trainer.train()`: forward, backward and `optimizer.step()` of the
     `step`-th step (default the second, when the optimizer state exists; the last if training is shorter).
     `by_category`: `TensorMemory.peak_by_category()` of that step (bytes), None until it has run. The batch is built
-    before the step begins, so its few input tensors are not counted (nor are they in benchmarks.train_step)."""
+    before the step begins, so its few input tensors are not counted (nor are they in benchmarks.train_step). That
+    step runs slower (every operator passes through the mode), and the step times of `harness.training` include it."""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int = 2):
         if step < 1:
@@ -172,4 +173,3 @@ class TensorMemoryCallback(TrainerCallback):
         if self._mode is not None:  # before zero_grad, while the step's gradients are alive
             self._mode.__exit__(None, None, None)
             self.by_category, self._mode = self._mode.peak_by_category(), None
-
