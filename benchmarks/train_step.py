@@ -335,11 +335,10 @@ def finished_results(path: Path, setup: dict) -> list[dict]:
     if not path.is_file():
         return []
     report = json.loads(path.read_text())
-    earlier = {k: v for k, v in report["setup"].items() if k != "model"}
-    ours = {k: v for k, v in setup.items() if k != "model"}
-    if earlier != ours:
-        differing = sorted(k for k in set(earlier) | set(ours) if earlier.get(k) != ours.get(k))
-        details = ", ".join(f"{k}: {earlier.get(k)!r} there, {ours.get(k)!r} here" for k in differing)
+    earlier = {k: v for k, v in report["setup"].items() if k != "model"}  # the model is named from the results
+    if earlier != setup:
+        differing = sorted(k for k in set(earlier) | set(setup) if earlier.get(k) != setup.get(k))
+        details = ", ".join(f"{k}: {earlier.get(k)!r} there, {setup.get(k)!r} here" for k in differing)
         raise ValueError(f"--resume: {path} was written with another setup ({details}); choose another --out")
     return [r for r in report["results"] if "error" not in r and "skipped" not in r]
 
