@@ -21,6 +21,7 @@ import math
 import statistics
 from pathlib import Path
 
+from harness.evaluation import correctness_from_text
 from harness.statistics import mcnemar_exact, paired_comparison
 
 
@@ -84,8 +85,7 @@ def paired_markdown(by_variant: dict[str, dict[int, dict]], baseline: str) -> st
         for s in common:
             a, b = seeds[s].get("answers_correct"), reference[s].get("answers_correct")
             if a and b:
-                result = mcnemar_exact([c == "1" for c in a], [c == "1" for c in b])
-                tests.append(f"s{s} {result.only_a}/{result.only_b}, p {result.p_value:.2f}")
+                tests.append(f"s{s} {mcnemar_exact(correctness_from_text(a), correctness_from_text(b)).describe()}")
         lines.append(f"| {variant} | {per_seed} | {summary} | {clear} | {'; '.join(tests) or '-'} |")
     return "\n".join(lines)
 

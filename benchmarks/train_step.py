@@ -257,9 +257,7 @@ def accuracy_variant(variant: Variant, args, device: torch.device) -> dict:
                              **({"max_grad_norm": 0.0} if "step-in-backward" in variant.options else {}))
         result = train_and_evaluate(prepared, processor, train_records, eval_records, config, save=False,
                                     check_merged=False)
-        predictions = json.loads((Path(workdir) / "predictions.json").read_text())
-    result.update(answers_correct="".join("1" if p["correct"] else "0" for p in predictions),  # for paired tests
-                  tensor_memory_peak_bytes=result["tensor_memory"]["peak"])
+    result.update(tensor_memory_peak_bytes=result["tensor_memory"]["peak"])
     if variant.method in ("mft", "mft-ste"):  # the soft-mask preset resolved for this model (validated: 3, 0.5)
         adapter = prepared.model.peft_config["default"]
         result.update(init_score=adapter.init_score, temperature=adapter.temperature)

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.evaluation import correctness_text
 from harness.statistics import binomial_se
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,9 +148,17 @@ def retired(runs: list[dict]) -> list[dict]:
 ANSWER_FILES = {"end": "predictions.json", "best": "predictions-best.json"}
 
 
+def answers_in_result(result: dict) -> dict[str, str] | None:
+    """Moves the answers `train_and_evaluate` wrote into a run's result (at the end, and in ``best_checkpoint``) into
+    the one form the records keep: {"end", "best"}."""
+    answers = {"end": result.get("answers_correct"),
+               "best": (result.get("best_checkpoint") or {}).pop("answers_correct", None)}
+    return {point: text for point, text in answers.items() if text} or None
+
+
 def answers_from_outputs(s: dict, result: dict) -> dict[str, str] | None:
-    """Run `s`'s answers read from its outputs folder, or None when a file is missing or does not give the recorded
-    accuracy (the folder then holds another run's files)."""
+    """Run `s`'s answers read from its outputs folder, for runs recorded before results held them; None when a file
+    is missing or does not give the recorded accuracy (the folder then holds another run's files)."""
     recorded = {"end": result.get("accuracy"), "best": (result.get("best_checkpoint") or {}).get("accuracy")}
     answers = {}
     for point, name in ANSWER_FILES.items():
@@ -158,7 +167,7 @@ def answers_from_outputs(s: dict, result: dict) -> dict[str, str] | None:
         path = OUTPUTS / slug(s) / name
         if not path.is_file():
             return None
-        text = "".join("1" if p["correct"] else "0" for p in json.loads(path.read_text()))
+        text = correctness_text(json.loads(path.read_text()))
         if not text or abs(text.count("1") / len(text) - recorded[point]) > 1e-9:
             return None
         answers[point] = text

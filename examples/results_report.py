@@ -15,6 +15,7 @@ import platform
 import statistics
 from pathlib import Path
 
+from harness.evaluation import correctness_from_text
 from harness.statistics import binomial_se, mcnemar_exact, paired_comparison, t_critical
 
 from .results_plan import (
@@ -127,9 +128,9 @@ def paired_table(by_seed: dict[str, dict[int, float]], reference: str, what: str
         row = f"| {label} | {cells} | {summary} | {verdict} |"
         if mcnemar:
             ours, theirs = answers.get(label, {}), answers.get(reference, {})
-            tests = [(s, mcnemar_exact([c == "1" for c in ours[s]], [c == "1" for c in theirs[s]]))
+            tests = [f"s{s} {mcnemar_exact(correctness_from_text(ours[s]), correctness_from_text(theirs[s])).describe()}"
                      for s in common if s in ours and s in theirs]
-            row += " " + ("; ".join(f"s{s} {t.only_a}/{t.only_b}, p {t.p_value:.2f}" for s, t in tests) or "-") + " |"
+            row += " " + ("; ".join(tests) or "-") + " |"
         lines.append(row)
     return lines
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from .results_plan import (
     LOGGING_STEPS, OUTPUTS, REPORT_FILE, ROOT, TEST_QUESTIONS, VAL_QUESTIONS, analyse_adapter, answers_from_outputs,
-    answers_record, append_record, failures, finished, layer_range, load_runs, plan, recorded_answers, rerun_record,
-    run_key, slug,
+    answers_in_result, answers_record, append_record, failures, finished, layer_range, load_runs, plan, recorded_answers,
+    rerun_record, run_key, slug,
 )
 from .results_report import write_report
 
@@ -100,7 +100,7 @@ def execute(s: dict, runs: list[dict], build: dict | None = None) -> dict | None
               "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"), "model_build": build}
     if proc.returncode == 0 and metrics.is_file():
         result = json.loads(metrics.read_text())
-        result["answers_correct"] = answers_from_outputs(s, result)
+        result["answers_correct"] = answers_in_result(result)
         record.update(status="ok", result=result)
     else:
         tail = (out / "log.txt").read_text()[-1500:]

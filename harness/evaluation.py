@@ -78,3 +78,16 @@ def evaluate_vqa(
     correct = sum(p["correct"] for p in predictions)
     return {"accuracy": correct / len(predictions), "correct": correct, "total": len(predictions),
             "predictions": predictions}
+
+
+def correctness_text(predictions: list[dict]) -> str:
+    """Each prediction's correctness as one character, "1" right and "0" wrong, in evaluation order: a compact form
+    kept in results so two runs on the same questions can be paired question by question (McNemar's test)."""
+    return "".join("1" if p["correct"] else "0" for p in predictions)
+
+
+def correctness_from_text(text: str) -> list[bool]:
+    """The inverse of `correctness_text`."""
+    if set(text) - {"0", "1"}:
+        raise ValueError(f"per-question correctness holds only '0' and '1', got {sorted(set(text) - {'0', '1'})}")
+    return [c == "1" for c in text]

@@ -97,6 +97,9 @@ class McNemar:
     only_b: int
     p_value: float
 
+    def describe(self) -> str:
+        return f"{self.only_a}/{self.only_b}, p {self.p_value:.2f}"
+
 
 def mcnemar_exact(a_correct: list[bool], b_correct: list[bool]) -> McNemar:
     """McNemar's exact test of two runs' per-question correctness (same questions, same order)."""

@@ -17,7 +17,7 @@ from peft_mft import atomic_directory
 from peft_mft.training.trainer import AtomicCheckpointTrainer
 
 from .data import LlavaCollator, LlavaDataset, Record, VLMProcessor
-from .evaluation import evaluate_vqa
+from .evaluation import correctness_text, evaluate_vqa
 from .memory import PeakMemoryCallback
 from .methods import PreparedModel, merge_adapter
 from .tensor_memory import TensorMemoryCallback
@@ -128,7 +128,8 @@ def train_and_evaluate(
     (``result["curve"]``) and ``eval_records`` are also scored at the best validation point
     (``result["best_checkpoint"]``); the saved adapter and the merge check are those of the last step.
 
-    Returns a JSON-able dict of metrics. Mutates ``prepared.model``: trained in place, and with ``check_merged``
+    Returns a JSON-able dict of metrics; with ``eval_records``, ``answers_correct`` (and the same in
+    ``best_checkpoint``) holds each question's correctness as `correctness_text`. Mutates ``prepared.model``: trained in place, and with ``check_merged``
     (PEFT methods) its adapter is merged away, so do not use it afterwards."""
     set_seed(config.seed)
     model = prepared.model
@@ -203,7 +204,8 @@ def train_and_evaluate(
         result["curve"] = curve.points
     if eval_records:
         evaluation = evaluate_vqa(model, processor, eval_records, desc=f"eval {prepared.method}", **eval_kwargs)
-        result.update(accuracy=evaluation["accuracy"], eval_questions=evaluation["total"])
+        result.update(accuracy=evaluation["accuracy"], eval_questions=evaluation["total"],
+                      answers_correct=correctness_text(evaluation["predictions"]))
         _write_json(out / "predictions.json", evaluation["predictions"])
     if save:
         saved = out / ("model" if not prepared.is_peft else "adapter")
@@ -217,7 +219,8 @@ def train_and_evaluate(
     if eval_records and curve is not None:
         curve.restore_best(model)
         at_best = evaluate_vqa(model, processor, eval_records, desc=f"eval {prepared.method} best", **eval_kwargs)
-        result["best_checkpoint"] = {**curve.best, "accuracy": at_best["accuracy"]}
+        result["best_checkpoint"] = {**curve.best, "accuracy": at_best["accuracy"],
+                                     "answers_correct": correctness_text(at_best["predictions"])}
         _write_json(out / "predictions-best.json", at_best["predictions"])
     if eval_records and check_merged and prepared.is_peft:
         merged = merge_adapter(model)

@@ -54,6 +54,7 @@ def test_mcnemar_exact_by_hand():
     b = [False] * 6 + [True] + [True] * 3 + [False] * 2
     test = mcnemar_exact(a, b)
     assert (test.only_a, test.only_b) == (6, 1) and test.p_value == pytest.approx(0.125)
+    assert test.describe() == "6/1, p 0.12"
     # 10 against 0: 2 / 1024, the textbook clear case (p < 0.05)
     assert mcnemar_exact([True] * 10, [False] * 10).p_value == pytest.approx(2 / 1024)
     # no discordant question, or an even split: p = 1
@@ -61,3 +62,12 @@ def test_mcnemar_exact_by_hand():
     assert mcnemar_exact([True, False], [False, True]).p_value == 1.0
     with pytest.raises(ValueError, match="same questions"):
         mcnemar_exact([True], [True, False])
+
+
+def test_correctness_text_round_trips_and_rejects_other_characters():
+    from harness.evaluation import correctness_from_text, correctness_text
+
+    text = correctness_text([{"correct": True}, {"correct": False}, {"correct": True}])
+    assert text == "101" and correctness_from_text(text) == [True, False, True]
+    with pytest.raises(ValueError, match=r"only '0' and '1', got \['2', 'x'\]"):
+        correctness_from_text("10x2")

@@ -82,7 +82,10 @@ def test_llava_script_as_the_results_runner_calls_it(workdir, tmp_path):
     assert [point["step"] for point in result["curve"]] == [1, 2] and result["best_checkpoint"]["step"] in (1, 2)
     tensors = result["tensor_memory"]
     assert tensors["peak"] == sum(v for k, v in tensors.items() if k != "peak") and tensors["trainable"] > 0
-    assert (tmp_path / "predictions-best.json").is_file()
+    for name, answers in (("predictions.json", result["answers_correct"]),
+                          ("predictions-best.json", result["best_checkpoint"]["answers_correct"])):
+        written = json.loads((tmp_path / name).read_text())  # the result carries each question's correctness
+        assert answers == "".join("1" if p["correct"] else "0" for p in written) and len(answers) == len(written) > 0
 
 
 @pytest.mark.parametrize("method", ["mft", "mft-hard", "lora", "qlora", "full", "mft-ste"])

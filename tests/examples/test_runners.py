@@ -223,6 +223,14 @@ def test_long_runs_report_best_and_end_time_to_best_and_draw_the_curves(tmp_path
     assert full.endswith("| pending | | | | | | |")
 
 
+def test_new_runs_keep_the_answers_of_their_result_in_one_form():
+    result = {"accuracy": 0.5, "answers_correct": "10", "best_checkpoint": {"step": 4, "answers_correct": "11"}}
+    assert rp.answers_in_result(result) == {"end": "10", "best": "11"}
+    assert result["best_checkpoint"] == {"step": 4}  # moved, not kept twice
+    assert rp.answers_in_result({"accuracy": 0.5, "answers_correct": "10"}) == {"end": "10"}  # no curve
+    assert rp.answers_in_result({"accuracy": 0.5}) is None
+
+
 def test_answers_come_from_the_outputs_folder_only_when_they_give_the_recorded_accuracy(tmp_path, monkeypatch):
     monkeypatch.setattr(rp, "RUNS_FILE", tmp_path / "runs.jsonl")
     monkeypatch.setattr(rp, "OUTPUTS", tmp_path / "outputs")
