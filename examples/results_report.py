@@ -128,8 +128,9 @@ def paired_table(by_seed: dict[str, dict[int, float]], reference: str, what: str
         row = f"| {label} | {cells} | {summary} | {verdict} |"
         if mcnemar:
             ours, theirs = answers.get(label, {}), answers.get(reference, {})
-            tests = [f"s{s} {mcnemar_exact(correctness_from_text(ours[s]), correctness_from_text(theirs[s])).describe()}"
-                     for s in common if s in ours and s in theirs]
+            paired = [(s, correctness_from_text(ours[s]), correctness_from_text(theirs[s]))
+                      for s in common if s in ours and s in theirs]
+            tests = [f"s{s} {mcnemar_exact(a, b).describe()}" for s, a, b in paired]
             row += " " + ("; ".join(tests) or "-") + " |"
         lines.append(row)
     return lines

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from .results_plan import (
     LOGGING_STEPS, OUTPUTS, REPORT_FILE, ROOT, TEST_QUESTIONS, VAL_QUESTIONS, analyse_adapter, answers_from_outputs,
-    answers_in_result, answers_record, append_record, failures, finished, layer_range, load_runs, plan, recorded_answers,
-    rerun_record, run_key, slug,
+    answers_in_result, answers_record, append_record, failures, finished, layer_range, load_runs, plan,
+    recorded_answers, rerun_record, run_key, slug,
 )
 from .results_report import write_report
 

@@ -129,8 +129,8 @@ def train_and_evaluate(
     (``result["best_checkpoint"]``); the saved adapter and the merge check are those of the last step.
 
     Returns a JSON-able dict of metrics; with ``eval_records``, ``answers_correct`` (and the same in
-    ``best_checkpoint``) holds each question's correctness as `correctness_text`. Mutates ``prepared.model``: trained in place, and with ``check_merged``
-    (PEFT methods) its adapter is merged away, so do not use it afterwards."""
+    ``best_checkpoint``) holds each question's correctness as `correctness_text`. Mutates ``prepared.model``: trained
+    in place, and with ``check_merged`` (PEFT methods) its adapter is merged away, so do not use it afterwards."""
     set_seed(config.seed)
     model = prepared.model
     out = Path(config.output_dir)
