@@ -63,6 +63,8 @@ RATIO_FIGURES = {
     "adapter_bytes": "adapter",
     "merge_seconds": "merge",
 }
+# Phases of a timed step: the forward pass (loss), the backward pass, and optimizer.step() with zero_grad.
+TIMED_PHASES = ("forward", "backward", "optimizer")
 COMPACT_FORMATS = {"soft": ("soft-fp16", "soft-int8"), "hard": ("hard-bits", "hard-indices")}
 
 
@@ -187,13 +189,23 @@ def measure_variant(variant: Variant, args, device: torch.device) -> dict:
     model.train()
     memory = PeakMemory(device)
     losses = []
+    phases = {phase: [] for phase in TIMED_PHASES}
 
     def step():
+        marks = [time.perf_counter()]
         loss = model(**batch).loss
+        synchronize(device)
+        marks.append(time.perf_counter())
         loss.backward()
+        synchronize(device)
+        marks.append(time.perf_counter())
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        synchronize(device)
+        marks.append(time.perf_counter())
         losses.append(loss.item())
+        for phase, start, end in zip(TIMED_PHASES, marks, marks[1:]):
+            phases[phase].append(end - start)
 
     for _ in range(args.warmup):
         step()
@@ -201,12 +213,12 @@ def measure_variant(variant: Variant, args, device: torch.device) -> dict:
     resident_before = torch.cuda.memory_allocated(device) if device.type == "cuda" else rss_bytes()
     load_before = load_average()
     memory.reset()
+    phases = {phase: [] for phase in TIMED_PHASES}  # the timed steps only
     seconds = []
     for _ in range(args.steps):
         synchronize(device)
         start = time.perf_counter()
         step()
-        synchronize(device)
         seconds.append(time.perf_counter() - start)
     peak_rss = memory.read()
     # One more step, untimed (the dispatch mode slows every operator): live tensor bytes by category at their peak.
@@ -224,6 +236,7 @@ def measure_variant(variant: Variant, args, device: torch.device) -> dict:
         "step_seconds": summarize(seconds),
         "step_seconds_median": summarize(seconds)["median"],
         "step_seconds_all": seconds,
+        "phase_seconds_median": {phase: summarize(values)["median"] for phase, values in phases.items()},
         "peak_memory_bytes": peak_rss,
         "peak_memory_kind": memory.kind,
         "memory_before_timed_steps_bytes": resident_before,
@@ -371,6 +384,20 @@ def _ratio(result: dict, key: str) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _phase_table(results: list[dict], key: str) -> list[str]:
+    """Markdown lines: the median seconds of each phase of a step (`key` of a result), for the results that have it."""
+    timed = [r for r in results if r.get(key)]
+    if not timed:
+        return []
+    phases = list(timed[0][key])
+    header = " | ".join(phase.replace("_", " ") for phase in phases)
+    lines = ["", "Median seconds per phase of a step:", "", f"| variant | {header} |", "|---|" + "---|" * len(phases)]
+    for r in timed:
+        cells = ("-" if r[key][phase] is None else f"{r[key][phase]:.3f}" for phase in phases)
+        lines.append(f"| {r['variant']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(report: dict) -> str:
     setup = report["setup"]
     machine = report["machine"]
@@ -405,7 +432,7 @@ def markdown(report: dict) -> str:
                 f"{_mb(r['peak_memory_bytes'])} | {_ratio(r, 'peak_memory_bytes')} | {_mb(r['optimizer_state_bytes'])} | "
                 f"{r['median_step_seconds']:.2f} | {_ratio(r, 'step_seconds_median')} |"
             )
-        return "\n".join(lines)
+        return "\n".join(lines + _phase_table(results, "median_phase_seconds"))
     lines += [
         f"Step: forward + backward + optimizer step, median and interquartile range over {setup['steps']} steps after "
         f"{setup['warmup']} warm-up. Tensor memory: peak of live tensor bytes during one more step "
@@ -442,6 +469,7 @@ def markdown(report: dict) -> str:
         for r in measured:
             t = r["tensor_memory"]
             lines.append(f"| {r['variant']} | " + " | ".join(_mb(t[c]) for c in CATEGORIES) + f" | {_mb(t['peak'])} |")
+    lines += _phase_table(results, "phase_seconds_median")
     compact = [(r["variant"], fmt, c) for r in results for fmt, c in r.get("compact", {}).items()]
     if compact:
         lines += ["", "Compact MFT adapters (`peft_mft.tools.export`; inference only, training resumes from the fp32 scores):",

@@ -48,22 +48,42 @@ class TrainConfig:
 
 
 class StepTimer(TrainerCallback):
-    """Wall time of every optimizer step (forward, backward, optimizer), in seconds."""
+    """Wall time of every optimizer step, in seconds, and of its phases (`PHASES`): forward + backward + gradient
+    clipping, ``optimizer.step()``, and the scheduler step and ``zero_grad`` after it."""
+
+    PHASES = ("forward_backward_clip", "optimizer", "after_optimizer")
 
     def __init__(self):
         self.durations: list[float] = []
-        self._start = None
+        self.phases: dict[str, list[float]] = {phase: [] for phase in self.PHASES}
+        self._marks: list[float] = []
+
+    def _mark(self) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self._marks.append(time.perf_counter())
 
     def on_step_begin(self, args, state, control, **kwargs):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self._start = time.perf_counter()
+        self._marks = []
+        self._mark()
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self._mark()
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self._mark()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        if self._start is not None:
-            self.durations.append(time.perf_counter() - self._start)
+        if not self._marks:
+            return
+        self._mark()
+        self.durations.append(self._marks[-1] - self._marks[0])
+        if len(self._marks) == len(self.PHASES) + 1:  # a step the optimizer skipped has fewer marks
+            for phase, start, end in zip(self.PHASES, self._marks, self._marks[1:]):
+                self.phases[phase].append(end - start)
+
+    def median_phases(self) -> dict[str, float | None]:
+        return {phase: statistics.median(seconds) if seconds else None for phase, seconds in self.phases.items()}
 
 
 class ValidationCurve(TrainerCallback):
@@ -189,6 +209,7 @@ def train_and_evaluate(
         "train_loss": train_output.training_loss,
         "train_seconds": round(time.time() - start, 2),
         "median_step_seconds": statistics.median(timer.durations) if timer.durations else None,
+        "median_phase_seconds": timer.median_phases(),
         "peak_memory_bytes": memory.peak_bytes,
         "peak_memory_kind": memory.kind,
         "tensor_memory": tensor_memory.by_category,

@@ -10,6 +10,7 @@ from benchmarks import accuracy_seeds, masked_linear, train_step
 from benchmarks.timing import release_checkpoint_pages
 from benchmarks.variants import Variant, hold_masked_weights_in, parse_variant, prepare_variant
 from harness.models import load_llava
+from harness.training import StepTimer
 
 from .examples.tiny import make_dataset, save_tiny_llava
 
@@ -104,6 +105,10 @@ def test_train_step_reports_every_figure_and_its_ratio_to_full(tiny):
     assert all(value == 1.0 for key, value in full["ratio_to_full"].items() if key != "merge_seconds")
     for result in results.values():
         assert result["step_seconds"]["n"] == 2 and result["step_seconds_median"] > 0
+        # each phase inside its step: with 2 steps a median is a mean, so the phases' sum is at most the step's
+        phases = result["phase_seconds_median"]
+        assert set(phases) == set(train_step.TIMED_PHASES) and min(phases.values()) > 0
+        assert sum(phases.values()) <= result["step_seconds_median"]
         assert result["peak_memory_bytes"] > 0 and len(result["load_average_before"]) == 3
         assert result["ratio_to_full"]["trainable_parameters"] == result["trainable_parameters"] / full["trainable_parameters"]
     # scores: one per masked weight; AdamW keeps two float32 moments per score (plus a step counter per tensor)
@@ -125,6 +130,7 @@ def test_train_step_reports_every_figure_and_its_ratio_to_full(tiny):
     assert hard["tensor_memory"]["optimizer_state"] == hard["optimizer_state_bytes"]
     assert full["tensor_memory"]["trainable"] == 4 * full["trainable_parameters"]
     assert lora["tensor_memory"]["peak"] < full["tensor_memory"]["peak"] and "tensor memory at its peak" in table.lower()
+    assert f"| mft+sgd | {sgd['phase_seconds_median']['forward']:.3f} | " in table
 
 
 def test_accuracy_mode_trains_with_trainer_including_step_in_backward(tiny):
@@ -147,6 +153,9 @@ def test_accuracy_mode_trains_with_trainer_including_step_in_backward(tiny):
     assert tensors["peak"] == fused["tensor_memory_peak_bytes"] > tensors["trainable"] > 0
     assert tensors["optimizer_state"] == fused["optimizer_state_bytes"]
     assert (fused["init_score"], fused["temperature"]) == (3.0, 0.5)  # the fallback preset ("smollm2")
+    phases = fused["median_phase_seconds"]  # stepped in the backward: optimizer.step() has nothing left to do
+    assert set(phases) == set(StepTimer.PHASES) and phases["optimizer"] < phases["forward_backward_clip"]
+    assert "| forward backward clip | optimizer | after optimizer |" in (out / "memory_accuracy.md").read_text()
     full = results["full"]
     assert fused["ratio_to_full"]["step_seconds_median"] == fused["median_step_seconds"] / full["median_step_seconds"]
 
