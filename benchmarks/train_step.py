@@ -71,7 +71,7 @@ COMPACT_FORMATS = {"soft": ("soft-fp16", "soft-int8"), "hard": ("hard-bits", "ha
 # ---- one variant (runs in a worker process) ----------------------------------------------------------------------
 
 
-def _load(source: str | None, variant: Variant, device: torch.device):
+def load_variant_model(source: str | None, variant: Variant, device: torch.device):
     from harness.embedded import embedded_llava_checkpoint
     from harness.models import load_llava
 
@@ -82,7 +82,7 @@ def _load(source: str | None, variant: Variant, device: torch.device):
     return loaded, source
 
 
-def _records(data: str | None, image_folder: str | None, limit: int | None = None):
+def training_records(data: str | None, image_folder: str | None, limit: int | None = None):
     from harness.data import load_llava_json
     from harness.easyvqa import prepare_easy_vqa
 
@@ -178,10 +178,10 @@ def _adapter_figures(prepared, variant: Variant, workdir: Path, batch: dict) -> 
 def measure_variant(variant: Variant, args, device: torch.device) -> dict:
     """Load, prepare, time `args.steps` steps after `args.warmup`, then save and merge. Returns a JSON-able dict."""
     torch.manual_seed(0)
-    loaded, source = _load(args.model, variant, device)
+    loaded, source = load_variant_model(args.model, variant, device)
     model = loaded.model
     pixel_dtype = next(model.model.vision_tower.parameters()).dtype
-    batch = fixed_batch(loaded.processor(), _records(args.data, args.image_folder, limit=args.batch_size),
+    batch = fixed_batch(loaded.processor(), training_records(args.data, args.image_folder, limit=args.batch_size),
                         args.batch_size, args.seq_len, device, pixel_dtype)
     prepared = prepare_variant(model, variant)
     model, optimizer = prepared.model, prepared.optimizer
@@ -256,9 +256,9 @@ def accuracy_variant(variant: Variant, args, device: torch.device) -> dict:
     """Train `args.accuracy_steps` steps with the examples' `train_and_evaluate` and measure exact-match accuracy."""
     from harness.training import TrainConfig, train_and_evaluate
 
-    loaded, source = _load(args.model, variant, device)
+    loaded, source = load_variant_model(args.model, variant, device)
     processor = loaded.processor()  # no truncation, as examples.compare
-    train_records = _records(args.data, args.image_folder)
+    train_records = training_records(args.data, args.image_folder)
     eval_records = _eval_records(args)
     prepared = prepare_variant(loaded.model, variant)
     release_checkpoint_pages()

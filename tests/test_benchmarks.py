@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from benchmarks import accuracy_seeds, masked_linear, train_step
+from benchmarks import accuracy_seeds, masked_linear, profile_step, train_step
 from benchmarks.timing import release_checkpoint_pages
 from benchmarks.variants import Variant, hold_masked_weights_in, parse_variant, prepare_variant
 from harness.models import load_llava
@@ -55,7 +55,7 @@ def test_parse_variant_rejects_bad_variants(text, message):
 
 def _processor_and_records(tiny):
     loaded = load_llava(str(tiny["model"]))
-    return loaded, train_step._records(str(tiny["train"]), None)
+    return loaded, train_step.training_records(str(tiny["train"]), None)
 
 
 def test_fixed_batch_pads_or_cuts_to_the_sequence_length(tiny):
@@ -278,3 +278,22 @@ def test_sparse_sizes_sweeps_thresholds_of_a_trained_adapter(tiny):
     assert rows[0.0]["max_logit_drift"] < 1e-2  # everything kept: float16 deviations only
     assert {p.name for p in out.iterdir()} == {"sparse_sizes.json", "sparse_sizes.md", "sparse_sizes.png"}
     assert "lora-r16: 0.0 MiB" in (out / "sparse_sizes.md").read_text()
+
+
+def test_profile_step_times_the_phases_and_names_the_mask_operators(tiny):
+    out = tiny["root"] / "profile"
+    common = ["--model", str(tiny["model"]), "--data", str(tiny["train"]), "--batch-size", "2", "--steps", "2",
+              "--warmup", "1", "--out", str(out)]
+    full = profile_step.main(["full"] + common)
+    mft = profile_step.main(["mft"] + common)
+    for result in (full, mft):
+        assert set(result["phase_seconds"]) == set(profile_step.PHASES) and min(result["phase_seconds"].values()) > 0
+        assert len(result["tokens_per_row"]) == 2 and result["operators"][0]["self_seconds"] > 0
+    # the soft mask's sigmoid runs once per masked layer in the forward and once in the backward; no mask in full
+    mft_ops, full_ops = ({op["name"]: op for op in r["operators"]} for r in (mft, full))
+    assert mft_ops["aten::sigmoid_"]["calls"] == 2 * mft_ops["MaskedLinearFunction"]["calls"] > 0
+    assert "aten::sigmoid_" not in full_ops and "MaskedLinearFunction" not in full_ops
+    table = (out / "profile.md").read_text()
+    assert "| | full | mft |" in table and f"| forward | {full['phase_seconds']['forward']:.2f} | " in table
+    with pytest.raises(ValueError, match=r"3 batches of 100 need 300 training records; the data has \d+"):
+        profile_step.main(["mft"] + common + ["--batch-size", "100"])
