@@ -401,8 +401,10 @@ def _phase_table(results: list[dict], key: str) -> list[str]:
 def markdown(report: dict) -> str:
     setup = report["setup"]
     machine = report["machine"]
+    batch = (f"batch {setup['batch_size']} (each padded to its longest record)" if setup["accuracy_steps"]
+             else f"batch {setup['batch_size']} x {setup['seq_len']} tokens")
     lines = [
-        f"Model `{setup['model']}`, batch {setup['batch_size']} x {setup['seq_len']} tokens, {machine['device_name']} "
+        f"Model `{setup['model']}`, {batch}, {machine['device_name']} "
         f"({machine['device']}, {machine['torch_threads']} threads), torch {machine['torch']}; "
         f"load average at start {report['load_average_start']}, at end {report['load_average_end']}"
         + "".join(f", {k}={v}" for k, v in machine.get("environment", {}).items()) + ".",

@@ -155,7 +155,9 @@ def test_accuracy_mode_trains_with_trainer_including_step_in_backward(tiny):
     assert (fused["init_score"], fused["temperature"]) == (3.0, 0.5)  # the fallback preset ("smollm2")
     phases = fused["median_phase_seconds"]  # stepped in the backward: optimizer.step() has nothing left to do
     assert set(phases) == set(StepTimer.PHASES) and phases["optimizer"] < phases["forward_backward_clip"]
-    assert "| forward backward clip | optimizer | after optimizer |" in (out / "memory_accuracy.md").read_text()
+    table = (out / "memory_accuracy.md").read_text()
+    assert "| forward backward clip | optimizer | after optimizer |" in table
+    assert "batch 2 (each padded to its longest record)" in table  # not the timed loop's fixed length
     full = results["full"]
     assert fused["ratio_to_full"]["step_seconds_median"] == fused["median_step_seconds"] / full["median_step_seconds"]
 
