@@ -33,6 +33,7 @@ PHASES = ("forward", "backward", "clip", "optimizer")
 MAX_GRAD_NORM = 1.0  # the Trainer's default, as harness.training.TrainConfig uses it
 OPERATORS_KEPT = 40  # per variant, by self time
 OPERATORS_SHOWN = 15  # in profile.md, by the largest self time among the variants
+MARKDOWN_START = "Seconds per profiled step"
 
 
 def trainer_batches(processor, records, batch_size: int, count: int, seed: int, pixel_dtype, device) -> list[dict]:
@@ -121,7 +122,7 @@ def markdown(results: list[dict]) -> str:
     names = [r["variant"] for r in results]
     header = "| | " + " | ".join(names) + " |"
     rule = "|---|" + "---|" * len(names)
-    lines = ["Seconds per profiled step (`python -m benchmarks.profile_step`; tokens per row: "
+    lines = [MARKDOWN_START + " (`python -m benchmarks.profile_step`; tokens per row: "
              + "; ".join(f"{r['variant']} {r['tokens_per_row']}" for r in results) + ").", "",
              "By phase:", "", header, rule]
     lines.append("| wall (profiled) | " + " | ".join(f"{r['step_seconds_profiled']:.2f}" for r in results) + " |")
@@ -139,6 +140,18 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _ours(path: Path) -> bool:
+    """Whether `path` is absent or a file this script wrote (so writing it again loses nothing of the user's)."""
+    if not path.exists():
+        return True
+    if path.suffix == ".md":
+        return path.read_text(errors="replace").startswith(MARKDOWN_START)
+    try:
+        return "phase_seconds" in json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return False
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("variant", help="METHOD[+OPTION...], as benchmarks.train_step --methods takes them")
@@ -154,11 +167,18 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         parser.error(f"--steps must be >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}")
-    result = profile_variant(args.variant, args)
+    result_file, table_file = args.out / f"{args.variant}.json", args.out / "profile.md"
+    for path in (result_file, table_file):
+        if not _ours(path):
+            parser.error(f"{path} exists and was not written by benchmarks.profile_step; choose another --out")
+    try:
+        result = profile_variant(args.variant, args)
+    except ValueError as exc:  # a variant or batch the data cannot give
+        parser.error(str(exc))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.variant}.json").write_text(json.dumps(result, indent=1))
-    results = [r for r in (json.loads(p.read_text()) for p in sorted(args.out.glob("*.json"))) if "phase_seconds" in r]
-    (args.out / "profile.md").write_text(markdown(results) + "\n")
+    result_file.write_text(json.dumps(result, indent=1))
+    results = [r for r in (json.loads(p.read_text()) for p in sorted(args.out.glob("*.json")) if _ours(p))]
+    table_file.write_text(markdown(results) + "\n")
     return result
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -282,7 +283,7 @@ def test_sparse_sizes_sweeps_thresholds_of_a_trained_adapter(tiny):
     assert "lora-r16: 0.0 MiB" in (out / "sparse_sizes.md").read_text()
 
 
-def test_profile_step_times_the_phases_and_names_the_mask_operators(tiny):
+def test_profile_step_times_the_phases_and_names_the_mask_operators(tiny, capsys):
     out = tiny["root"] / "profile"
     common = ["--model", str(tiny["model"]), "--data", str(tiny["train"]), "--batch-size", "2", "--steps", "2",
               "--warmup", "1", "--out", str(out)]
@@ -297,5 +298,16 @@ def test_profile_step_times_the_phases_and_names_the_mask_operators(tiny):
     assert "aten::sigmoid_" not in full_ops and "MaskedLinearFunction" not in full_ops
     table = (out / "profile.md").read_text()
     assert "| | full | mft |" in table and f"| forward | {full['phase_seconds']['forward']:.2f} | " in table
-    with pytest.raises(ValueError, match=r"3 batches of 100 need 300 training records; the data has \d+"):
+    with pytest.raises(SystemExit):
         profile_step.main(["mft"] + common + ["--batch-size", "100"])
+    assert re.search(r"3 batches of 100 need 300 training records; the data has \d+", capsys.readouterr().err)
+    with pytest.raises(SystemExit):
+        profile_step.main(["lora"] + common)
+    assert "'lora'" in capsys.readouterr().err
+    # a file of the user's where a result would go is left alone
+    theirs = out / "mft+gc.json"
+    theirs.write_text('{"notes": "mine"}')
+    with pytest.raises(SystemExit):
+        profile_step.main(["mft+gc"] + common)
+    assert "was not written by benchmarks.profile_step" in capsys.readouterr().err
+    assert theirs.read_text() == '{"notes": "mine"}' and "mft+gc" not in (out / "profile.md").read_text()
