@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from .timing import load_average, machine_description, release_checkpoint_pages, synchronize
+from .timing import PhaseMarks, load_average, machine_description, release_checkpoint_pages
 from .train_step import load_variant_model, training_records
 from .variants import parse_variant, prepare_variant
 
@@ -71,26 +70,21 @@ def profile_variant(variant_name: str, args) -> dict:
 
     def step(batch) -> list[float]:
         """One step; the seconds of each of `PHASES`."""
-        marks = [time.perf_counter()]
-
-        def mark():
-            synchronize(device)
-            marks.append(time.perf_counter())
-
+        marks = PhaseMarks(device)
         with record_function("phase:forward"):  # names the phases in the profiler's trace
             loss = model(**batch).loss
-        mark()
+        marks.mark()
         with record_function("phase:backward"):
             loss.backward()
-        mark()
+        marks.mark()
         with record_function("phase:clip"):
             torch.nn.utils.clip_grad_norm_(trained, MAX_GRAD_NORM)
-        mark()
+        marks.mark()
         with record_function("phase:optimizer"):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        mark()
-        return [end - begin for begin, end in zip(marks, marks[1:])]
+        marks.mark()
+        return marks.seconds()
 
     for batch in batches[: args.warmup]:
         step(batch)

@@ -18,6 +18,22 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class PhaseMarks:
+    """Wall-clock marks between the phases of one step, the device synchronized at each mark."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.marks = [time.perf_counter()]
+
+    def mark(self) -> None:
+        synchronize(self.device)
+        self.marks.append(time.perf_counter())
+
+    def seconds(self) -> list[float]:
+        """Seconds of each phase, in order."""
+        return [end - begin for begin, end in zip(self.marks, self.marks[1:])]
+
+
 def time_interleaved(
     functions: dict[str, Callable[[], None]], repeats: int, warmup: int, device: torch.device
 ) -> dict[str, list[float]]:

@@ -44,7 +44,7 @@ from harness.memory import PeakMemory, rss_bytes
 from harness.tensor_memory import CATEGORIES, TensorMemory
 from peft_mft.errors import QuantizedMergeError
 
-from .timing import load_average, machine_description, release_checkpoint_pages, summarize, synchronize
+from .timing import PhaseMarks, load_average, machine_description, release_checkpoint_pages, summarize, synchronize
 from .variants import Variant, parse_variant, prepare_variant
 
 MAIN_VARIANTS = ("full", "mft", "mft-ste", "mft-hard", "lora-r8", "lora-r64", "qlora-r8", "mft+4bit-base")
@@ -189,23 +189,19 @@ def measure_variant(variant: Variant, args, device: torch.device) -> dict:
     model.train()
     memory = PeakMemory(device)
     losses = []
-    phases = {phase: [] for phase in TIMED_PHASES}
 
-    def step():
-        marks = [time.perf_counter()]
+    def step() -> list[float]:
+        """One step; the seconds of each of `TIMED_PHASES`."""
+        marks = PhaseMarks(device)
         loss = model(**batch).loss
-        synchronize(device)
-        marks.append(time.perf_counter())
+        marks.mark()
         loss.backward()
-        synchronize(device)
-        marks.append(time.perf_counter())
+        marks.mark()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        synchronize(device)
-        marks.append(time.perf_counter())
+        marks.mark()
         losses.append(loss.item())
-        for phase, start, end in zip(TIMED_PHASES, marks, marks[1:]):
-            phases[phase].append(end - start)
+        return marks.seconds()
 
     for _ in range(args.warmup):
         step()
@@ -213,12 +209,11 @@ def measure_variant(variant: Variant, args, device: torch.device) -> dict:
     resident_before = torch.cuda.memory_allocated(device) if device.type == "cuda" else rss_bytes()
     load_before = load_average()
     memory.reset()
-    phases = {phase: [] for phase in TIMED_PHASES}  # the timed steps only
-    seconds = []
+    seconds, per_phase = [], []
     for _ in range(args.steps):
         synchronize(device)
         start = time.perf_counter()
-        step()
+        per_phase.append(step())
         seconds.append(time.perf_counter() - start)
     peak_rss = memory.read()
     # One more step, untimed (the dispatch mode slows every operator): live tensor bytes by category at their peak.
@@ -236,7 +231,8 @@ def measure_variant(variant: Variant, args, device: torch.device) -> dict:
         "step_seconds": summarize(seconds),
         "step_seconds_median": summarize(seconds)["median"],
         "step_seconds_all": seconds,
-        "phase_seconds_median": {phase: summarize(values)["median"] for phase, values in phases.items()},
+        "phase_seconds_median": {phase: summarize(list(values))["median"]
+                                 for phase, values in zip(TIMED_PHASES, zip(*per_phase))},
         "peak_memory_bytes": peak_rss,
         "peak_memory_kind": memory.kind,
         "memory_before_timed_steps_bytes": resident_before,
