@@ -392,13 +392,11 @@ def grid_specs() -> list[dict]:
             for (i, t) in MFT_INIT_T for lr in GRID_LRS]
 
 
-def long_mask_analysis(pick: dict, steps: int, all_runs: list[dict]) -> dict | None:
-    """The stored mask analysis of the lowest-seed long S-MFT Both run that has one (stored as each run ends)."""
-    for seed in SEEDS:
-        stored = stored_mask_analysis(all_runs, run_key(long_spec(pick, "mft", "both", seed, steps)))
-        if stored:
-            return stored
-    return None
+def long_mask_analyses(pick: dict, steps: int, all_runs: list[dict]) -> dict[int, dict]:
+    """Seed -> the stored mask analysis of each long S-MFT Both run that has one (stored as each run ends)."""
+    stored = {seed: stored_mask_analysis(all_runs, run_key(long_spec(pick, "mft", "both", seed, steps)))
+              for seed in SEEDS}
+    return {seed: analysis for seed, analysis in stored.items() if analysis}
 
 
 def hard_long_specs(pick: dict, steps: int, levels: list[float], runs: dict[str, dict]) -> tuple[list[dict], list[dict]]:
@@ -441,6 +439,7 @@ class Plan:
     threshold: float | None = None
     long_steps: int | None = None
     long_analysis: dict | None = None  # masks of a long S-MFT Both run (phase L H-MFT levels, Fig. 6)
+    long_analyses: dict[int, dict] = field(default_factory=dict)  # seed -> masks of each long S-MFT Both run
     long_levels: list[float] = field(default_factory=list)
     long_threshold: float | None = None
 
@@ -462,7 +461,9 @@ def plan(all_runs: list[dict], compute_analysis: bool = True) -> Plan:
     out.long_steps = steps = long_steps(runs.get(run_key(pilot)))
     if not steps:
         return out
-    out.long_analysis = long_mask_analysis(pick, steps, all_runs)
+    out.long_analyses = long_mask_analyses(pick, steps, all_runs)
+    # the lowest seed with stored masks sets the H-MFT levels and the Fig. 6 view; the others show the spread
+    out.long_analysis = next(iter(out.long_analyses.values()), None)
     out.long_levels, out.long_threshold = hard_sparsities(out.long_analysis)
     check, hard = hard_long_specs(pick, steps, out.long_levels, runs)
     later = [s for s in headline_specs(pick, steps) if s != pilot] + grid_specs() + side_specs(pick, steps) + check

@@ -300,7 +300,29 @@ def long_sections(planned: Plan, runs: dict[str, dict], all_runs: list[dict]) ->
         seed = json.loads(planned.long_analysis["source_key"])["seed"]
         lines += mask_table(planned.long_analysis,
                             f"## Learned S-MFT masks after {planned.long_steps} steps (Both, seed {seed})")
+        lines += mask_seeds_table(planned.long_analyses, planned.long_threshold)
     return lines
+
+
+def mask_seeds_table(analyses: dict[int, dict], threshold: float | None) -> list[str]:
+    """Markdown: the share below `threshold` per projection type for every seed's masks, and each seed's order of
+    the projection types, so a reader sees whether the Fig. 6 pattern repeats across seeds."""
+    if len(analyses) < 2 or threshold is None:
+        return []
+    level = {seed: next(lv for lv in a["levels"] if lv["threshold"] == threshold) for seed, a in analyses.items()}
+    projections = list(next(iter(level.values()))["by_projection"])
+    lines = ["", f"The same share (M < {threshold:g}) in every seed whose masks were analysed, and the projection "
+             "types ordered from most to least masked:", "",
+             "| seed | overall | " + " | ".join(projections) + " | order |",
+             "|---|---|" + "---|" * len(projections) + "---|"]
+    for seed, lv in level.items():
+        share = lv["by_projection"]
+        order = " > ".join(sorted(projections, key=lambda p: -share[p]))
+        cells = " | ".join(f"{100 * share[p]:.4f}%" for p in projections)
+        lines.append(f"| {seed} | {100 * lv['share']:.4f}% | {cells} | {order} |")
+    plots = [f"[seed {seed}]({Path(a['plot']['path']).relative_to('examples')})" for seed, a in analyses.items()
+             if a.get("plot")]
+    return lines + (["", "Plots: " + ", ".join(plots) + "."] if plots else [])
 
 
 def write_curves_png(planned: Plan, runs: dict[str, dict]) -> Path:

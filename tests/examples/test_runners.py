@@ -264,3 +264,21 @@ def test_the_report_counts_runs_per_model_build():
     line = report.model_builds_line(rp.finished([first, second]))
     assert "weights abc123def456 (stage-1 loss 1.1483): 1 runs" in line
     assert "not recorded (runs before 2026-12-02): 1 runs" in line and "slightly different projectors" in line
+
+
+def _analysis(seed, shares):
+    levels = [{"threshold": t, "share": sum(shares.values()) / len(shares) * t, "suggested_sparsity": [],
+               "by_projection": {p: v * t for p, v in shares.items()}} for t in (0.1, 0.5)]
+    return {"kind": "mask_analysis", "source_key": json.dumps({"seed": seed}), "levels": levels,
+            "plot": {"path": f"examples/results/masks_s{seed}.png", "threshold": 0.1}}
+
+
+def test_mask_seeds_table_orders_each_seeds_projections_at_the_levels_threshold():
+    analyses = {1: _analysis(1, {"q": 0.002, "k": 0.003, "projector": 0.01}),
+                2: _analysis(2, {"q": 0.004, "k": 0.003, "projector": 0.01})}
+    lines = report.mask_seeds_table(analyses, 0.1)
+    rows = [line for line in lines if line.startswith("| 1 |") or line.startswith("| 2 |")]
+    assert rows[0] == "| 1 | 0.0500% | 0.0200% | 0.0300% | 0.1000% | projector > k > q |"
+    assert rows[1].endswith("| projector > q > k |")
+    assert lines[-1] == "Plots: [seed 1](results/masks_s1.png), [seed 2](results/masks_s2.png)."
+    assert report.mask_seeds_table({1: analyses[1]}, 0.1) == []  # one seed: the main mask table says it all
