@@ -372,7 +372,8 @@ def long_steps(pilot: dict | None) -> int | None:
 
 def headline_specs(pick: dict, steps: int) -> list[dict]:
     """Every seed of the headline rows (LONG_EXTRA_SEED_GROUPS), seed by seed."""
-    return [long_spec(pick, method, targets, seed, steps) for seed in SEEDS for method, targets in LONG_EXTRA_SEED_GROUPS]
+    return [long_spec(pick, method, targets, seed, steps)
+            for seed in SEEDS for method, targets in LONG_EXTRA_SEED_GROUPS]
 
 
 def side_specs(pick: dict, steps: int) -> list[dict]:
@@ -399,7 +400,8 @@ def long_mask_analyses(pick: dict, steps: int, all_runs: list[dict]) -> dict[int
     return {seed: analysis for seed, analysis in stored.items() if analysis}
 
 
-def hard_long_specs(pick: dict, steps: int, levels: list[float], runs: dict[str, dict]) -> tuple[list[dict], list[dict]]:
+def hard_long_specs(pick: dict, steps: int, levels: list[float],
+                    runs: dict[str, dict]) -> tuple[list[dict], list[dict]]:
     """H-MFT at the levels read off the long S-MFT masks: the lr check on validation at the middle level (grid
     length), then seed 0 of every level, then seeds 1 and 2 ([] until the check is done)."""
     if not levels:

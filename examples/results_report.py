@@ -123,7 +123,8 @@ def paired_table(by_seed: dict[str, dict[int, float]], reference: str, what: str
         if len(common) < 2:
             verdict, summary = f"not tested ({len(common)} seed)", ""
         else:
-            test = paired_comparison([100 * accuracies[s] for s in common], [100 * by_seed[reference][s] for s in common])
+            test = paired_comparison([100 * accuracies[s] for s in common],
+                                     [100 * by_seed[reference][s] for s in common])
             verdict, summary = ("yes" if test.clear else "no, within noise"), test.describe()
         row = f"| {label} | {cells} | {summary} | {verdict} |"
         if mcnemar:
@@ -265,8 +266,9 @@ def hard_long_section(planned: Plan, runs: dict[str, dict]) -> list[str]:
     for level in planned.long_levels:
         results = [runs[run_key(s)]["result"] for s in main if s["sparsity"] == level and run_key(s) in runs]
         loss = f"{statistics.mean(r['loss_history'][-1]['loss'] for r in results):.2f}" if results else ""
-        lines.append(f"| H-MFT {100 * level:.3g}% zeroed | {_cell([r['best_checkpoint']['accuracy'] for r in results], TEST_QUESTIONS)} | "
-                     f"{_cell([r['accuracy'] for r in results], TEST_QUESTIONS)} | {loss} |")
+        at_best = _cell([r["best_checkpoint"]["accuracy"] for r in results], TEST_QUESTIONS)
+        at_end = _cell([r["accuracy"] for r in results], TEST_QUESTIONS)
+        lines.append(f"| H-MFT {100 * level:.3g}% zeroed | {at_best} | {at_end} | {loss} |")
     return lines
 
 
@@ -339,7 +341,8 @@ def write_curves_png(planned: Plan, runs: dict[str, dict]) -> Path:
             continue
         steps = [p["step"] for p in results[0]["curve"]]
         by_step = [[100 * r["curve"][i]["val_accuracy"] for r in results] for i in range(len(steps))]
-        line, = accuracy_ax.plot(steps, [statistics.mean(v) for v in by_step], label=f"{label} ({len(results)} seed{'s' if len(results) > 1 else ''})")
+        seeds = f"{len(results)} seed{'s' if len(results) > 1 else ''}"
+        line, = accuracy_ax.plot(steps, [statistics.mean(v) for v in by_step], label=f"{label} ({seeds})")
         if len(results) > 1:
             accuracy_ax.fill_between(steps, [min(v) for v in by_step], [max(v) for v in by_step],
                                      color=line.get_color(), alpha=0.2)
@@ -377,8 +380,9 @@ def write_report(all_runs: list[dict]) -> str:
         f"{TEST_QUESTIONS} questions of the shuffled test split, exact match after greedy decoding.",
         f"- Every run: batch {BATCH_SIZE} (4 questions per record), cosine schedule with 3% warm-up, bf16 autocast "
         "training and fp32 evaluation, same data order per seed (so runs with the same seed are paired); vision tower "
-        f"frozen. Seeds {', '.join(map(str, SEEDS))}; mean ± std over seeds. Long runs: {planned.long_steps or '(pending)'} "
-        f"optimizer steps, validation accuracy every {CURVE_EVERY} steps; short runs: {STEPS} steps. The untuned model "
+        f"frozen. Seeds {', '.join(map(str, SEEDS))}; mean ± std over seeds. Long runs: "
+        f"{planned.long_steps or '(pending)'} optimizer steps, validation accuracy every {CURVE_EVERY} steps; "
+        f"short runs: {STEPS} steps. The untuned model "
         "answers in sentences, so its exact match is near 0 (`python -m examples.compare` prints it as 'no "
         "fine-tuning').",
         f"- Noise: one run's test accuracy has a binomial s.e. of {100 * binomial_se(0.9, TEST_QUESTIONS):.1f} points "
@@ -444,7 +448,8 @@ def write_report(all_runs: list[dict]) -> str:
     else:
         lines.append("pending: needs the S-MFT-Both seed-0 test run, whose masks set the sparsity levels.")
 
-    lines += ["", f"## Short-run sweeps ({STEPS} steps; validation accuracy, %, seed 0)", "", "S-MFT (Both): learning rate x (init, T).", "",
+    lines += ["", f"## Short-run sweeps ({STEPS} steps; validation accuracy, %, seed 0)", "",
+              "S-MFT (Both): learning rate x (init, T).", "",
               "| init, T (M0) | " + " | ".join(f"lr {lr:g}" for lr in MFT_LRS) + " |",
               "|---|" + "---|" * len(MFT_LRS)]
     planned = {run_key(s) for s in sweep_specs()}
@@ -460,8 +465,8 @@ def write_report(all_runs: list[dict]) -> str:
               "presets at lr 0.1; … = planned, not finished yet.)"]
     for method, lrs, label in (("lora", LORA_LRS, "LoRA (r 16, alpha 32)"), ("full", FULL_LRS, "Full FT")):
         cells = [accuracy(runs, spec("A", "val", method, lr)) for lr in lrs]
-        lines += ["", f"{label}:", "", "| " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
-                  "|" + "---|" * len(lrs), "| " + " | ".join("…" if c is None else f"{100 * c:.1f}" for c in cells) + " |"]
+        lines += ["", f"{label}:", "", "| " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |", "|" + "---|" * len(lrs),
+                  "| " + " | ".join("…" if c is None else f"{100 * c:.1f}" for c in cells) + " |"]
     if levels:
         lr_sweep, _ = hard_specs(levels, runs)
         cells = [accuracy(runs, s) for s in lr_sweep]
