@@ -49,7 +49,8 @@ def main(argv=None) -> None:
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
     lr = args.lr or (DEFAULT_HARD_SCORE_LR if args.mask_type == "hard" else DEFAULT_SCORE_LR)
     config = SFTConfig(output_dir=args.output_dir, max_steps=args.max_steps,
-                       per_device_train_batch_size=args.batch_size, learning_rate=lr, weight_decay=0.0, max_length=args.max_length, logging_steps=10,
+                       per_device_train_batch_size=args.batch_size, learning_rate=lr, weight_decay=0.0,
+                       max_length=args.max_length, logging_steps=10,
                        save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available())
     trainer = SFTTrainer(
         model=model, args=config, train_dataset=load_dataset("json", data_files=args.data, split="train"),

@@ -24,7 +24,8 @@ def build_parser(description: str, model_help: str) -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help=model_help)
     d = p.add_argument_group("data (LLaVA JSON; default: easy-vqa converted, its test split held out)")
     d.add_argument("--data", default=None, help="training JSON/JSONL: [{'image': ..., 'conversations': [...]}]")
-    d.add_argument("--image-folder", default=None, help="folder the 'image' paths are relative to (default: the JSON's)")
+    d.add_argument("--image-folder", default=None,
+                   help="folder the 'image' paths are relative to (default: the JSON's)")
     d.add_argument("--eval-data", default=None, help="held-out JSON in the same format, for exact-match accuracy")
     d.add_argument("--eval-image-folder", default=None)
     d.add_argument("--train-samples", type=int, default=None, help="use only the first N training records")
@@ -66,7 +67,8 @@ def resolve_data(args) -> tuple[str, str | None, str | None, str | None]:
         files = prepare_easy_vqa()
         folder = str(files["image_folder"])
         eval_data = args.eval_data or str(files["test"])
-        return str(files["train"]), folder, eval_data, args.eval_image_folder or (folder if not args.eval_data else None)
+        eval_folder = args.eval_image_folder or (folder if not args.eval_data else None)
+        return str(files["train"]), folder, eval_data, eval_folder
     return args.data, args.image_folder, args.eval_data, args.eval_image_folder
 
 
