@@ -96,21 +96,27 @@ def _hyperparameters(pick: dict, method: str) -> str:
 
 
 def paired_table(by_seed: dict[str, dict[int, float]], reference: str, what: str,
-                 answers: dict[str, dict[int, str]] | None = None) -> list[str]:
+                 answers: dict[str, dict[int, str]] | None = None, explain: bool = True) -> list[str]:
     """Markdown: each row's per-seed accuracy minus `reference`'s on the seeds both have (same data order and
     questions, so the differences are paired), with the mean and its 95% t interval; "clear" only when that interval
     excludes 0 (see the module docstring). With `answers` (label -> seed -> per-question correctness), McNemar's
-    exact test per seed as well."""
+    exact test per seed as well. `explain=False` for a table that follows one that explained the tests."""
     seeds = sorted(by_seed[reference])
     answers = answers or {}
     mcnemar = any(answers.values())
-    lines = ["", f"Paired by seed: {what} minus {reference}'s, in points. Mean ± the half-width of its 95% confidence "
-             f"interval (paired t-test, seeds - 1 degrees of freedom: t = {t_critical(len(SEEDS) - 1):.2f} for "
-             f"{len(SEEDS)} seeds); 'clear' only when the interval excludes 0."
-             + (" McNemar: per seed, the test questions only this run / only the reference run answered, and the exact "
-                "test's p-value; it asks whether these two trained models differ on such questions, not whether the "
-                "methods do (seed-to-seed variation is outside it), so it decides nothing about 'clear'."
-                if mcnemar else ""), "",
+    intro = f"Paired by seed: {what} minus {reference}'s, in points."
+    if not explain:
+        intro += " Same tests as above."
+    else:
+        intro += (f" Mean ± the half-width of its 95% confidence interval (paired t-test, seeds - 1 degrees of "
+                  f"freedom: t = {t_critical(len(SEEDS) - 1):.2f} for {len(SEEDS)} seeds); 'clear' only when the "
+                  "interval excludes 0.")
+        if mcnemar:
+            intro += (" McNemar: per seed, the test questions only this run / only the reference run answered, and "
+                      "the exact test's p-value; it asks whether these two trained models differ on such questions, "
+                      "not whether the methods do (seed-to-seed variation is outside it), so it decides nothing "
+                      "about 'clear'.")
+    lines = ["", intro, "",
              "| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± 95% CI | clear |"
              + (" McNemar per seed |" if mcnemar else ""),
              "|---|" + "---|" * (len(seeds) + 2 + mcnemar)]
@@ -210,17 +216,20 @@ def long_table(planned: Plan, runs: dict[str, dict], all_runs: list[dict]) -> li
         lines.append(f"| {label} | {hp} | {_cell(at_best, TEST_QUESTIONS)} | {_cell(at_end, TEST_QUESTIONS)} | "
                      f"{to_best:g} | {seconds:.0f} | {total:.0f} | {peak:.2f} | "
                      + (f"{max(tensors):.2f} |" if tensors else "- |"))
-    headline, answers = {}, {}
+    headline = {}
     for method, targets in LONG_EXTRA_SEED_GROUPS:
-        label = _label(method, targets)
-        seed_runs = {seed: runs[run_key(s)] for seed in SEEDS
-                     if run_key(s := long_spec(planned.pick, method, targets, seed, steps)) in runs}
-        headline[label] = {seed: run["result"]["best_checkpoint"]["accuracy"] for seed, run in seed_runs.items()}
-        answers[label] = {seed: stored["best"] for seed, run in seed_runs.items()
-                          if (stored := recorded_answers(all_runs, run)) and "best" in stored}
+        specs = [long_spec(planned.pick, method, targets, seed, steps) for seed in SEEDS]
+        headline[_label(method, targets)] = {s["seed"]: runs[run_key(s)] for s in specs if run_key(s) in runs}
     reference = _label("mft", "both")
-    if len(headline[reference]) >= 2:
-        lines += paired_table(headline, reference, "test accuracy at the best validation checkpoint", answers)
+    # both points, so the end column's gaps get the same test as the best-checkpoint ones
+    points = (("best", "test accuracy at the best validation checkpoint"), ("end", "test accuracy at the end"))
+    for point, what in points if len(headline[reference]) >= 2 else ():
+        accuracy = {label: {seed: (run["result"]["best_checkpoint"] if point == "best" else run["result"])["accuracy"]
+                            for seed, run in seed_runs.items()} for label, seed_runs in headline.items()}
+        answers = {label: {seed: stored[point] for seed, run in seed_runs.items()
+                           if (stored := recorded_answers(all_runs, run)) and point in stored}
+                   for label, seed_runs in headline.items()}
+        lines += paired_table(accuracy, reference, what, answers, explain=point == "best")
     lines += ["", f"![learning curves]({CURVES_PNG.relative_to(REPORT_FILE.parent)}) Validation accuracy per method "
               "(mean over seeds, band: min to max) and training loss."]
     return lines

@@ -219,6 +219,9 @@ def test_long_runs_report_best_and_end_time_to_best_and_draw_the_curves(tmp_path
     assert next(line for line in text.splitlines() if line.startswith("| S-MFT Both |")).endswith("| 1.00 | 1.50 |")
     lora = next(line for line in text.splitlines() if line.startswith("| LoRA (r 16) | -"))
     assert lora.endswith("| yes | s0 4/4, p 1.00 |") and "McNemar per seed" in text
+    # the end column gets its own paired table: best checkpoint and end differ by 0.01 for every run here
+    end = text.split("test accuracy at the end minus S-MFT Both's")[1]
+    assert "| LoRA (r 16) | -10.0 | -10.0 | -10.0 | -10.0 ± 0.0 | yes | s0 4/4, p 1.00 |" in end
     full = next(line for line in text.splitlines() if line.startswith("| Full FT |"))
     assert full.endswith("| pending | | | | | | |")
 
