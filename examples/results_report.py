@@ -235,23 +235,27 @@ def long_table(planned: Plan, runs: dict[str, dict], all_runs: list[dict]) -> li
     return lines
 
 
-def grid_section(runs: dict[str, dict]) -> list[str]:
-    """Markdown: the (init, T) x lr grid on validation, best point of each curve and the end."""
+def grid_section(runs: dict[str, dict], pick: dict) -> list[str]:
+    """Markdown: the (init, T) x lr grid on validation, best point of each curve and the end; once complete, its best
+    cell beside the setting the short sweeps picked (`pick`, which the long runs and the library's defaults use)."""
     lines = ["", f"## S-MFT (init, T) x learning rate ({GRID_STEPS} steps, validation accuracy %, seed 0)", "",
              f"Best validation point of the curve / at the end ({VAL_QUESTIONS} questions, s.e. ~"
-             f"{100 * binomial_se(0.9, VAL_QUESTIONS):.1f} at 90%). Picks the defaults (docs/method.md).", "",
+             f"{100 * binomial_se(0.9, VAL_QUESTIONS):.1f} at 90%). A check, at 5x the length, of the setting the "
+             f"{STEPS}-step sweeps picked.", "",
              "| init, T (M0) | " + " | ".join(f"lr {lr:g}" for lr in GRID_LRS) + " |", "|---|" + "---|" * len(GRID_LRS)]
     grid = {(s["init_score"], s["temperature"], s["lr"]): runs.get(run_key(s)) for s in grid_specs()}
+    top = {cell: max(point["val_accuracy"] for point in run["result"]["curve"]) for cell, run in grid.items() if run}
     for (i, t) in MFT_INIT_T:
-        cells = []
-        for lr in GRID_LRS:
-            run = grid[(i, t, lr)]
-            if run is None:
-                cells.append("…")
-                continue
-            top = max(point["val_accuracy"] for point in run["result"]["curve"])
-            cells.append(f"{100 * top:.1f} / {100 * run['result']['accuracy']:.1f}")
+        cells = ["…" if grid[(i, t, lr)] is None else
+                 f"{100 * top[(i, t, lr)]:.1f} / {100 * grid[(i, t, lr)]['result']['accuracy']:.1f}" for lr in GRID_LRS]
         lines.append(f"| {i:g}, {t:g} ({1 / (1 + math.exp(-i / t)):.4f}) | " + " | ".join(cells) + " |")
+    m = pick["mft"]
+    picked = (m["init_score"], m["temperature"], m["lr"])
+    if len(top) == len(grid) and picked in top:
+        i, t, lr = best = max(top, key=top.get)
+        lines += ["", f"Best cell: init {i:g}, T {t:g}, lr {lr:g} ({100 * top[best]:.1f}); the picked setting, init "
+                  f"{picked[0]:g}, T {picked[1]:g}, lr {picked[2]:g}: {100 * top[picked]:.1f}. One seed, so a gap "
+                  "between cells is not tested (each cell's s.e. is above)."]
     return lines
 
 
@@ -305,7 +309,7 @@ def long_sections(planned: Plan, runs: dict[str, dict], all_runs: list[dict]) ->
     if not planned.long_steps:
         return []
     write_curves_png(planned, runs)
-    lines = long_table(planned, runs, all_runs) + grid_section(runs) + hard_long_section(planned, runs)
+    lines = long_table(planned, runs, all_runs) + grid_section(runs, planned.pick) + hard_long_section(planned, runs)
     lines += layer_section(planned, runs)
     if planned.long_analysis:
         seed = json.loads(planned.long_analysis["source_key"])["seed"]

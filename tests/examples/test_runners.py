@@ -285,3 +285,17 @@ def test_mask_seeds_table_orders_each_seeds_projections_at_the_levels_threshold(
     assert rows[1].endswith("| projector > q > k |")
     assert lines[-1] == "Plots: [seed 1](results/masks_s1.png), [seed 2](results/masks_s2.png)."
     assert report.mask_seeds_table({1: analyses[1]}, 0.1) == []  # one seed: the main mask table says it all
+
+
+def test_grid_names_its_best_cell_beside_the_picked_setting_once_complete():
+    runs = [_ok(s, 0.5) for s in rp.sweep_specs()]
+    pick = rp.plan(runs, compute_analysis=False).pick
+    m = pick["mft"]
+    grid = {rp.run_key(s): _long_ok(s, 0.8 if (s["init_score"], s["lr"]) == (5.0, 0.3) else 0.7)
+            for s in rp.grid_specs()}
+    lines = report.grid_section(grid, pick)
+    assert "| 5, 1.3 (0.9791) | 70.0 / 70.0 | 70.0 / 70.0 | 80.0 / 80.0 |" in lines
+    assert lines[-1].startswith(f"Best cell: init 5, T 1.3, lr 0.3 (80.0); the picked setting, init "
+                                f"{m['init_score']:g}, T {m['temperature']:g}, lr {m['lr']:g}: 70.0.")
+    grid.pop(rp.run_key(rp.grid_specs()[0]))
+    assert not report.grid_section(grid, pick)[-1].startswith("Best cell")  # one cell still running
