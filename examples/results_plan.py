@@ -440,10 +440,14 @@ class Plan:
     levels: list[float] = field(default_factory=list)
     threshold: float | None = None
     long_steps: int | None = None
-    long_analysis: dict | None = None  # masks of a long S-MFT Both run (phase L H-MFT levels, Fig. 6)
     long_analyses: dict[int, dict] = field(default_factory=dict)  # seed -> masks of each long S-MFT Both run
     long_levels: list[float] = field(default_factory=list)
     long_threshold: float | None = None
+
+    @property
+    def long_analysis(self) -> dict | None:
+        """The lowest seed's long S-MFT Both masks: they set the phase L H-MFT levels and the Fig. 6 view."""
+        return next(iter(self.long_analyses.values()), None)
 
 
 def plan(all_runs: list[dict], compute_analysis: bool = True) -> Plan:
@@ -464,8 +468,6 @@ def plan(all_runs: list[dict], compute_analysis: bool = True) -> Plan:
     if not steps:
         return out
     out.long_analyses = long_mask_analyses(pick, steps, all_runs)
-    # the lowest seed with stored masks sets the H-MFT levels and the Fig. 6 view; the others show the spread
-    out.long_analysis = next(iter(out.long_analyses.values()), None)
     out.long_levels, out.long_threshold = hard_sparsities(out.long_analysis)
     check, hard = hard_long_specs(pick, steps, out.long_levels, runs)
     later = [s for s in headline_specs(pick, steps) if s != pilot] + grid_specs() + side_specs(pick, steps) + check

@@ -221,14 +221,15 @@ def long_table(planned: Plan, runs: dict[str, dict], all_runs: list[dict]) -> li
         specs = [long_spec(planned.pick, method, targets, seed, steps) for seed in SEEDS]
         headline[_label(method, targets)] = {s["seed"]: runs[run_key(s)] for s in specs if run_key(s) in runs}
     reference = _label("mft", "both")
+    recorded = {label: {seed: recorded_answers(all_runs, run) for seed, run in seed_runs.items()}
+                for label, seed_runs in headline.items()}
     # both points, so the end column's gaps get the same test as the best-checkpoint ones
     points = (("best", "test accuracy at the best validation checkpoint"), ("end", "test accuracy at the end"))
     for point, what in points if len(headline[reference]) >= 2 else ():
         accuracy = {label: {seed: (run["result"]["best_checkpoint"] if point == "best" else run["result"])["accuracy"]
                             for seed, run in seed_runs.items()} for label, seed_runs in headline.items()}
-        answers = {label: {seed: stored[point] for seed, run in seed_runs.items()
-                           if (stored := recorded_answers(all_runs, run)) and point in stored}
-                   for label, seed_runs in headline.items()}
+        answers = {label: {seed: stored[point] for seed, stored in seed_answers.items() if stored and point in stored}
+                   for label, seed_answers in recorded.items()}
         lines += paired_table(accuracy, reference, what, answers, explain=point == "best")
     lines += ["", f"![learning curves]({CURVES_PNG.relative_to(REPORT_FILE.parent)}) Validation accuracy per method "
               "(mean over seeds, band: min to max) and training loss."]
