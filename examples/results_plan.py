@@ -46,7 +46,7 @@ MFT_LRS = (0.01, 0.03, 0.1, 0.3)
 MFT_INIT_T = ((7.0, 2.3), (3.0, 0.5), (5.0, 1.3))  # paper presets: Qwen2.5-0.5B, TinyLlama-1.1B, Gemma-2B
 LORA_LRS = (5e-5, 2e-4, 1e-3, 3e-3)
 FULL_LRS = (1e-5, 3e-5, 1e-4)
-HARD_LRS = (1e-3, 0.01, 0.1)  # H-MFT scores start at |W| (mean 0.15 in SmolLM2), far below S-MFT's 3-7
+HARD_LRS = (1e-3, 0.01, 0.1)  # around DEFAULT_HARD_SCORE_LR; the long runs' scores start at |W| / mean |W|
 # Masks (normalised: 1 at initialisation) count as "switched off" below a threshold: the paper's near-zero (0.1)
 # first, then looser ones for a short run that moved few masks that far. The first threshold with at least
 # MIN_LEVEL_SHARE of the masks below it sets the H-MFT levels; both are reported.
