@@ -12,7 +12,7 @@ B. 32-step runs on the test split, 3 seeds, with the hyperparameters A picked: S
 C. 32-step H-MFT: sparsity levels from the B S-MFT-both masks, a learning-rate check, 3 seeds per level;
 L. long runs with a validation curve (`CURVE_EVERY`): a pilot sets their length (`long_steps`); 3 seeds of S-MFT
    Both, LoRA and full, then an (init, T) x lr grid on validation (`GRID_STEPS`), seed 0 of the other Table 1 rows,
-   H-MFT at the levels read off the long S-MFT masks (an lr check on validation first), and the layer-range
+   H-MFT at the levels read off the long S-MFT masks (lr checks on validation first), and the layer-range
    ablation (first / middle / last third of the decoder layers).
 
 A finished run found wrong later (a bug fixed since) is re-run with `--rerun SLUG --reason TEXT`: that appends a
@@ -63,12 +63,15 @@ CURVE_EVERY = 40
 PILOT_STEPS = 640
 LONG_STEP_CHOICES = (320, 480, 640)
 LONG_EXTRA_SEED_GROUPS = (("mft", "both"), ("lora", "both"), ("full", "both"))  # 3 seeds; the rest seed 0 first
-# Phase L beyond the headline runs. The grid is shorter than the long runs (it picks defaults, on validation); H-MFT
-# checks its learning rate on validation at the grid's length first. H-MFT scores start at |W| / mean |W| per matrix
-# (unit mean), so these learning rates are fractions of a typical score per Adam step.
+# Phase L beyond the headline runs. The grid is shorter than the long runs (it picks defaults, on validation). H-MFT
+# checks its learning rate on validation at the grid's length, then at the long runs' own length, which picks it:
+# the cosine schedule keeps a rate high for longer in a longer run, and lr 0.1, best at 160 steps, collapsed over 640
+# (RESULTS.md). H-MFT scores start at |W| / mean |W| per matrix (unit mean), so these learning rates are fractions of
+# a typical score per Adam step.
 GRID_STEPS = 160
 GRID_LRS = (0.03, 0.1, 0.3)
-HARD_LONG_LRS = (1e-3, 1e-2, 1e-1)
+HARD_LONG_LRS = (1e-3, 1e-2, 1e-1)  # the check at GRID_STEPS
+HARD_FULL_LENGTH_LRS = (1e-2, 3e-2)  # the check at the long runs' length; the first is the default (ties)
 LAYER_THIRDS = ("first", "middle", "last")
 
 
@@ -402,16 +405,18 @@ def long_mask_analyses(pick: dict, steps: int, all_runs: list[dict]) -> dict[int
 
 def hard_long_specs(pick: dict, steps: int, levels: list[float],
                     runs: dict[str, dict]) -> tuple[list[dict], list[dict]]:
-    """H-MFT at the levels read off the long S-MFT masks: the lr check on validation at the middle level (grid
-    length), then seed 0 of every level, then seeds 1 and 2 ([] until the check is done)."""
+    """H-MFT at the levels read off the long S-MFT masks: the lr checks on validation at the middle level (at the
+    grid's length, then at `steps`, which picks the lr), then seed 0 of every level, then seeds 1 and 2 ([] until
+    the check at `steps` is done)."""
     if not levels:
         return [], []
     middle = levels[len(levels) // 2]
-    check = [spec("L", "val", "mft-hard", lr, 0, sparsity=middle, steps=GRID_STEPS, curve_every=CURVE_EVERY)
-             for lr in HARD_LONG_LRS]
-    if not all(run_key(s) in runs for s in check):
+    check = [spec("L", "val", "mft-hard", lr, 0, sparsity=middle, steps=length, curve_every=CURVE_EVERY)
+             for length, lrs in ((GRID_STEPS, HARD_LONG_LRS), (steps, HARD_FULL_LENGTH_LRS)) for lr in lrs]
+    deciding = [s for s in check if s["steps"] == steps]
+    if not all(run_key(s) in runs for s in deciding):
         return check, []
-    lr = best(runs, check, check[1])["lr"]
+    lr = best(runs, deciding, deciding[0])["lr"]
     return check, [spec("L", "test", "mft-hard", lr, seed, sparsity=level, steps=steps, curve_every=CURVE_EVERY)
                    for seed in SEEDS for level in levels]
 

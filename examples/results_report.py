@@ -19,7 +19,7 @@ from harness.evaluation import correctness_from_text
 from harness.statistics import binomial_se, mcnemar_exact, paired_comparison, t_critical
 
 from .results_plan import (
-    BATCH_SIZE, CURVE_EVERY, FULL_LRS, GRID_LRS, GRID_STEPS, HARD_LONG_LRS, LAYER_THIRDS, LOGGING_STEPS,
+    BATCH_SIZE, CURVE_EVERY, FULL_LRS, GRID_LRS, GRID_STEPS, LAYER_THIRDS, LOGGING_STEPS,
     LONG_EXTRA_SEED_GROUPS, LORA_LRS, MASK_THRESHOLDS, MFT_INIT_T, MFT_LRS, MIN_LEVEL_SHARE, REFERENCE_SPARSITY,
     REPORT_FILE, RESULTS_DIR, ROOT, SEEDS, STEPS, TABLE1_GROUPS, TEST_QUESTIONS, VAL_QUESTIONS, Plan, accuracy,
     finished, grid_specs, hard_levels, hard_long_specs, hard_specs, layer_specs, long_spec, main_specs, plan,
@@ -260,8 +260,17 @@ def grid_section(runs: dict[str, dict], pick: dict) -> list[str]:
     return lines
 
 
+def _best_end(run: dict | None) -> str:
+    """A run's validation curve: its best point / its last point (%), '…' while the run is pending."""
+    if run is None:
+        return "…"
+    curve = [point["val_accuracy"] for point in run["result"]["curve"]]
+    return f"{100 * max(curve):.1f} / {100 * curve[-1]:.1f}"
+
+
 def hard_long_section(planned: Plan, runs: dict[str, dict]) -> list[str]:
-    """Markdown: H-MFT at the levels read off the long S-MFT masks."""
+    """Markdown: H-MFT at the levels read off the long S-MFT masks, its learning-rate checks, and any long H-MFT test
+    run the plan no longer holds (its lr came from an earlier check), so no measurement drops out of the report."""
     lines = ["", f"## Long runs: S-MFT vs H-MFT at the levels its masks suggest (test accuracy, %)", ""]
     if not planned.long_levels:
         lines.append("pending: needs the mask analysis of a long S-MFT Both run." if planned.long_analysis is None else
@@ -269,20 +278,35 @@ def hard_long_section(planned: Plan, runs: dict[str, dict]) -> list[str]:
                      f"threshold up to {MASK_THRESHOLDS[-1]:g}.")
         return lines
     check, main = hard_long_specs(planned.pick, planned.long_steps, planned.long_levels, runs)
+    lrs = sorted({s["lr"] for s in check})
     lines += [f"Levels s x (0.5, 1, 2), s = share of the long S-MFT Both masks below {planned.long_threshold:g} (the "
               "paper's procedure). H-MFT scores start at |W| / mean |W| per matrix (docs/method.md). Learning rate "
-              f"picked on validation at the middle level ({GRID_STEPS} steps):", "",
-              "| " + " | ".join(f"lr {s['lr']:g}" for s in check) + " |", "|" + "---|" * len(check),
-              "| " + " | ".join("…" if run_key(s) not in runs else
-                                f"{100 * max(p['val_accuracy'] for p in runs[run_key(s)]['result']['curve']):.1f}"
-                                for s in check) + " |", "",
-              "| variant | test acc at best val | test acc at end | final train loss |", "|---|---|---|---|"]
+              f"checked on validation at the middle level (best point of the curve / end, {VAL_QUESTIONS} questions, "
+              f"seed 0); the check at {planned.long_steps} steps picks it (by the end accuracy):", "",
+              "| steps | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |", "|---|" + "---|" * len(lrs)]
+    for length in sorted({s["steps"] for s in check}):
+        by_lr = {s["lr"]: s for s in check if s["steps"] == length}
+        lines.append(f"| {length} | " + " | ".join(_best_end(runs.get(run_key(by_lr[lr]))) if lr in by_lr else ""
+                                                 for lr in lrs) + " |")
+    lines += ["", "| variant | test acc at best val | test acc at end | final train loss |", "|---|---|---|---|"]
     for level in planned.long_levels:
         results = [runs[run_key(s)]["result"] for s in main if s["sparsity"] == level and run_key(s) in runs]
         loss = f"{statistics.mean(r['loss_history'][-1]['loss'] for r in results):.2f}" if results else ""
         at_best = _cell([r["best_checkpoint"]["accuracy"] for r in results], TEST_QUESTIONS)
         at_end = _cell([r["accuracy"] for r in results], TEST_QUESTIONS)
         lines.append(f"| H-MFT {100 * level:.3g}% zeroed | {at_best} | {at_end} | {loss} |")
+    planned_keys = {run_key(s) for s in main}
+    superseded = [r for key, r in runs.items() if key not in planned_keys and r["spec"]["phase"] == "L"
+                  and r["spec"]["method"] == "mft-hard" and r["spec"]["split"] == "test"]
+    if superseded:
+        lines += ["", "Long H-MFT test runs at a learning rate an earlier check picked (kept for the record):", "",
+                  "| variant | lr | seed | validation best / end | test acc at best val | test acc at end "
+                  "| final train loss |", "|---|---|---|---|---|---|---|"]
+        for run in superseded:
+            s, r = run["spec"], run["result"]
+            lines.append(f"| H-MFT {100 * s['sparsity']:.3g}% zeroed | {s['lr']:g} | {s['seed']} | {_best_end(run)} | "
+                         f"{_cell([r['best_checkpoint']['accuracy']], TEST_QUESTIONS)} | "
+                         f"{_cell([r['accuracy']], TEST_QUESTIONS)} | {r['loss_history'][-1]['loss']:.2f} |")
     return lines
 
 

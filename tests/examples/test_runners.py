@@ -147,6 +147,40 @@ def test_h_mft_rows_follow_the_mask_analysis_and_the_lr_check(tmp_path, monkeypa
     assert "| H-MFT 1% (reference: the paper's TinyLlama best) | lr 0.01 | pending" in text
 
 
+def _long_hard_tests(specs):
+    return [s for s in specs if s["phase"] == "L" and s["method"] == "mft-hard" and s["split"] == "test"]
+
+
+def test_long_h_mft_takes_its_lr_from_the_check_at_the_long_runs_length():
+    runs = [_ok(s, 0.5) for s in rp.sweep_specs()]
+    pick = rp.plan(runs, compute_analysis=False).pick
+    runs.append(_long_ok(rp.pilot_spec(pick), 0.9))
+    steps = rp.plan(runs, compute_analysis=False).long_steps
+    source = rp.long_spec(pick, "mft", "both", 0, steps)
+    runs.append({"kind": "mask_analysis", "source_key": rp.run_key(source),
+                 "levels": [_level(t, 2e-3 if t == 0.1 else 0.01) for t in rp.MASK_THRESHOLDS]})
+    planned = rp.plan(runs, compute_analysis=False)
+    assert planned.long_levels == [1e-3, 2e-3, 4e-3]
+    check = [s for s in planned.specs if s["phase"] == "L" and s["method"] == "mft-hard"]
+    assert [(s["steps"], s["lr"]) for s in check] == ([(rp.GRID_STEPS, lr) for lr in rp.HARD_LONG_LRS] +
+                                                      [(steps, lr) for lr in rp.HARD_FULL_LENGTH_LRS])
+    assert {(s["split"], s["sparsity"]) for s in check} == {("val", 2e-3)}
+    # the short check favours lr 0.1, yet no test run is planned before the check at the long runs' length
+    runs += [_long_ok(s, 0.8 if s["lr"] == 0.1 else 0.6) for s in check if s["steps"] == rp.GRID_STEPS]
+    assert _long_hard_tests(rp.plan(runs, compute_analysis=False).specs) == []
+    runs += [_long_ok(s, 0.7 if s["lr"] == 0.03 else 0.65) for s in check if s["steps"] == steps]
+    hard = _long_hard_tests(rp.plan(runs, compute_analysis=False).specs)
+    assert len(hard) == 3 * len(rp.SEEDS) and {(s["lr"], s["steps"]) for s in hard} == {(0.03, steps)}
+    # a test run at the short check's lr is no longer planned: the report keeps it apart, not in the level's row
+    runs.append(_long_ok({**hard[0], "lr": 0.1}, 0.3))
+    lines = report.hard_long_section(rp.plan(runs, compute_analysis=False), rp.finished(runs))
+    assert f"| {rp.GRID_STEPS} | 60.0 / 60.0 | 60.0 / 60.0 |  | 80.0 / 80.0 |" in lines
+    assert f"| {steps} |  | 65.0 / 65.0 | 70.0 / 70.0 |  |" in lines
+    assert "| H-MFT 0.1% zeroed | pending | pending |  |" in lines
+    assert lines[-1] == ("| H-MFT 0.1% zeroed | 0.1 | 0 | 30.0 / 30.0 | 31.0 (1 seed, ± 2.3 s.e.) | "
+                         "30.0 (1 seed, ± 2.3 s.e.) | 0.30 |")
+
+
 def test_compare_results_file_holds_the_settings_and_every_finished_method(tmp_path):
     import json
 
