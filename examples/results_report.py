@@ -236,6 +236,14 @@ def long_table(planned: Plan, runs: dict[str, dict], all_runs: list[dict]) -> li
     return lines
 
 
+def _best_end(run: dict | None) -> str:
+    """A run's validation curve: its best point / its last point (%), '…' while the run is pending."""
+    if run is None:
+        return "…"
+    curve = [point["val_accuracy"] for point in run["result"]["curve"]]
+    return f"{100 * max(curve):.1f} / {100 * curve[-1]:.1f}"
+
+
 def grid_section(runs: dict[str, dict], pick: dict) -> list[str]:
     """Markdown: the (init, T) x lr grid on validation, best point of each curve and the end; once complete, its best
     cell beside the setting the short sweeps picked (`pick`, which the long runs and the library's defaults use)."""
@@ -247,8 +255,7 @@ def grid_section(runs: dict[str, dict], pick: dict) -> list[str]:
     grid = {(s["init_score"], s["temperature"], s["lr"]): runs.get(run_key(s)) for s in grid_specs()}
     top = {cell: max(point["val_accuracy"] for point in run["result"]["curve"]) for cell, run in grid.items() if run}
     for (i, t) in MFT_INIT_T:
-        cells = ["…" if grid[(i, t, lr)] is None else
-                 f"{100 * top[(i, t, lr)]:.1f} / {100 * grid[(i, t, lr)]['result']['accuracy']:.1f}" for lr in GRID_LRS]
+        cells = [_best_end(grid[(i, t, lr)]) for lr in GRID_LRS]
         lines.append(f"| {i:g}, {t:g} ({1 / (1 + math.exp(-i / t)):.4f}) | " + " | ".join(cells) + " |")
     m = pick["mft"]
     picked = (m["init_score"], m["temperature"], m["lr"])
@@ -258,14 +265,6 @@ def grid_section(runs: dict[str, dict], pick: dict) -> list[str]:
                   f"{picked[0]:g}, T {picked[1]:g}, lr {picked[2]:g}: {100 * top[picked]:.1f}. One seed, so a gap "
                   "between cells is not tested (each cell's s.e. is above)."]
     return lines
-
-
-def _best_end(run: dict | None) -> str:
-    """A run's validation curve: its best point / its last point (%), '…' while the run is pending."""
-    if run is None:
-        return "…"
-    curve = [point["val_accuracy"] for point in run["result"]["curve"]]
-    return f"{100 * max(curve):.1f} / {100 * curve[-1]:.1f}"
 
 
 def hard_long_section(planned: Plan, runs: dict[str, dict]) -> list[str]:
