@@ -160,13 +160,15 @@ def _fresh_mask(scores: torch.Tensor, spec: MaskSpec, hard_threshold: Optional[H
 def masked_weight_reference(weight: torch.Tensor, scores: torch.Tensor, spec: MaskSpec) -> torch.Tensor:
     """`W * M` with plain autograd: the reference the fused Function is tested against.
 
-    Straight-through masks use the `S + (M - S).detach()` trick, whose value is `M` and whose gradient is 1.
+    Straight-through masks use the `X + (M - X).detach()` trick, whose value is `M` and whose gradient is X's:
+    `X = S` (gradient 1) for soft masks, `X = |S|` (gradient sign(S)) for hard ones, which rank `|S|`.
     Also used when several adapters are active at once (their masks multiply).
     """
     mask = spec.mask(scores)
     if spec.mask_type == "hard" or spec.straight_through:
         scores = _at_least_float32(scores)
-        mask = scores + (mask - scores).detach()
+        through = scores.abs() if spec.mask_type == "hard" else scores
+        mask = through + (mask - through).detach()
     return weight * mask.to(weight.dtype)
 
 
@@ -187,11 +189,12 @@ class MaskedLinearFunction(torch.autograd.Function):
     scalars), so the backward does no second selection.
 
     Backward: `dL/dx = g (W*M)`, `dL/dS = (g^T x) * W * dM/dS` (at least float32), `dL/db = sum g`. For the exact soft
-    mask `W * dM/dS = (W*M) (1 - sigmoid(S/T)) / T`, so one sigmoid per pass serves both `W*M` and `dM/dS`.
+    mask `W * dM/dS = (W*M) (1 - sigmoid(S/T)) / T`, so one sigmoid per pass serves both `W*M` and `dM/dS`. Straight-
+    through masks take `dM/dS = 1`, hard masks `sign(S)` (their mask is a function of `|S|`).
 
     Cost: the three GEMMs of a dense layer with a weight gradient, plus a few element-wise passes over `(out, in)`
-    (soft: 4 forward, 6 backward, with one sigmoid each way; hard: 2 each way plus the selection). Every weight-size
-    temporary is written in place where the values allow it, so each pass reads and writes at most three such tensors.
+    (soft: 4 forward, 6 backward, with one sigmoid each way; hard: 2 forward, 3 backward, plus the selection). Every
+    weight-size temporary is written in place where the values allow it, so each pass reads and writes at most three such tensors.
     """
 
     @staticmethod
@@ -249,6 +252,10 @@ class MaskedLinearFunction(torch.autograd.Function):
                     grad_s.addcmul_(grad_s, sigmoid, value=-1.0).div_(spec.temperature)
                 else:
                     grad_s.mul_(w)
+                    if spec.mask_type == "hard":
+                        # M depends on |S|: straight through |.| too, dM/dS = sign(S) (as abs() under autograd in
+                        # the authors' code and edge-popup), so a negative score the loss wants kept moves away from 0.
+                        grad_s.mul_(torch.sign(scores))
                 grad_s = grad_s.to(scores.dtype)
         if needs_b and ctx.has_bias:
             grad_b = grad_out.reshape(-1, grad_out.shape[-1]).sum(0)

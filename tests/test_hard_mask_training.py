@@ -1,12 +1,14 @@
 """H-MFT scores start at |W| / mean |W| per matrix and train at DEFAULT_HARD_SCORE_LR: the ranking by |S| survives a
 step and a few steps lower the training loss."""
 
+import pytest
 import torch
 from peft import get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from peft_mft import MFTConfig, create_mft_optimizer
 from peft_mft.layer import MFTLayer
+from peft_mft.mask import MaskSpec, masked_linear, masked_weight_reference
 from peft_mft.training.optim import DEFAULT_HARD_SCORE_LR, DEFAULT_SCORE_LR
 from tests.conftest import _text_config_kwargs, make_llama, text_inputs
 
@@ -74,3 +76,20 @@ def test_a_few_hard_mask_steps_lower_the_training_loss():
     with torch.no_grad():
         end = _loss(model, ids).item()
     assert end < start - 0.05, (start, end)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_step_moves_a_negative_score_away_from_zero_when_the_loss_wants_its_weight_kept(fused):
+    # y = x (W * M)^T with W = x = 1: a lower loss -y wants every weight kept, so every |S| must grow, whatever the
+    # sign of S (the mask ranks |S|); a gradient of 1 instead of sign(S) would push the negative score towards 0.
+    spec = MaskSpec("hard", sparsity=0.25)
+    scores = torch.tensor([[0.5, -0.5, 1.0, -1.0]], requires_grad=True)
+    x, weight = torch.ones(1, 4), torch.ones(1, 4)
+    if fused:
+        y = masked_linear(x, weight, scores, None, spec)
+    else:
+        y = x @ masked_weight_reference(weight, scores, spec).T
+    (-y.sum()).backward()
+    with torch.no_grad():
+        stepped = scores - 0.1 * scores.grad
+    assert torch.all(stepped.abs() > scores.abs())

@@ -44,13 +44,14 @@ def test_fused_function_matches_plain_autograd_reference(name):
         torch.testing.assert_close(grad, ref_grad)
 
 
-def test_straight_through_score_gradient_is_grad_of_masked_weight_times_weight():
+def test_straight_through_score_gradient_is_grad_of_masked_weight_times_weight_and_for_hard_masks_sign_s():
     x, weight, scores, _ = _inputs()
-    for spec in (SPECS["soft-ste"], SPECS["hard"]):
+    assert (scores < 0).any() and (scores > 0).any()
+    for spec, through in ((SPECS["soft-ste"], 1.0), (SPECS["hard"], scores.detach().sign())):
         out = masked_linear(x, weight, scores, None, spec)
         (grad_scores,) = torch.autograd.grad(out.sum(), scores)
         grad_masked_weight = torch.ones(2 * 3, 4, dtype=x.dtype).T @ x.detach().reshape(-1, 5)
-        torch.testing.assert_close(grad_scores, grad_masked_weight * weight)
+        torch.testing.assert_close(grad_scores, grad_masked_weight * weight * through)
 
 
 def test_frozen_weight_gets_gradient_only_if_it_requires_grad():
