@@ -466,9 +466,11 @@ def write_report(all_runs: list[dict]) -> str:
                         f" In this {STEPS}-step run no mask came near 0 (see the mask table below), so the levels "
                         "come from the masks S-MFT weakened most, not from masks it switched off."))
         lines += ["", "These H-MFT runs started their scores at raw |W| (mean 0.15 in SmolLM2), the rule of the code "
-                  "when they ran: at lr 0.1 one Adam step flipped the sign of about half of them, so the ranking by "
-                  "|S| was lost and H-MFT barely learned. The library now starts hard scores at |W| / mean |W| per "
-                  "matrix and trains them at lr 0.01 (docs/method.md); the long-run H-MFT rows above use that rule."]
+                  "when they ran: at lr 0.1 one Adam step flipped the sign of about half of them, and the score "
+                  "gradient then lacked sign(S), so every flipped score was pushed the wrong way and H-MFT barely "
+                  "learned. The library now starts hard scores at |W| / mean |W| per matrix, trains them at lr 0.01 "
+                  "and multiplies their gradient by sign(S) (docs/method.md); the long-run H-MFT rows above use that "
+                  "rule."]
         lines += ["", "| variant | hyperparameters | test acc | merged acc | final train loss | trainable | saved | "
                   "median step (s) | peak RSS (GiB) |", "|---|---|---|---|---|---|---|---|---|"]
         both = _seed_results(runs, _group(pick, "mft", "both"))

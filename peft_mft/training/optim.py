@@ -12,7 +12,8 @@ from ..layer import MFTLayer
 DEFAULT_SCORE_LR = 0.1
 # Hard-mask scores start at |W| / mean |W| (unit mean): 0.01 moves a typical one by ~1% per Adam step, so the
 # ranking by |S| changes gradually. The paper gives no H-MFT learning rate; the authors' code trains N(0, 0.02)
-# scores at 2e-5. On the embedded model 0.1 led over 160 steps but collapsed over 640 (docs/method.md).
+# scores at 2e-5. On the embedded model 0.1 led over 160 steps but collapsed over 640, before the gradient got
+# its sign(S) (docs/method.md).
 DEFAULT_HARD_SCORE_LR = 0.01
 # Ordinary weights (`modules_to_save`) are trained as in full fine-tuning; 3e-5 is the full fine-tuning learning rate
 # picked on validation for the embedded model (examples/RESULTS.md). The scores' 0.1 would wreck a pretrained lm_head.
