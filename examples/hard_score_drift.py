@@ -17,6 +17,7 @@ import torch
 from safetensors import safe_open
 
 from harness.embedded import embedded_llava_checkpoint
+from peft_mft.layer import initial_hard_scores
 from peft_mft.mask import num_zeroed
 
 ADAPTER_PREFIX = "base_model.model.model."
@@ -37,9 +38,8 @@ def drift(adapter: Path, weights) -> dict[str, float]:
     negative = count = zeroed = kept = 0
     moved = 0.0
     for key in scores_file.keys():
-        weight = weights.get_tensor(checkpoint_key(key)).float()
+        start = initial_hard_scores(weights.get_tensor(checkpoint_key(key)))
         scores = scores_file.get_tensor(key).float()
-        start = weight.abs() / weight.abs().mean()
         negative += int((scores < 0).sum())
         count += scores.numel()
         moved += float((scores - start).abs().sum())

@@ -20,6 +20,19 @@ from .mask import HardThreshold, MaskSpec, hard_mask_threshold, masked_linear, m
 from .score_versions import score_version
 
 
+def initial_hard_scores(weight: torch.Tensor) -> torch.Tensor:
+    """The scores a hard mask starts from: `|W| / mean |W|` (float32, W's shape), so the first zeroed entries are the
+    smallest-magnitude weights."""
+    scores = weight.abs().to(torch.float32)
+    # A unit scale, so that the default hard-score learning rate (0.01) moves a typical score by ~1% per Adam step
+    # whatever the layer's weight scale; raw |W| (mean 0.15 in SmolLM2) lost the ranking in one step at lr 0.1
+    # (issue 12, docs/method.md).
+    mean = scores.mean()
+    if mean > 0:
+        scores /= mean
+    return scores
+
+
 def quantized_merge_error(backend_name: str, module_name: Optional[str] = None) -> QuantizedMergeError:
     """The one refusal to merge masks into a quantized layer (`module_name` where known)."""
     where = f"{module_name!r}, a {backend_name} layer" if module_name else f"a {backend_name} layer"
@@ -82,17 +95,9 @@ class MFTLayer(BaseTunerLayer):
         shape, device = (self.out_features, self.in_features), self.get_base_layer().weight.device
         if config.mask_type == "soft":
             return torch.full(shape, config.init_score, dtype=torch.float32, device=device)
-        # |W|: at initialisation the zeroed entries are the smallest-magnitude weights. Under DeepSpeed ZeRO-3 the
-        # weight is partitioned (shape [0], real shape in `ds_shape`): gather it to read it.
+        # Under DeepSpeed ZeRO-3 the weight is partitioned (shape [0], real shape in `ds_shape`): gather it to read it.
         with gather_params_ctx(self.get_base_layer().weight, modifier_rank=None):
-            scores = self.get_base_weight().detach().abs().to(torch.float32)
-        # |W| / mean |W|: the same ranking on a unit scale, so that the default hard-score learning rate (0.01) moves
-        # a typical score by ~1% per Adam step whatever the layer's weight scale; raw |W| (mean 0.15 in SmolLM2) lost
-        # the ranking in one step at lr 0.1 (issue 12, docs/method.md).
-        mean = scores.mean()
-        if mean > 0:
-            scores /= mean
-        return scores
+            return initial_hard_scores(self.get_base_weight().detach())
 
     def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: Optional[torch.device] = None) -> None:
         """Move scores to the base layer's device but keep them float32: bf16 cannot hold small score updates."""

@@ -194,7 +194,8 @@ class MaskedLinearFunction(torch.autograd.Function):
 
     Cost: the three GEMMs of a dense layer with a weight gradient, plus a few element-wise passes over `(out, in)`
     (soft: 4 forward, 6 backward, with one sigmoid each way; hard: 2 forward, 3 backward, plus the selection). Every
-    weight-size temporary is written in place where the values allow it, so each pass reads and writes at most three such tensors.
+    weight-size temporary is written in place where the values allow it, so each pass reads and writes at most three
+    such tensors.
     """
 
     @staticmethod
