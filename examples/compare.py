@@ -12,7 +12,8 @@ projector aligned in stage 1; built from pip packages on first use and cached), 
 training, a fixed sample of its test split for evaluation). Each method starts from a fresh copy of the checkpoint.
 Printed per method: trainable parameters, size of what is saved (adapter, or the whole model for `full`), median
 optimizer-step time, peak memory during training, exact-match test accuracy, and the accuracy of the merged model
-(`merge_and_unload()`), which must equal the unmerged one.
+(`merge_and_unload()`), which must equal the unmerged one. Training runs in bf16 autocast where this machine does
+bf16 fast (a GPU, or a CPU with AVX-512), else in fp32 (`harness.precision`); `--fp32` / `--bf16` choose.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from harness.embedded import embedded_cache_path, embedded_llava_checkpoint
 from harness.evaluation import evaluate_vqa
 from harness.methods import METHODS, MethodArgs, prepare_model
 from harness.models import load_llava
+from harness.precision import bf16_is_fast, slow_bf16_reason
 from harness.statistics import binomial_se
 from harness.training import TrainConfig, train_and_evaluate
 
@@ -147,8 +149,10 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--eval-samples", type=int, default=None, help=f"test questions (default {FULL['eval_samples']})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-baseline", action="store_true", help="skip evaluating the model before fine-tuning")
-    p.add_argument("--fp32", action="store_true",
-                   help="train in fp32 (default: bf16 autocast for every method; evaluation is always fp32)")
+    precision = p.add_mutually_exclusive_group()
+    precision.add_argument("--fp32", action="store_true", help="train in fp32 (default: bf16 autocast for every "
+                           "method where this machine runs bf16 fast, else fp32; evaluation is always fp32)")
+    precision.add_argument("--bf16", action="store_true", help="train in bf16 autocast even where it is slow")
     p.add_argument("--output-dir", default="outputs/compare")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -161,6 +165,9 @@ def main(argv=None) -> list[dict]:
     if unknown:
         p.error(f"unknown methods {unknown}; choose from {METHODS}")
 
+    bf16 = args.bf16 or (not args.fp32 and bf16_is_fast())
+    if not bf16 and not args.fp32:
+        print(f"training in fp32: {slow_bf16_reason()} (--bf16 trains in bf16 autocast anyway)")
     start = time.time()
     if args.quick and not (embedded_cache_path() / "stage1.json").is_file():
         # a smoke run does not wait for the full projector alignment; it builds a barely aligned one instead
@@ -198,7 +205,7 @@ def main(argv=None) -> list[dict]:
             result = train_and_evaluate(
                 prepared, processor, train_records, eval_records,
                 TrainConfig(output_dir=str(out / method), max_steps=steps, batch_size=batch_size, seed=args.seed,
-                            logging_steps=max(1, steps // 12), eval_batch_size=32, bf16=not args.fp32,
+                            logging_steps=max(1, steps // 12), eval_batch_size=32, bf16=bf16,
                             desc=method),
             )
         except Exception as err:  # noqa: BLE001 - one failing method must not hide the others' results
@@ -208,12 +215,12 @@ def main(argv=None) -> list[dict]:
         loaded = prepared = None
         release_memory()
         write_results(out, baseline, rows, steps=steps, batch_size=batch_size, eval_questions=len(eval_records),
-                      seed=args.seed, bf16=not args.fp32, elapsed_seconds=round(time.time() - start, 1))
+                      seed=args.seed, bf16=bf16, elapsed_seconds=round(time.time() - start, 1))
 
     print()
     print(format_table(rows, baseline))
     print(f"\n{len(eval_records)} easy-vqa test questions; {steps} steps x batch {batch_size}, "
-          f"{'fp32' if args.fp32 else 'bf16 autocast'} training; "
+          f"{'bf16 autocast' if bf16 else 'fp32'} training; "
           f"total {time.time() - start:.0f} s. Details: {out / 'results.json'}")
     finished = [row["accuracy"] for row in rows if "accuracy" in row]
     if finished:

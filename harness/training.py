@@ -20,6 +20,7 @@ from .data import LlavaCollator, LlavaDataset, Record, VLMProcessor
 from .evaluation import correctness_text, evaluate_vqa
 from .memory import PeakMemoryCallback
 from .methods import PreparedModel, merge_adapter
+from .precision import bf16_is_fast, slow_bf16_reason
 from .tensor_memory import TensorMemoryCallback
 
 logger = logging.getLogger(__name__)
@@ -152,6 +153,9 @@ def train_and_evaluate(
     ``best_checkpoint``) holds each question's correctness as `correctness_text`. Mutates ``prepared.model``: trained
     in place, and with ``check_merged`` (PEFT methods) its adapter is merged away, so do not use it afterwards."""
     set_seed(config.seed)
+    if config.bf16 and not bf16_is_fast():
+        logger.warning("%s: training in bf16 autocast as asked, but %s; fp32 (no --bf16) is faster here",
+                       config.desc, slow_bf16_reason())
     model = prepared.model
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)

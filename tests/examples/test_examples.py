@@ -331,6 +331,37 @@ def test_compare_exits_non_zero_when_a_method_fails_and_keeps_the_others(workdir
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
+
+@pytest.mark.parametrize("flags, bf16", [([], False), (["--bf16"], True)])
+def test_compare_trains_in_fp32_where_bf16_is_slow_unless_asked(workdir, tmp_path, monkeypatch, capsys, caplog,
+                                                                flags, bf16):
+    import examples.compare as compare
+    import harness.training
+
+    for module in (compare, harness.training):
+        monkeypatch.setattr(module, "bf16_is_fast", lambda: False)
+    monkeypatch.setattr(compare, "embedded_llava_checkpoint", lambda **kwargs: workdir["llava"])
+    monkeypatch.setattr(compare, "prepare_easy_vqa", lambda: {"train": workdir["train"], "test": workdir["test"],
+                                                              "image_folder": workdir["root"] / "data"})
+    monkeypatch.setattr(compare, "validated_hyperparameters",
+                        lambda: {"mft": {"lr": 0.1, "init_score": 3.0, "temperature": 0.5}})
+    real_train = compare.train_and_evaluate
+    configs = []
+
+    def recording_train(prepared, processor, train_records, eval_records, config):
+        configs.append(config)
+        return real_train(prepared, processor, train_records, eval_records, config)
+
+    monkeypatch.setattr(compare, "train_and_evaluate", recording_train)
+    compare.main(["--methods", "mft", "--steps", "1", "--batch-size", "2", "--eval-samples", "2", "--no-baseline",
+                  "--output-dir", str(tmp_path), *flags])
+    printed = capsys.readouterr().out
+    assert [config.bf16 for config in configs] == [bf16]
+    assert json.loads((tmp_path / "results.json").read_text())["settings"]["bf16"] is bf16
+    assert ("training in fp32: this CPU" in printed) is not bf16 and ("fp32 training" in printed) is not bf16
+    assert any("no native bf16" in record.getMessage() for record in caplog.records) is bf16
+
+
 def test_a_template_error_other_than_the_content_style_is_not_swallowed(workdir):
     from harness.data import VLMProcessor
     from harness.embedded import EMBEDDED_CHAT_TEMPLATE
