@@ -31,8 +31,8 @@ DEFAULT_COUNTS = (2, 2, 2, 1)
 #   soft backward: S/T (8), sigmoid_ (8), /normalizer (8), *W (12), dS *= W*M (12), dS -= dS*sigmoid (16), /T (8) = 72
 #   STE backward: the same up to W*M (36), then dS *= W (12) = 48
 #   hard forward: |S| (8), sampled bound (5), candidates (5), |S| (8), > threshold (8), *W (12) = 46
-#   hard backward: |S| (8), > threshold (8), *W (12), dS *= W (12) = 40
-ELEMENTWISE_BYTES_PER_WEIGHT = {"mft": 36 + 72, "mft-ste": 36 + 48, "mft-hard": 46 + 40}
+#   hard backward: |S| (8), > threshold (8), *W (12), dS *= W (12), sign(S) (8), dS *= sign(S) (12) = 60
+ELEMENTWISE_BYTES_PER_WEIGHT = {"mft": 36 + 72, "mft-ste": 36 + 48, "mft-hard": 46 + 60}
 # A mask fused into the GEMMs (applied while packing W, and in the epilogue of g^T x) would still read S in the
 # forward and in the backward, and W and S once more for dL/dS: 16 bytes per weight.
 FUSED_LOWER_BOUND_BYTES_PER_WEIGHT = 16
