@@ -1,4 +1,4 @@
-"""Whether bf16 autocast is fast on this machine, and the training precision the examples pick from it.
+"""Whether bf16 autocast is fast on this machine (the main job and the results runner ask before training in it).
 
 On a CPU without native bf16 (no AVX-512: oneDNN has no bf16 kernel there, e.g. torch's capability "AVX2") PyTorch
 runs bf16 matrix products through a fallback kernel; `python -m benchmarks.bf16_matmul` measures how much slower

@@ -331,7 +331,6 @@ def test_compare_exits_non_zero_when_a_method_fails_and_keeps_the_others(workdir
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
-
 @pytest.mark.parametrize("flags, bf16", [([], False), (["--bf16"], True)])
 def test_compare_trains_in_fp32_where_bf16_is_slow_unless_asked(workdir, tmp_path, monkeypatch, capsys, caplog,
                                                                 flags, bf16):
