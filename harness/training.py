@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -20,7 +21,7 @@ from .data import LlavaCollator, LlavaDataset, Record, VLMProcessor
 from .evaluation import correctness_text, evaluate_vqa
 from .memory import PeakMemoryCallback
 from .methods import PreparedModel, merge_adapter
-from .precision import bf16_is_fast, slow_bf16_reason
+from .precision import bf16_kernels, emulation_reason, fast_bf16
 from .tensor_memory import TensorMemoryCallback
 
 logger = logging.getLogger(__name__)
@@ -153,9 +154,8 @@ def train_and_evaluate(
     ``best_checkpoint``) holds each question's correctness as `correctness_text`. Mutates ``prepared.model``: trained
     in place, and with ``check_merged`` (PEFT methods) its adapter is merged away, so do not use it afterwards."""
     set_seed(config.seed)
-    if config.bf16 and not bf16_is_fast():
-        logger.warning("%s: training in bf16 autocast as asked, but %s; fp32 (no --bf16) is faster here",
-                       config.desc, slow_bf16_reason())
+    if config.bf16 and bf16_kernels() == "emulated":
+        logger.info("%s: %s", config.desc, emulation_reason())
     model = prepared.model
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -202,7 +202,8 @@ def train_and_evaluate(
     logger.info("%s: %s, %d trainable parameters, lr %g", config.desc, prepared.method,
                 prepared.trainable_parameters, prepared.lr)
     start = time.time()
-    train_output = trainer.train()
+    with fast_bf16() if config.bf16 else contextlib.nullcontext():
+        train_output = trainer.train()
     result = {
         "method": prepared.method,
         "lr": prepared.lr,
@@ -210,6 +211,7 @@ def train_and_evaluate(
         "batch_size": config.batch_size * config.grad_accum,
         "seed": config.seed,
         "trainable_parameters": prepared.trainable_parameters,
+        "precision": f"bf16 autocast, {bf16_kernels()} kernels" if config.bf16 else "fp32",
         "train_loss": train_output.training_loss,
         "train_seconds": round(time.time() - start, 2),
         "median_step_seconds": statistics.median(timer.durations) if timer.durations else None,
