@@ -12,8 +12,9 @@ projector aligned in stage 1; built from pip packages on first use and cached), 
 training, a fixed sample of its test split for evaluation). Each method starts from a fresh copy of the checkpoint.
 Printed per method: trainable parameters, size of what is saved (adapter, or the whole model for `full`), median
 optimizer-step time, peak memory during training, exact-match test accuracy, and the accuracy of the merged model
-(`merge_and_unload()`), which must equal the unmerged one. Training runs in bf16 autocast where this machine does
-bf16 fast (a GPU, or a CPU with AVX-512), else in fp32 (`harness.precision`); `--fp32` / `--bf16` choose.
+(`merge_and_unload()`), which must equal the unmerged one. Training runs in bf16 autocast where this machine has
+native bf16 kernels (a GPU, or a CPU with AVX-512 bf16), else in fp32, as the README's timing was measured;
+`--bf16` trains in bf16 autocast there too, on emulated kernels (`harness.precision`); `--fp32` opts out.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from harness.embedded import embedded_cache_path, embedded_llava_checkpoint
 from harness.evaluation import evaluate_vqa
 from harness.methods import METHODS, MethodArgs, prepare_model
 from harness.models import load_llava
-from harness.precision import bf16_is_fast, slow_bf16_reason
+from harness.precision import bf16_is_native, emulation_reason
 from harness.statistics import binomial_se
 from harness.training import TrainConfig, train_and_evaluate
 
@@ -151,8 +152,9 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--no-baseline", action="store_true", help="skip evaluating the model before fine-tuning")
     precision = p.add_mutually_exclusive_group()
     precision.add_argument("--fp32", action="store_true", help="train in fp32 (default: bf16 autocast for every "
-                           "method where this machine runs bf16 fast, else fp32; evaluation is always fp32)")
-    precision.add_argument("--bf16", action="store_true", help="train in bf16 autocast even where it is slow")
+                           "method where this machine has native bf16 kernels, else fp32; evaluation is always fp32)")
+    precision.add_argument("--bf16", action="store_true", help="train in bf16 autocast also on a CPU without "
+                           "native bf16 (emulated kernels)")
     p.add_argument("--output-dir", default="outputs/compare")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -165,9 +167,10 @@ def main(argv=None) -> list[dict]:
     if unknown:
         p.error(f"unknown methods {unknown}; choose from {METHODS}")
 
-    bf16 = args.bf16 or (not args.fp32 and bf16_is_fast())
+    bf16 = args.bf16 or (not args.fp32 and bf16_is_native())
     if not bf16 and not args.fp32:
-        print(f"training in fp32: {slow_bf16_reason()} (--bf16 trains in bf16 autocast anyway)")
+        print(f"training in fp32: no native bf16 kernels here (--bf16 trains in bf16 autocast on emulated ones: "
+              f"{emulation_reason()})")
     start = time.time()
     if args.quick and not (embedded_cache_path() / "stage1.json").is_file():
         # a smoke run does not wait for the full projector alignment; it builds a barely aligned one instead

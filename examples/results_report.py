@@ -42,6 +42,16 @@ def model_builds_line(runs: dict[str, dict]) -> str:
         caveat if len(counts) > 1 else ".")
 
 
+def emulated_kernels_note(runs: dict[str, dict]) -> str:
+    """How many finished runs trained on emulated bf16 kernels (`harness.precision`). Records say so since
+    2026-12-03; earlier ones ran native kernels (the runner then refused CPUs without them)."""
+    emulated = sum(run["result"].get("precision", "").endswith("emulated kernels") for run in runs.values())
+    return (f"{emulated} of {len(runs)} runs on a CPU without native bf16, with its matrix products emulated: fp32 "
+            "arithmetic on the same bf16 values, bf16 results, the roundings of a native kernel; "
+            "`harness.precision`, checked in benchmarks/README.md" if emulated
+            else "native bf16 kernels in every run")
+
+
 def _mean_std(values: list[float]) -> str:
     if not values:
         return "pending"
@@ -416,7 +426,8 @@ def write_report(all_runs: list[dict]) -> str:
         f"sweeps: {VAL_QUESTIONS} questions of the held-back images (validation). Reported accuracy: the first "
         f"{TEST_QUESTIONS} questions of the shuffled test split, exact match after greedy decoding.",
         f"- Every run: batch {BATCH_SIZE} (4 questions per record), cosine schedule with 3% warm-up, bf16 autocast "
-        "training and fp32 evaluation, same data order per seed (so runs with the same seed are paired); vision tower "
+        f"training and fp32 evaluation ({emulated_kernels_note(runs)}), same data order per seed (so runs with the "
+        "same seed are paired); vision tower "
         f"frozen. Seeds {', '.join(map(str, SEEDS))}; mean ± std over seeds. Long runs: "
         f"{planned.long_steps or '(pending)'} optimizer steps, validation accuracy every {CURVE_EVERY} steps; "
         f"short runs: {STEPS} steps. The untuned model "

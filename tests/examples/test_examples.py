@@ -332,13 +332,21 @@ def test_compare_exits_non_zero_when_a_method_fails_and_keeps_the_others(workdir
 
 
 @pytest.mark.parametrize("flags, bf16", [([], False), (["--bf16"], True)])
-def test_compare_trains_in_fp32_where_bf16_is_slow_unless_asked(workdir, tmp_path, monkeypatch, capsys, caplog,
-                                                                flags, bf16):
+def test_compare_trains_in_fp32_without_native_bf16_unless_asked_then_on_emulated_kernels(
+        workdir, tmp_path, monkeypatch, capsys, flags, bf16):
     import examples.compare as compare
+    import harness.precision
     import harness.training
 
-    for module in (compare, harness.training):
-        monkeypatch.setattr(module, "bf16_is_fast", lambda: False)
+    monkeypatch.setattr(compare, "bf16_is_native", lambda: False)
+    monkeypatch.setattr(harness.precision, "bf16_is_native", lambda: False)
+    contexts = []
+
+    def recording_fast_bf16():
+        contexts.append(harness.precision.fast_bf16())
+        return contexts[-1]
+
+    monkeypatch.setattr(harness.training, "fast_bf16", recording_fast_bf16)
     monkeypatch.setattr(compare, "embedded_llava_checkpoint", lambda **kwargs: workdir["llava"])
     monkeypatch.setattr(compare, "prepare_easy_vqa", lambda: {"train": workdir["train"], "test": workdir["test"],
                                                               "image_folder": workdir["root"] / "data"})
@@ -355,10 +363,12 @@ def test_compare_trains_in_fp32_where_bf16_is_slow_unless_asked(workdir, tmp_pat
     compare.main(["--methods", "mft", "--steps", "1", "--batch-size", "2", "--eval-samples", "2", "--no-baseline",
                   "--output-dir", str(tmp_path), *flags])
     printed = capsys.readouterr().out
+    saved = json.loads((tmp_path / "results.json").read_text())
     assert [config.bf16 for config in configs] == [bf16]
-    assert json.loads((tmp_path / "results.json").read_text())["settings"]["bf16"] is bf16
-    assert ("training in fp32: this CPU" in printed) is not bf16 and ("fp32 training" in printed) is not bf16
-    assert any("no native bf16" in record.getMessage() for record in caplog.records) is bf16
+    assert saved["settings"]["bf16"] is bf16
+    assert [type(context).__name__ for context in contexts] == (["EmulatedBF16"] if bf16 else [])
+    assert [row["precision"] for row in saved["runs"]] == (["bf16 autocast, emulated kernels"] if bf16 else ["fp32"])
+    assert ("training in fp32: no native bf16" in printed) is not bf16 and ("fp32 training" in printed) is not bf16
 
 
 def test_a_template_error_other_than_the_content_style_is_not_swallowed(workdir):
