@@ -142,3 +142,23 @@ def test_fast_bf16_emulates_only_where_the_kernels_are_not_native(monkeypatch, n
     monkeypatch.setattr(precision, "bf16_is_native", lambda: native)
     assert precision.bf16_kernels() == ("native" if native else "emulated")
     assert isinstance(precision.fast_bf16(), EmulatedBF16) is not native
+
+
+def test_tensor_memory_inside_the_emulation_counts_what_native_kernels_would():
+    # the emulation's fp32 copies live only inside one op, below the memory count (a later, inner mode): a run's
+    # tensor-memory figure stays that of native bf16 kernels
+    from harness.tensor_memory import TensorMemory
+
+    layer = torch.nn.Linear(256, 512)
+
+    def peak():
+        x = torch.randn(128, 256, generator=_generator(), requires_grad=True)
+        with TensorMemory(layer) as memory, torch.autocast("cpu", dtype=torch.bfloat16):
+            layer(x).float().square().sum().backward()
+        layer.zero_grad(set_to_none=True)
+        return memory.peak
+
+    native = peak()
+    with EmulatedBF16():
+        emulated = peak()
+    assert emulated == native
