@@ -38,7 +38,7 @@ def model_builds_line(runs: dict[str, dict]) -> str:
                 else "not recorded (runs before 2026-12-02)")
         counts[name] = counts.get(name, 0) + 1
     caveat = ". Runs of one seed compared across builds start from slightly different projectors."
-    return "; ".join(f"{name}: {count} runs" for name, count in sorted(counts.items())) + (
+    return "; ".join(f"{name}: {count} run{'s' * (count != 1)}" for name, count in sorted(counts.items())) + (
         caveat if len(counts) > 1 else ".")
 
 

@@ -296,11 +296,11 @@ def test_answers_come_from_the_outputs_folder_only_when_they_give_the_recorded_a
 
 
 def test_the_report_counts_runs_per_model_build():
-    first = _ok(rp.sweep_specs()[0], 0.5)
+    first, third = _ok(rp.sweep_specs()[0], 0.5), _ok(rp.sweep_specs()[2], 0.5)
     second = {**_ok(rp.sweep_specs()[1], 0.5), "model_build": {"sha256": "abc123def456", "stage1_train_loss": 1.1483}}
-    line = report.model_builds_line(rp.finished([first, second]))
-    assert "weights abc123def456 (stage-1 loss 1.1483): 1 runs" in line
-    assert "not recorded (runs before 2026-12-02): 1 runs" in line and "slightly different projectors" in line
+    line = report.model_builds_line(rp.finished([first, second, third]))
+    assert "weights abc123def456 (stage-1 loss 1.1483): 1 run." in line
+    assert "not recorded (runs before 2026-12-02): 2 runs" in line and "slightly different projectors" in line
 
 
 def _analysis(seed, shares):
