@@ -5,7 +5,8 @@ runs bf16 matrix products through a fallback kernel: one layer's forward and bac
 (`python -m benchmarks.bf16_matmul`), an MFT training step 134 s instead of 6 s. There, `EmulatedBF16` computes each
 such product in fp32 on the same bf16 operands and rounds its result to bf16: the rounding points of a native bf16
 kernel (bf16 operands, fp32 accumulation, bf16 result), so the two differ only in the order of the fp32 sums, as
-native kernels on two CPUs do. `python -m benchmarks.bf16_emulation` checks it on the embedded VLM
+native kernels on two CPUs do (torch's AVX2 fallback for a convolution's backward rounds more than that;
+tests/test_bf16_emulation.py). `python -m benchmarks.bf16_emulation` checks it on the embedded VLM
 (benchmarks/README.md). `fast_bf16()` picks between the two.
 """
 
