@@ -5,7 +5,8 @@
 
 Each method trains at the hyperparameters picked on validation for examples/RESULTS.md
 (`examples.results_plan.validated_hyperparameters`, read from the committed runs.jsonl): the same numbers the long
-runs use. H-MFT has no validated setting yet and runs at the library defaults (lr 0.01, 1% zeroed).
+runs use. H-MFT runs at the level read off the long S-MFT masks and the lr its validation check picked, or at the
+library defaults (lr 0.01, 1% zeroed) while that check is pending.
 
 The model is the embedded default (SmolLM2-135M-Instruct + EfficientNet-Lite0 as a `LlavaForConditionalGeneration`,
 projector aligned in stage 1; built from pip packages on first use and cached), the data easy-vqa (train split for
@@ -88,15 +89,17 @@ def tuned_method_args(method: str, validated: dict) -> MethodArgs:
         return MethodArgs(lr=validated["lora"]["lr"])
     if method == "full":
         return MethodArgs(lr=validated["full"]["lr"])
+    if method == "mft-hard" and "mft-hard" in validated:
+        return MethodArgs(**validated["mft-hard"])
     return MethodArgs()
 
 
-def describe_args(method: str, args: MethodArgs) -> str:
+def describe_args(method: str, args: MethodArgs, validated: dict) -> str:
     text = f"lr {args.learning_rate(method):g}"
     if method in ("mft", "mft-ste"):
         text += f", init {args.init_score:g}, T {args.temperature:g}"
     if method == "mft-hard":
-        text += f", {100 * args.sparsity:g}% zeroed (defaults, not validated)"
+        text += f", {100 * args.sparsity:g}% zeroed" + ("" if "mft-hard" in validated else " (defaults, not validated)")
     return text
 
 
@@ -197,7 +200,7 @@ def main(argv=None) -> list[dict]:
     validated = validated_hyperparameters()
     method_args = {method: tuned_method_args(method, validated) for method in methods}
     print("hyperparameters (picked on validation, examples/RESULTS.md): "
-          + "; ".join(f"{m} {describe_args(m, a)}" for m, a in method_args.items()))
+          + "; ".join(f"{m} {describe_args(m, a, validated)}" for m, a in method_args.items()))
     rows = []
     for method in methods:
         loaded = load_llava(str(checkpoint), quantize_4bit=method == "qlora")

@@ -410,15 +410,30 @@ def hard_long_specs(pick: dict, steps: int, levels: list[float],
     the check at `steps` is done)."""
     if not levels:
         return [], []
-    middle = levels[len(levels) // 2]
-    check = [spec("L", "val", "mft-hard", lr, 0, sparsity=middle, steps=length, curve_every=CURVE_EVERY)
-             for length, lrs in ((GRID_STEPS, HARD_LONG_LRS), (steps, HARD_FULL_LENGTH_LRS)) for lr in lrs]
-    deciding = [s for s in check if s["steps"] == steps]
-    if not all(run_key(s) in runs for s in deciding):
+    check = hard_long_checks(steps, levels)
+    picked = hard_long_pick(steps, levels, runs)
+    if picked is None:
         return check, []
-    lr = best(runs, deciding, deciding[0])["lr"]
-    return check, [spec("L", "test", "mft-hard", lr, seed, sparsity=level, steps=steps, curve_every=CURVE_EVERY)
-                   for seed in SEEDS for level in levels]
+    return check, [spec("L", "test", "mft-hard", picked["lr"], seed, sparsity=level, steps=steps,
+                        curve_every=CURVE_EVERY) for seed in SEEDS for level in levels]
+
+
+def hard_long_checks(steps: int, levels: list[float]) -> list[dict]:
+    """The H-MFT lr checks on validation at the middle of `levels`: at `GRID_STEPS`, then at `steps`."""
+    middle = levels[len(levels) // 2]
+    return [spec("L", "val", "mft-hard", lr, 0, sparsity=middle, steps=length, curve_every=CURVE_EVERY)
+            for length, lrs in ((GRID_STEPS, HARD_LONG_LRS), (steps, HARD_FULL_LENGTH_LRS)) for lr in lrs]
+
+
+def hard_long_pick(steps: int, levels: list[float], runs: dict[str, dict]) -> dict | None:
+    """{"lr", "sparsity"} of H-MFT picked on validation: the middle level (the one read off the masks, 1x) at the
+    lr the check at the long runs' length chose; None until that check is done."""
+    if not levels:
+        return None
+    deciding = [s for s in hard_long_checks(steps, levels) if s["steps"] == steps]
+    if not all(run_key(s) in runs for s in deciding):
+        return None
+    return {"lr": best(runs, deciding, deciding[0])["lr"], "sparsity": deciding[0]["sparsity"]}
 
 
 def layer_specs(pick: dict, steps: int) -> list[dict]:
@@ -448,6 +463,7 @@ class Plan:
     long_analyses: dict[int, dict] = field(default_factory=dict)  # seed -> masks of each long S-MFT Both run
     long_levels: list[float] = field(default_factory=list)
     long_threshold: float | None = None
+    hard_pick: dict | None = None  # H-MFT's {"lr", "sparsity"} picked on validation (`hard_long_pick`)
 
     @property
     def long_analysis(self) -> dict | None:
@@ -475,6 +491,7 @@ def plan(all_runs: list[dict], compute_analysis: bool = True) -> Plan:
     out.long_analyses = long_mask_analyses(pick, steps, all_runs)
     out.long_levels, out.long_threshold = hard_sparsities(out.long_analysis)
     check, hard = hard_long_specs(pick, steps, out.long_levels, runs)
+    out.hard_pick = hard_long_pick(steps, out.long_levels, runs)
     later = [s for s in headline_specs(pick, steps) if s != pilot] + grid_specs() + side_specs(pick, steps) + check
     out.specs += later + hard[:len(out.long_levels)] + layer_specs(pick, steps) + hard[len(out.long_levels):]
     return out
@@ -486,10 +503,12 @@ TABLE1_GROUPS = (("S-MFT Attn", "mft", "attn"), ("S-MFT MLP", "mft", "mlp"), ("S
 
 
 def validated_hyperparameters(all_runs: list[dict] | None = None) -> dict:
-    """Per method, the hyperparameters picked on validation (phase A) from the records: {"mft": {"lr",
-    "init_score", "temperature"}, "lora": {"lr"}, "full": {"lr"}}. The one source `examples.compare` (make demo)
-    and the runs above share."""
-    runs = finished(load_runs() if all_runs is None else all_runs)
-    pick = chosen(runs)
-    return {"mft": {k: pick["mft"][k] for k in ("lr", "init_score", "temperature")},
-            "lora": {"lr": pick["lora"]["lr"]}, "full": {"lr": pick["full"]["lr"]}}
+    """Per method, the hyperparameters picked on validation from the records: {"mft": {"lr", "init_score",
+    "temperature"}, "lora": {"lr"}, "full": {"lr"}} (phase A), plus "mft-hard": {"lr", "sparsity"} once phase L's
+    H-MFT check has picked them. The one source `examples.compare` (make demo) and the runs above share."""
+    all_runs = load_runs() if all_runs is None else all_runs
+    pick = chosen(finished(all_runs))
+    out = {"mft": {k: pick["mft"][k] for k in ("lr", "init_score", "temperature")},
+           "lora": {"lr": pick["lora"]["lr"]}, "full": {"lr": pick["full"]["lr"]}}
+    hard = plan(all_runs, compute_analysis=False).hard_pick
+    return {**out, "mft-hard": hard} if hard else out

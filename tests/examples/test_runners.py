@@ -168,9 +168,13 @@ def test_long_h_mft_takes_its_lr_from_the_check_at_the_long_runs_length():
     # the short check favours lr 0.1, yet no test run is planned before the check at the long runs' length
     runs += [_long_ok(s, 0.8 if s["lr"] == 0.1 else 0.6) for s in check if s["steps"] == rp.GRID_STEPS]
     assert _long_hard_tests(rp.plan(runs, compute_analysis=False).specs) == []
+    assert rp.plan(runs, compute_analysis=False).hard_pick is None
+    assert "mft-hard" not in rp.validated_hyperparameters(runs)
     runs += [_long_ok(s, 0.7 if s["lr"] == 0.03 else 0.65) for s in check if s["steps"] == steps]
     hard = _long_hard_tests(rp.plan(runs, compute_analysis=False).specs)
     assert len(hard) == 3 * len(rp.SEEDS) and {(s["lr"], s["steps"]) for s in hard} == {(0.03, steps)}
+    # make demo's H-MFT: the middle level at the lr the long check picked
+    assert rp.validated_hyperparameters(runs)["mft-hard"] == {"lr": 0.03, "sparsity": 2e-3}
     # a test run at the short check's lr is no longer planned: the report keeps it apart, not in the level's row
     runs.append(_long_ok({**hard[0], "lr": 0.1}, 0.3))
     lines = report.hard_long_section(rp.plan(runs, compute_analysis=False), rp.finished(runs))
@@ -179,6 +183,21 @@ def test_long_h_mft_takes_its_lr_from_the_check_at_the_long_runs_length():
     assert "| H-MFT 0.1% zeroed | pending | pending |  |" in lines
     assert lines[-1] == ("| H-MFT 0.1% zeroed | 0.1 | 0 | 30.0 / 30.0 | 31.0 (1 seed, ± 2.3 s.e.) | "
                          "30.0 (1 seed, ± 2.3 s.e.) | 0.30 |")
+
+
+def test_compare_runs_h_mft_at_its_validated_setting_and_says_when_there_is_none():
+    from examples.compare import describe_args, tuned_method_args
+    from harness.methods import DEFAULT_LR, MethodArgs
+
+    validated = {"mft": {"lr": 0.1, "init_score": 3.0, "temperature": 0.5}, "lora": {"lr": 1e-3},
+                 "full": {"lr": 3e-5}, "mft-hard": {"lr": 0.03, "sparsity": 0.00142}}
+    args = tuned_method_args("mft-hard", validated)
+    assert (args.learning_rate("mft-hard"), args.sparsity) == (0.03, 0.00142)
+    assert describe_args("mft-hard", args, validated) == "lr 0.03, 0.142% zeroed"
+    del validated["mft-hard"]
+    args = tuned_method_args("mft-hard", validated)
+    assert (args.learning_rate("mft-hard"), args.sparsity) == (DEFAULT_LR["mft-hard"], MethodArgs().sparsity)
+    assert describe_args("mft-hard", args, validated).endswith("zeroed (defaults, not validated)")
 
 
 def test_compare_results_file_holds_the_settings_and_every_finished_method(tmp_path):
