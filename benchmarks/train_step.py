@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+from harness.answer_loss import answer_logits_loss, answer_positions
 from harness.memory import PeakMemory, rss_bytes
 from harness.tensor_memory import CATEGORIES, TensorMemory
 from peft_mft.errors import QuantizedMergeError
@@ -189,11 +190,19 @@ def measure_variant(variant: Variant, args, device: torch.device) -> dict:
     model.train()
     memory = PeakMemory(device)
     losses = []
+    answer_logits = "answer-logits" in variant.options
+    inputs = {k: v for k, v in batch.items() if k != "labels"} if answer_logits else batch
+    if answer_logits:
+        inputs["logits_to_keep"] = answer_positions(batch["labels"])
+
+    def forward_loss() -> torch.Tensor:
+        outputs = model(**inputs)
+        return answer_logits_loss(outputs, batch["labels"]) if answer_logits else outputs.loss
 
     def step() -> list[float]:
         """One step; the seconds of each of `TIMED_PHASES`."""
         marks = PhaseMarks(device)
-        loss = model(**batch).loss
+        loss = forward_loss()
         marks.mark()
         loss.backward()
         marks.mark()
@@ -218,7 +227,7 @@ def measure_variant(variant: Variant, args, device: torch.device) -> dict:
     peak_rss = memory.read()
     # One more step, untimed (the dispatch mode slows every operator): live tensor bytes by category at their peak.
     with TensorMemory(model, optimizer) as tensors:
-        loss = model(**batch).loss
+        loss = forward_loss()
         loss.backward()
         optimizer.step()
     tensor_memory = tensors.peak_by_category()

@@ -16,7 +16,10 @@ A variant is written `METHOD[+OPTION...]`:
   - `step-in-backward`: each parameter's optimizer step runs as soon as its gradient is complete, and the gradient is
     freed at once, so gradients of the whole model never exist together (PyTorch's "optimizer step in backward"
     recipe, `peft_mft.OptimizerInBackward`). No gradient clipping or accumulation then (with
-    `--accuracy-steps`, Trainer runs with `max_grad_norm=0`; its LR schedule still applies).
+    `--accuracy-steps`, Trainer runs with `max_grad_norm=0`; its LR schedule still applies);
+  - `answer-logits`: the timed steps compute the LM head only where the loss reads it, at answer positions
+    (`harness.answer_loss`), as the examples' Trainer helper always does (so `--accuracy-steps` ignores it); without
+    it they project every position onto the vocabulary, as `model(**batch, labels=...)` does.
 
 Model loading, data and `prepare_model` come from `harness`, so a variant here trains exactly what
 `python -m examples.llava.train --method ...` trains.
@@ -35,7 +38,7 @@ from peft_mft.training.optimizer_in_backward import OptimizerInBackward
 
 MFT_METHODS = ("mft", "mft-ste", "mft-hard")
 OPTIMIZER_OPTIONS = ("adamw8bit", "paged-adamw8bit", "sgd", "adafactor")
-OPTIONS = OPTIMIZER_OPTIONS + ("bf16-base", "4bit-base", "gc", "step-in-backward")
+OPTIONS = OPTIMIZER_OPTIONS + ("bf16-base", "4bit-base", "gc", "step-in-backward", "answer-logits")
 SGD_MOMENTUM = 0.9
 _METHOD = re.compile(r"^(mft|mft-ste|mft-hard|full|(?:q?lora)-r(\d+))$")
 

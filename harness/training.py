@@ -17,6 +17,7 @@ from transformers import TrainerCallback, TrainingArguments, set_seed
 from peft_mft import atomic_directory
 from peft_mft.training.trainer import AtomicCheckpointTrainer
 
+from .answer_loss import AnswerLogitsCollator, answer_logits_loss
 from .data import LlavaCollator, LlavaDataset, Record, VLMProcessor
 from .evaluation import correctness_text, evaluate_vqa
 from .memory import PeakMemoryCallback
@@ -160,7 +161,9 @@ def train_and_evaluate(
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     param = next(p for p in model.parameters() if p.dtype.is_floating_point)
-    collator = LlavaCollator(processor.tokenizer.pad_token_id, padding_side="right", pixel_dtype=param.dtype)
+    # logits only where the loss reads them (harness.answer_loss): the same loss, without the unused LM-head rows
+    collator = AnswerLogitsCollator(LlavaCollator(processor.tokenizer.pad_token_id, padding_side="right",
+                                                  pixel_dtype=param.dtype))
     args = TrainingArguments(
         output_dir=str(out / "trainer"),
         max_steps=config.max_steps,
@@ -196,6 +199,7 @@ def train_and_evaluate(
         args=args,
         train_dataset=LlavaDataset(train_records, processor),
         data_collator=collator,
+        compute_loss_func=answer_logits_loss,
         optimizers=(prepared.optimizer, None),
         callbacks=callbacks,
     )

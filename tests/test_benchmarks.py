@@ -311,3 +311,15 @@ def test_profile_step_times_the_phases_and_names_the_mask_operators(tiny, capsys
         profile_step.main(["mft+gc"] + common)
     assert "was not written by benchmarks.profile_step" in capsys.readouterr().err
     assert theirs.read_text() == '{"notes": "mine"}' and "mft+gc" not in (out / "profile.md").read_text()
+
+
+def test_answer_logits_steps_train_the_same_loss(tiny):
+    report = train_step.main([
+        "--model", str(tiny["model"]), "--data", str(tiny["train"]), "--methods", "mft,mft+answer-logits",
+        "--batch-size", "2", "--seq-len", "48", "--steps", "2", "--warmup", "1", "--in-process",
+        "--out", str(tiny["root"] / "out-answer-logits"),
+    ])
+    every, answers = (r for r in report["results"])
+    assert answers["variant"] == "mft+answer-logits" and len(answers["losses"]) == len(every["losses"]) == 3
+    # the same loss at every step (same batch, same updates); the saving needs a real vocabulary (benchmarks/README)
+    torch.testing.assert_close(torch.tensor(answers["losses"]), torch.tensor(every["losses"]), rtol=1e-4, atol=1e-6)
