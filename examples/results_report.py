@@ -52,6 +52,16 @@ def emulated_kernels_note(runs: dict[str, dict]) -> str:
             else "native bf16 kernels in every run")
 
 
+def answer_logits_note(runs: dict[str, dict]) -> str:
+    """How many finished runs computed the LM head only at answer positions (`harness.answer_loss`, since
+    2026-12-03; records say so): the same loss, less time and tensor memory per step than at every position."""
+    answers = sum(run["result"].get("lm_head_positions") == "answers" for run in runs.values())
+    where = f"{answers} of {len(runs)} runs" if answers < len(runs) else "every run"
+    return (f"{where} computed the LM head only at answer positions (`harness.answer_loss`: the same loss, less time "
+            "and tensor memory per step), the others at every position" if answers
+            else "the LM head ran at every position in every run")
+
+
 def _mean_std(values: list[float]) -> str:
     if not values:
         return "pending"
@@ -442,7 +452,7 @@ def write_report(all_runs: list[dict]) -> str:
         "resident-set high-water mark during training (it includes allocator caches and the runtime; "
         "benchmarks/README.md explains why it cannot rank methods closer than a few hundred MiB); tensor memory, "
         "recorded by runs since 2026-12-02, is the peak of live tensor bytes in the second training step "
-        "(`harness.tensor_memory`, what a GPU's max_memory_allocated counts).",
+        f"(`harness.tensor_memory`, what a GPU's max_memory_allocated counts); {answer_logits_note(runs)}.",
         f"- Model builds (stage 1 on CPU is not bit-reproducible, see README): {model_builds_line(runs)}",
         f"- Progress: {done} of {len(specs)} planned runs finished"
         + ("" if pick else " (the main runs are planned once the sweeps are done)") + ".",

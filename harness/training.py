@@ -216,6 +216,7 @@ def train_and_evaluate(
         "seed": config.seed,
         "trainable_parameters": prepared.trainable_parameters,
         "precision": f"bf16 autocast, {bf16_kernels()} kernels" if config.bf16 else "fp32",
+        "lm_head_positions": "answers",  # harness.answer_loss; records without this key projected every position
         "train_loss": train_output.training_loss,
         "train_seconds": round(time.time() - start, 2),
         "median_step_seconds": statistics.median(timer.durations) if timer.durations else None,

@@ -57,6 +57,7 @@ def _check_result(result, method, out):
                for p in predictions]
     assert len(predictions) == 6 and result["accuracy"] == sum(matches) / 6
     assert result["trainable_parameters"] > 0 and result["median_step_seconds"] > 0
+    assert result["lm_head_positions"] == "answers"  # the record says how its logits were computed (RESULTS.md)
     assert result["saved_bytes"] > 0 and os.path.isdir(result["saved_to"])
     assert json.loads((out / "m.json").read_text())["accuracy"] == result["accuracy"]
     if method != "full":

@@ -360,3 +360,11 @@ def test_report_says_how_many_runs_trained_on_emulated_bf16_kernels(tmp_path, mo
     emulated["result"]["precision"] = "bf16 autocast, emulated kernels"
     assert "native bf16 kernels in every run" in report.write_report([native])
     assert "1 of 2 runs on a CPU without native bf16" in report.write_report([native, emulated])
+
+
+def test_report_says_how_many_runs_computed_the_lm_head_at_answer_positions_only(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "REPORT_FILE", tmp_path / "RESULTS.md")
+    every, answers = _ok(rp.sweep_specs()[0], 0.42), _ok(rp.sweep_specs()[1], 0.43)
+    answers["result"]["lm_head_positions"] = "answers"
+    assert "the LM head ran at every position in every run" in report.write_report([every])
+    assert "1 of 2 runs computed the LM head only at answer positions" in report.write_report([every, answers])
