@@ -191,9 +191,10 @@ def measure_variant(variant: Variant, args, device: torch.device) -> dict:
     memory = PeakMemory(device)
     losses = []
     answer_logits = "answer-logits" in variant.options
-    inputs = {k: v for k, v in batch.items() if k != "labels"} if answer_logits else batch
-    if answer_logits:
-        inputs["logits_to_keep"] = answer_positions(batch["labels"])
+    inputs = batch
+    if answer_logits:  # the labels go to answer_logits_loss, not to the model
+        inputs = {**{k: v for k, v in batch.items() if k != "labels"},
+                  "logits_to_keep": answer_positions(batch["labels"])}
 
     def forward_loss() -> torch.Tensor:
         outputs = model(**inputs)

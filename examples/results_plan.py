@@ -403,15 +403,13 @@ def long_mask_analyses(pick: dict, steps: int, all_runs: list[dict]) -> dict[int
     return {seed: analysis for seed, analysis in stored.items() if analysis}
 
 
-def hard_long_specs(pick: dict, steps: int, levels: list[float],
-                    runs: dict[str, dict]) -> tuple[list[dict], list[dict]]:
+def hard_long_specs(steps: int, levels: list[float], picked: dict | None) -> tuple[list[dict], list[dict]]:
     """H-MFT at the levels read off the long S-MFT masks: the lr checks on validation at the middle level (at the
-    grid's length, then at `steps`, which picks the lr), then seed 0 of every level, then seeds 1 and 2 ([] until
-    the check at `steps` is done)."""
+    grid's length, then at `steps`, which picks the lr), then seed 0 of every level, then seeds 1 and 2 at the lr
+    of ``picked`` (`hard_long_pick`; [] while it is None)."""
     if not levels:
         return [], []
     check = hard_long_checks(steps, levels)
-    picked = hard_long_pick(steps, levels, runs)
     if picked is None:
         return check, []
     return check, [spec("L", "test", "mft-hard", picked["lr"], seed, sparsity=level, steps=steps,
@@ -490,8 +488,8 @@ def plan(all_runs: list[dict], compute_analysis: bool = True) -> Plan:
         return out
     out.long_analyses = long_mask_analyses(pick, steps, all_runs)
     out.long_levels, out.long_threshold = hard_sparsities(out.long_analysis)
-    check, hard = hard_long_specs(pick, steps, out.long_levels, runs)
     out.hard_pick = hard_long_pick(steps, out.long_levels, runs)
+    check, hard = hard_long_specs(steps, out.long_levels, out.hard_pick)
     later = [s for s in headline_specs(pick, steps) if s != pilot] + grid_specs() + side_specs(pick, steps) + check
     out.specs += later + hard[:len(out.long_levels)] + layer_specs(pick, steps) + hard[len(out.long_levels):]
     return out

@@ -307,7 +307,7 @@ def hard_long_section(planned: Plan, runs: dict[str, dict]) -> list[str]:
                      f"Not run: fewer than {100 * MIN_LEVEL_SHARE:g}% of the long S-MFT Both masks fall below any "
                      f"threshold up to {MASK_THRESHOLDS[-1]:g}.")
         return lines
-    check, main = hard_long_specs(planned.pick, planned.long_steps, planned.long_levels, runs)
+    check, main = hard_long_specs(planned.long_steps, planned.long_levels, planned.hard_pick)
     lrs = sorted({s["lr"] for s in check})
     lines += [f"Levels s x (0.5, 1, 2), s = share of the long S-MFT Both masks below {planned.long_threshold:g} (the "
               "paper's procedure). H-MFT scores start at |W| / mean |W| per matrix (docs/method.md). Learning rate "

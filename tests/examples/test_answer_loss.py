@@ -30,9 +30,9 @@ def _batch(loaded, data, image_folder):
     return collate([dataset[i] for i in range(len(records))])
 
 
-def _loss_and_grads(model, inputs, compute):
+def _loss_and_grads(model, compute):
     model.zero_grad(set_to_none=True)
-    loss = compute(model, inputs)
+    loss = compute(model)
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -50,16 +50,16 @@ def test_answer_logits_give_the_models_own_loss_and_gradients(tiny, method, num_
     plain = {k: v for k, v in batch.items() if k != "logits_to_keep"}
     kept_rows = []
 
-    def own(m, inputs):
+    def own(m):
         return m(**plain, **extra).loss
 
-    def answers_only(m, inputs):
+    def answers_only(m):
         outputs = m(**{k: v for k, v in batch.items() if k != "labels"})
         kept_rows.append(outputs.logits.shape[0])
         return answer_logits_loss(outputs, batch["labels"], num_items)
 
-    reference, reference_grads = _loss_and_grads(model, batch, own)
-    loss, grads = _loss_and_grads(model, batch, answers_only)
+    reference, reference_grads = _loss_and_grads(model, own)
+    loss, grads = _loss_and_grads(model, answers_only)
     torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-6)
     assert grads.keys() == reference_grads.keys() and grads
     for name, grad in grads.items():

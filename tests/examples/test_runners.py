@@ -356,17 +356,16 @@ def test_grid_names_its_best_cell_beside_the_picked_setting_once_complete():
     assert not report.grid_section(grid, pick)[-1].startswith("Best cell")  # one cell still running
 
 
-def test_report_says_how_many_runs_trained_on_emulated_bf16_kernels(tmp_path, monkeypatch):
+@pytest.mark.parametrize("field, value, none_marked, one_marked", [
+    ("precision", "bf16 autocast, emulated kernels", "native bf16 kernels in every run",
+     "1 of 2 runs on a CPU without native bf16"),
+    ("lm_head_positions", "answers", "the LM head ran at every position in every run",
+     "1 of 2 runs computed the LM head only at answer positions"),
+])
+def test_report_counts_the_runs_whose_record_marks_how_they_trained(tmp_path, monkeypatch, field, value, none_marked,
+                                                                     one_marked):
     monkeypatch.setattr(report, "REPORT_FILE", tmp_path / "RESULTS.md")
-    native, emulated = _ok(rp.sweep_specs()[0], 0.42), _ok(rp.sweep_specs()[1], 0.43)
-    emulated["result"]["precision"] = "bf16 autocast, emulated kernels"
-    assert "native bf16 kernels in every run" in report.write_report([native])
-    assert "1 of 2 runs on a CPU without native bf16" in report.write_report([native, emulated])
-
-
-def test_report_says_how_many_runs_computed_the_lm_head_at_answer_positions_only(tmp_path, monkeypatch):
-    monkeypatch.setattr(report, "REPORT_FILE", tmp_path / "RESULTS.md")
-    every, answers = _ok(rp.sweep_specs()[0], 0.42), _ok(rp.sweep_specs()[1], 0.43)
-    answers["result"]["lm_head_positions"] = "answers"
-    assert "the LM head ran at every position in every run" in report.write_report([every])
-    assert "1 of 2 runs computed the LM head only at answer positions" in report.write_report([every, answers])
+    plain, marked = _ok(rp.sweep_specs()[0], 0.42), _ok(rp.sweep_specs()[1], 0.43)
+    marked["result"][field] = value
+    assert none_marked in report.write_report([plain])
+    assert one_marked in report.write_report([plain, marked])
