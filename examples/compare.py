@@ -5,8 +5,9 @@
 
 Each method trains at the hyperparameters picked on validation for examples/RESULTS.md
 (`examples.results_plan.validated_hyperparameters`, read from the committed runs.jsonl): the same numbers the long
-runs use. H-MFT runs at the level read off the long S-MFT masks and the lr its validation check picked, or at the
-library defaults (lr 0.01, 1% zeroed) while that check is pending.
+runs use. H-MFT runs at the level read off the long S-MFT masks and the lr its validation check at the short runs'
+length (32 steps, near this job's 40) picked, or at the library defaults (lr 0.01, 1% zeroed) while that check is
+pending.
 
 The model is the embedded default (SmolLM2-135M-Instruct + EfficientNet-Lite0 as a `LlavaForConditionalGeneration`,
 projector aligned in stage 1; built from pip packages on first use and cached), the data easy-vqa (train split for

@@ -72,6 +72,7 @@ GRID_STEPS = 160
 GRID_LRS = (0.03, 0.1, 0.3)
 HARD_LONG_LRS = (1e-3, 1e-2, 1e-1)  # the check at GRID_STEPS
 HARD_FULL_LENGTH_LRS = (1e-2, 3e-2)  # the check at the long runs' length; the first is the default (ties)
+HARD_SHORT_LRS = (1e-2, 3e-2, 1e-1, 3e-1)  # the check at STEPS, make demo's scale; the first is the default (ties)
 LAYER_THIRDS = ("first", "middle", "last")
 
 
@@ -434,6 +435,24 @@ def hard_long_pick(steps: int, levels: list[float], runs: dict[str, dict]) -> di
     return {"lr": best(runs, deciding, deciding[0])["lr"], "sparsity": deciding[0]["sparsity"]}
 
 
+def hard_short_check(levels: list[float]) -> list[dict]:
+    """The H-MFT lr check on validation at the middle of `levels` at the short runs' length (`STEPS`, near make
+    demo's 40), since the lr the long runs' check picks need not suit a run a twentieth as long."""
+    middle = levels[len(levels) // 2]
+    return [spec("L", "val", "mft-hard", lr, 0, sparsity=middle) for lr in HARD_SHORT_LRS]
+
+
+def hard_short_pick(levels: list[float], runs: dict[str, dict]) -> dict | None:
+    """{"lr", "sparsity"} of H-MFT for short runs: the middle level at the lr `hard_short_check` chose; None until
+    that check is done."""
+    if not levels:
+        return None
+    check = hard_short_check(levels)
+    if not all(run_key(s) in runs for s in check):
+        return None
+    return {"lr": best(runs, check, check[0])["lr"], "sparsity": check[0]["sparsity"]}
+
+
 def layer_specs(pick: dict, steps: int) -> list[dict]:
     """The layer-range ablation: S-MFT Both on one third of the decoder layers (plus the projector), seed 0."""
     return [{**long_spec(pick, "mft", "both", 0, steps), "layers": third} for third in LAYER_THIRDS]
@@ -461,7 +480,8 @@ class Plan:
     long_analyses: dict[int, dict] = field(default_factory=dict)  # seed -> masks of each long S-MFT Both run
     long_levels: list[float] = field(default_factory=list)
     long_threshold: float | None = None
-    hard_pick: dict | None = None  # H-MFT's {"lr", "sparsity"} picked on validation (`hard_long_pick`)
+    hard_pick: dict | None = None  # H-MFT's {"lr", "sparsity"} for the long runs, picked on validation
+    hard_short_pick: dict | None = None  # the same for short runs such as make demo's (`hard_short_pick`)
 
     @property
     def long_analysis(self) -> dict | None:
@@ -489,7 +509,9 @@ def plan(all_runs: list[dict], compute_analysis: bool = True) -> Plan:
     out.long_analyses = long_mask_analyses(pick, steps, all_runs)
     out.long_levels, out.long_threshold = hard_sparsities(out.long_analysis)
     out.hard_pick = hard_long_pick(steps, out.long_levels, runs)
+    out.hard_short_pick = hard_short_pick(out.long_levels, runs)
     check, hard = hard_long_specs(steps, out.long_levels, out.hard_pick)
+    check += hard_short_check(out.long_levels) if out.long_levels else []
     later = [s for s in headline_specs(pick, steps) if s != pilot] + grid_specs() + side_specs(pick, steps) + check
     out.specs += later + hard[:len(out.long_levels)] + layer_specs(pick, steps) + hard[len(out.long_levels):]
     return out
@@ -501,12 +523,13 @@ TABLE1_GROUPS = (("S-MFT Attn", "mft", "attn"), ("S-MFT MLP", "mft", "mlp"), ("S
 
 
 def validated_hyperparameters(all_runs: list[dict] | None = None) -> dict:
-    """Per method, the hyperparameters picked on validation from the records: {"mft": {"lr", "init_score",
-    "temperature"}, "lora": {"lr"}, "full": {"lr"}} (phase A), plus "mft-hard": {"lr", "sparsity"} once phase L's
-    H-MFT check has picked them. The one source `examples.compare` (make demo) and the runs above share."""
+    """Per method, the hyperparameters picked on validation at the short runs' length (`STEPS`, near make demo's
+    40) from the records: {"mft": {"lr", "init_score", "temperature"}, "lora": {"lr"}, "full": {"lr"}} (phase A),
+    plus "mft-hard": {"lr", "sparsity"} once phase L's short H-MFT check has picked them (`hard_short_pick`). The one
+    source `examples.compare` (make demo) and the runs above share."""
     all_runs = load_runs() if all_runs is None else all_runs
     pick = chosen(finished(all_runs))
     out = {"mft": {k: pick["mft"][k] for k in ("lr", "init_score", "temperature")},
            "lora": {"lr": pick["lora"]["lr"]}, "full": {"lr": pick["full"]["lr"]}}
-    hard = plan(all_runs, compute_analysis=False).hard_pick
+    hard = plan(all_runs, compute_analysis=False).hard_short_pick
     return {**out, "mft-hard": hard} if hard else out

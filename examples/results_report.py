@@ -22,7 +22,7 @@ from .results_plan import (
     BATCH_SIZE, CURVE_EVERY, FULL_LRS, GRID_LRS, GRID_STEPS, LAYER_THIRDS, LOGGING_STEPS,
     LONG_EXTRA_SEED_GROUPS, LORA_LRS, MASK_THRESHOLDS, MFT_INIT_T, MFT_LRS, MIN_LEVEL_SHARE, REFERENCE_SPARSITY,
     REPORT_FILE, RESULTS_DIR, ROOT, SEEDS, STEPS, TABLE1_GROUPS, TEST_QUESTIONS, VAL_QUESTIONS, Plan, accuracy,
-    finished, grid_specs, hard_levels, hard_long_specs, hard_specs, layer_specs, long_spec, main_specs, plan,
+    finished, grid_specs, hard_levels, hard_long_specs, hard_short_check, hard_specs, layer_specs, long_spec, main_specs, plan,
     recorded_answers, retired, run_key, slug, spec, sweep_specs,
 )
 
@@ -257,9 +257,12 @@ def long_table(planned: Plan, runs: dict[str, dict], all_runs: list[dict]) -> li
 
 
 def _best_end(run: dict | None) -> str:
-    """A run's validation curve: its best point / its last point (%), '…' while the run is pending."""
+    """A run's validation curve: its best point / its last point (%); the end alone for a run without a curve; '…'
+    while the run is pending."""
     if run is None:
         return "…"
+    if "curve" not in run["result"]:
+        return f"{100 * run['result']['accuracy']:.1f}"
     curve = [point["val_accuracy"] for point in run["result"]["curve"]]
     return f"{100 * max(curve):.1f} / {100 * curve[-1]:.1f}"
 
@@ -287,15 +290,14 @@ def grid_section(runs: dict[str, dict], pick: dict) -> list[str]:
     return lines
 
 
-def hard_pick_sentence(planned: Plan, check: list[dict], runs: dict[str, dict]) -> str:
-    """Which lr the deciding check picked, beside the others' end accuracy and the per-point s.e. (one seed: the
-    gap is not tested)."""
-    picked = planned.hard_pick["lr"]
-    ends = {s["lr"]: runs[run_key(s)]["result"]["accuracy"] for s in check if s["steps"] == planned.long_steps}
+def pick_sentence(what: str, picked: float, deciding: list[dict], runs: dict[str, dict]) -> str:
+    """Which lr a check (`deciding`, one length) picked for `what`, beside the others' end accuracy and the
+    per-point s.e. (one seed: the gap is not tested)."""
+    ends = {s["lr"]: runs[run_key(s)]["result"]["accuracy"] for s in deciding}
     others = ", ".join(f"{100 * accuracy:.1f} at lr {lr:g}" for lr, accuracy in ends.items() if lr != picked)
     se = 100 * binomial_se(ends[picked], VAL_QUESTIONS)
-    return (f"Picked: lr {picked:g}, validation {100 * ends[picked]:.1f} at the end ({others}); one seed, each "
-            f"point ± {se:.1f} s.e., so the gap is not tested: the pick is the rule's, not a measured advantage.")
+    return (f"Picked for {what}: lr {picked:g}, validation {100 * ends[picked]:.1f} at the end ({others}); one seed, "
+            f"each point ± {se:.1f} s.e., so the gap is not tested: the pick is the rule's, not a measured advantage.")
 
 
 def hard_long_section(planned: Plan, runs: dict[str, dict]) -> list[str]:
@@ -308,18 +310,24 @@ def hard_long_section(planned: Plan, runs: dict[str, dict]) -> list[str]:
                      f"threshold up to {MASK_THRESHOLDS[-1]:g}.")
         return lines
     check, main = hard_long_specs(planned.long_steps, planned.long_levels, planned.hard_pick)
+    short = hard_short_check(planned.long_levels)
+    check += short
     lrs = sorted({s["lr"] for s in check})
     lines += [f"Levels s x (0.5, 1, 2), s = share of the long S-MFT Both masks below {planned.long_threshold:g} (the "
               "paper's procedure). H-MFT scores start at |W| / mean |W| per matrix (docs/method.md). Learning rate "
               f"checked on validation at the middle level (best point of the curve / end, {VAL_QUESTIONS} questions, "
-              f"seed 0); the check at {planned.long_steps} steps picks it (by the end accuracy):", "",
+              f"seed 0; at {STEPS} steps the end only); the check at {planned.long_steps} steps picks it for these "
+              f"runs, the one at {STEPS} steps for short runs such as make demo's (by the end accuracy):", "",
               "| steps | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |", "|---|" + "---|" * len(lrs)]
     for length in sorted({s["steps"] for s in check}):
         by_lr = {s["lr"]: s for s in check if s["steps"] == length}
         lines.append(f"| {length} | " + " | ".join(_best_end(runs.get(run_key(by_lr[lr]))) if lr in by_lr else ""
                                                  for lr in lrs) + " |")
     if planned.hard_pick:
-        lines += ["", hard_pick_sentence(planned, check, runs)]
+        deciding = [s for s in check if s["steps"] == planned.long_steps]
+        lines += ["", pick_sentence(f"the {planned.long_steps}-step runs", planned.hard_pick["lr"], deciding, runs)]
+    if planned.hard_short_pick:
+        lines += ["", pick_sentence(f"{STEPS}-step runs and make demo", planned.hard_short_pick["lr"], short, runs)]
     lines += ["", "| variant | test acc at best val | test acc at end | final train loss |", "|---|---|---|---|"]
     for level in planned.long_levels:
         results = [runs[run_key(s)]["result"] for s in main if s["sparsity"] == level and run_key(s) in runs]
