@@ -209,6 +209,21 @@ def _cell(values: list[float], n_questions: int) -> str:
     return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f} ({len(values)} seeds)"
 
 
+def paired_long_tables(by_label: dict[str, dict[int, dict]], reference: str, all_runs: list[dict]) -> list[str]:
+    """`paired_table` of long runs (label -> seed -> run) against `reference`, at the best validation checkpoint and
+    at the end (so the end column's gaps get the same test), with McNemar from the recorded answers."""
+    recorded = {label: {seed: recorded_answers(all_runs, run) for seed, run in seed_runs.items()}
+                for label, seed_runs in by_label.items()}
+    lines = []
+    for point, what in (("best", "test accuracy at the best validation checkpoint"), ("end", "test accuracy at the end")):
+        accuracy = {label: {seed: (run["result"]["best_checkpoint"] if point == "best" else run["result"])["accuracy"]
+                            for seed, run in seed_runs.items()} for label, seed_runs in by_label.items()}
+        answers = {label: {seed: stored[point] for seed, stored in seed_answers.items() if stored and point in stored}
+                   for label, seed_answers in recorded.items()}
+        lines += paired_table(accuracy, reference, what, answers, explain=point == "best")
+    return lines
+
+
 def long_table(planned: Plan, runs: dict[str, dict], all_runs: list[dict]) -> list[str]:
     """Markdown: the long Table 1 rows at the best validation checkpoint and at the end, time to best, memory."""
     steps = planned.long_steps
@@ -241,16 +256,8 @@ def long_table(planned: Plan, runs: dict[str, dict], all_runs: list[dict]) -> li
         specs = [long_spec(planned.pick, method, targets, seed, steps) for seed in SEEDS]
         headline[_label(method, targets)] = {s["seed"]: runs[run_key(s)] for s in specs if run_key(s) in runs}
     reference = _label("mft", "both")
-    recorded = {label: {seed: recorded_answers(all_runs, run) for seed, run in seed_runs.items()}
-                for label, seed_runs in headline.items()}
-    # both points, so the end column's gaps get the same test as the best-checkpoint ones
-    points = (("best", "test accuracy at the best validation checkpoint"), ("end", "test accuracy at the end"))
-    for point, what in points if len(headline[reference]) >= 2 else ():
-        accuracy = {label: {seed: (run["result"]["best_checkpoint"] if point == "best" else run["result"])["accuracy"]
-                            for seed, run in seed_runs.items()} for label, seed_runs in headline.items()}
-        answers = {label: {seed: stored[point] for seed, stored in seed_answers.items() if stored and point in stored}
-                   for label, seed_answers in recorded.items()}
-        lines += paired_table(accuracy, reference, what, answers, explain=point == "best")
+    if len(headline[reference]) >= 2:
+        lines += paired_long_tables(headline, reference, all_runs)
     lines += ["", f"![learning curves]({CURVES_PNG.relative_to(REPORT_FILE.parent)}) Validation accuracy per method "
               "(mean over seeds, band: min to max) and training loss."]
     return lines
@@ -300,7 +307,7 @@ def pick_sentence(what: str, picked: float, deciding: list[dict], runs: dict[str
             f"each point ± {se:.1f} s.e., so the gap is not tested: the pick is the rule's, not a measured advantage.")
 
 
-def hard_long_section(planned: Plan, runs: dict[str, dict]) -> list[str]:
+def hard_long_section(planned: Plan, runs: dict[str, dict], all_runs: list[dict]) -> list[str]:
     """Markdown: H-MFT at the levels read off the long S-MFT masks, its learning-rate checks, and any long H-MFT test
     run the plan no longer holds (its lr came from an earlier check), so no measurement drops out of the report."""
     lines = ["", f"## Long runs: S-MFT vs H-MFT at the levels its masks suggest (test accuracy, %)", ""]
@@ -335,6 +342,15 @@ def hard_long_section(planned: Plan, runs: dict[str, dict]) -> list[str]:
         at_best = _cell([r["best_checkpoint"]["accuracy"] for r in results], TEST_QUESTIONS)
         at_end = _cell([r["accuracy"] for r in results], TEST_QUESTIONS)
         lines.append(f"| H-MFT {100 * level:.3g}% zeroed | {at_best} | {at_end} | {loss} |")
+    reference = _label("mft", "both")
+    by_label = {reference: {seed: runs[key] for seed in SEEDS if (key := run_key(
+        long_spec(planned.pick, "mft", "both", seed, planned.long_steps))) in runs}}
+    by_label.update({f"H-MFT {100 * level:.3g}% zeroed": {s["seed"]: runs[run_key(s)] for s in main
+                                                          if s["sparsity"] == level and run_key(s) in runs}
+                     for level in planned.long_levels})
+    by_label = {label: seed_runs for label, seed_runs in by_label.items() if seed_runs}
+    if by_label.get(reference) and len(by_label) > 1:
+        lines += paired_long_tables(by_label, reference, all_runs)
     planned_keys = {run_key(s) for s in main}
     superseded = [r for key, r in runs.items() if key not in planned_keys and r["spec"]["phase"] == "L"
                   and r["spec"]["method"] == "mft-hard" and r["spec"]["split"] == "test"]
@@ -374,7 +390,8 @@ def long_sections(planned: Plan, runs: dict[str, dict], all_runs: list[dict]) ->
     if not planned.long_steps:
         return []
     write_curves_png(planned, runs)
-    lines = long_table(planned, runs, all_runs) + grid_section(runs, planned.pick) + hard_long_section(planned, runs)
+    lines = long_table(planned, runs, all_runs) + grid_section(runs, planned.pick)
+    lines += hard_long_section(planned, runs, all_runs)
     lines += layer_section(planned, runs)
     if planned.long_analysis:
         seed = json.loads(planned.long_analysis["source_key"])["seed"]

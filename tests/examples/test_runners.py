@@ -182,7 +182,7 @@ def test_long_h_mft_takes_its_lr_from_the_check_at_the_long_runs_length():
     assert rp.plan(runs, compute_analysis=False).hard_pick == {"lr": 0.03, "sparsity": 2e-3}
     # a test run at the short check's lr is no longer planned: the report keeps it apart, not in the level's row
     runs.append(_long_ok({**hard[0], "lr": 0.1}, 0.3))
-    lines = report.hard_long_section(rp.plan(runs, compute_analysis=False), rp.finished(runs))
+    lines = report.hard_long_section(rp.plan(runs, compute_analysis=False), rp.finished(runs), runs)
     assert f"| {rp.GRID_STEPS} | 60.0 / 60.0 | 60.0 / 60.0 |  | 80.0 / 80.0 |  |" in lines
     assert f"| {steps} |  | 65.0 / 65.0 | 70.0 / 70.0 |  |  |" in lines
     assert "| H-MFT 0.1% zeroed | pending | pending |  |" in lines
@@ -194,6 +194,12 @@ def test_long_h_mft_takes_its_lr_from_the_check_at_the_long_runs_length():
             "the rule's, not a measured advantage.") in lines
     assert lines[-1] == ("| H-MFT 0.1% zeroed | 0.1 | 0 | 30.0 / 30.0 | 31.0 (1 seed, ± 2.3 s.e.) | "
                          "30.0 (1 seed, ± 2.3 s.e.) | 0.30 |")
+    assert not any(line.startswith("Paired by seed") for line in lines)  # no S-MFT Both run of that length yet
+    # with the masks' source run and one H-MFT seed: the paired gap per seed, not tested on one seed
+    runs += [_long_ok(source, 0.9), _long_ok(hard[1], 0.7)]
+    lines = report.hard_long_section(rp.plan(runs, compute_analysis=False), rp.finished(runs), runs)
+    assert "| H-MFT 0.2% zeroed | -20.0 |  | not tested (1 seed) |" in lines
+    assert sum(line.startswith("Paired by seed") for line in lines) == 2  # at the best checkpoint and at the end
 
 
 def test_compare_runs_h_mft_at_its_validated_setting_and_says_when_there_is_none():
