@@ -303,8 +303,10 @@ def pick_sentence(what: str, picked: float, deciding: list[dict], runs: dict[str
     ends = {s["lr"]: runs[run_key(s)]["result"]["accuracy"] for s in deciding}
     others = ", ".join(f"{100 * accuracy:.1f} at lr {lr:g}" for lr, accuracy in ends.items() if lr != picked)
     se = 100 * binomial_se(ends[picked], VAL_QUESTIONS)
+    runner_up = max((lr for lr in ends if lr != picked), key=ends.get)
     return (f"Picked for {what}: lr {picked:g}, validation {100 * ends[picked]:.1f} at the end ({others}); one seed, "
-            f"each point ± {se:.1f} s.e., so the gap is not tested: the pick is the rule's, not a measured advantage.")
+            f"each point ± {se:.1f} s.e., so the gap to the runner-up (lr {runner_up:g}) is not tested: the choice "
+            "between them is the rule's, not a measured advantage.")
 
 
 def hard_long_section(planned: Plan, runs: dict[str, dict], all_runs: list[dict]) -> list[str]:
