@@ -437,7 +437,9 @@ def hard_long_pick(steps: int, levels: list[float], runs: dict[str, dict]) -> di
 
 def hard_short_check(levels: list[float]) -> list[dict]:
     """The H-MFT lr check on validation at the middle of `levels` at the short runs' length (`STEPS`, near make
-    demo's 40), since the lr the long runs' check picks need not suit a run a twentieth as long."""
+    demo's 40), since the lr the long runs' check picks need not suit a run a twentieth as long; [] without levels."""
+    if not levels:
+        return []
     middle = levels[len(levels) // 2]
     return [spec("L", "val", "mft-hard", lr, 0, sparsity=middle) for lr in HARD_SHORT_LRS]
 
@@ -445,10 +447,8 @@ def hard_short_check(levels: list[float]) -> list[dict]:
 def hard_short_pick(levels: list[float], runs: dict[str, dict]) -> dict | None:
     """{"lr", "sparsity"} of H-MFT for short runs: the middle level at the lr `hard_short_check` chose; None until
     that check is done."""
-    if not levels:
-        return None
     check = hard_short_check(levels)
-    if not all(run_key(s) in runs for s in check):
+    if not check or not all(run_key(s) in runs for s in check):
         return None
     return {"lr": best(runs, check, check[0])["lr"], "sparsity": check[0]["sparsity"]}
 
@@ -511,7 +511,7 @@ def plan(all_runs: list[dict], compute_analysis: bool = True) -> Plan:
     out.hard_pick = hard_long_pick(steps, out.long_levels, runs)
     out.hard_short_pick = hard_short_pick(out.long_levels, runs)
     check, hard = hard_long_specs(steps, out.long_levels, out.hard_pick)
-    check += hard_short_check(out.long_levels) if out.long_levels else []
+    check += hard_short_check(out.long_levels)
     later = [s for s in headline_specs(pick, steps) if s != pilot] + grid_specs() + side_specs(pick, steps) + check
     out.specs += later + hard[:len(out.long_levels)] + layer_specs(pick, steps) + hard[len(out.long_levels):]
     return out

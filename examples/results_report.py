@@ -22,8 +22,8 @@ from .results_plan import (
     BATCH_SIZE, CURVE_EVERY, FULL_LRS, GRID_LRS, GRID_STEPS, LAYER_THIRDS, LOGGING_STEPS,
     LONG_EXTRA_SEED_GROUPS, LORA_LRS, MASK_THRESHOLDS, MFT_INIT_T, MFT_LRS, MIN_LEVEL_SHARE, REFERENCE_SPARSITY,
     REPORT_FILE, RESULTS_DIR, ROOT, SEEDS, STEPS, TABLE1_GROUPS, TEST_QUESTIONS, VAL_QUESTIONS, Plan, accuracy,
-    finished, grid_specs, hard_levels, hard_long_specs, hard_short_check, hard_specs, layer_specs, long_spec, main_specs, plan,
-    recorded_answers, retired, run_key, slug, spec, sweep_specs,
+    finished, grid_specs, hard_levels, hard_long_specs, hard_short_check, hard_specs, layer_specs, long_spec,
+    main_specs, plan, recorded_answers, retired, run_key, slug, spec, sweep_specs,
 )
 
 CURVES_PNG = RESULTS_DIR / "curves.png"
@@ -214,8 +214,9 @@ def paired_long_tables(by_label: dict[str, dict[int, dict]], reference: str, all
     at the end (so the end column's gaps get the same test), with McNemar from the recorded answers."""
     recorded = {label: {seed: recorded_answers(all_runs, run) for seed, run in seed_runs.items()}
                 for label, seed_runs in by_label.items()}
+    points = (("best", "test accuracy at the best validation checkpoint"), ("end", "test accuracy at the end"))
     lines = []
-    for point, what in (("best", "test accuracy at the best validation checkpoint"), ("end", "test accuracy at the end")):
+    for point, what in points:
         accuracy = {label: {seed: (run["result"]["best_checkpoint"] if point == "best" else run["result"])["accuracy"]
                             for seed, run in seed_runs.items()} for label, seed_runs in by_label.items()}
         answers = {label: {seed: stored[point] for seed, stored in seed_answers.items() if stored and point in stored}
