@@ -405,52 +405,38 @@ def long_mask_analyses(pick: dict, steps: int, all_runs: list[dict]) -> dict[int
 
 
 def hard_long_specs(steps: int, levels: list[float], picked: dict | None) -> tuple[list[dict], list[dict]]:
-    """H-MFT at the levels read off the long S-MFT masks: the lr checks on validation at the middle level (at the
-    grid's length, then at `steps`, which picks the lr), then seed 0 of every level, then seeds 1 and 2 at the lr
-    of ``picked`` (`hard_long_pick`; [] while it is None)."""
+    """H-MFT at the levels read off the long S-MFT masks: the lr checks (`hard_lr_checks`), then seed 0 of every
+    level, then seeds 1 and 2 at the lr of ``picked`` (`hard_lr_pick` at `steps`; [] while it is None)."""
     if not levels:
         return [], []
-    check = hard_long_checks(steps, levels)
+    check = hard_lr_checks(steps, levels)
     if picked is None:
         return check, []
     return check, [spec("L", "test", "mft-hard", picked["lr"], seed, sparsity=level, steps=steps,
                         curve_every=CURVE_EVERY) for seed in SEEDS for level in levels]
 
 
-def hard_long_checks(steps: int, levels: list[float]) -> list[dict]:
-    """The H-MFT lr checks on validation at the middle of `levels`: at `GRID_STEPS`, then at `steps`."""
-    middle = levels[len(levels) // 2]
-    return [spec("L", "val", "mft-hard", lr, 0, sparsity=middle, steps=length, curve_every=CURVE_EVERY)
-            for length, lrs in ((GRID_STEPS, HARD_LONG_LRS), (steps, HARD_FULL_LENGTH_LRS)) for lr in lrs]
-
-
-def hard_long_pick(steps: int, levels: list[float], runs: dict[str, dict]) -> dict | None:
-    """{"lr", "sparsity"} of H-MFT picked on validation: the middle level (the one read off the masks, 1x) at the
-    lr the check at the long runs' length chose; None until that check is done."""
-    if not levels:
-        return None
-    deciding = [s for s in hard_long_checks(steps, levels) if s["steps"] == steps]
-    if not all(run_key(s) in runs for s in deciding):
-        return None
-    return {"lr": best(runs, deciding, deciding[0])["lr"], "sparsity": deciding[0]["sparsity"]}
-
-
-def hard_short_check(levels: list[float]) -> list[dict]:
-    """The H-MFT lr check on validation at the middle of `levels` at the short runs' length (`STEPS`, near make
-    demo's 40), since the lr the long runs' check picks need not suit a run a twentieth as long; [] without levels."""
+def hard_lr_checks(steps: int, levels: list[float]) -> list[dict]:
+    """The H-MFT lr checks on validation at the middle of `levels`: at `GRID_STEPS` and at the long runs' `steps`
+    (validation curve; the latter picks their lr), then at the short runs' `STEPS`, near make demo's 40 (the end
+    only; it picks their lr, since the long runs' need not suit a run a twentieth as long). [] without levels."""
     if not levels:
         return []
     middle = levels[len(levels) // 2]
-    return [spec("L", "val", "mft-hard", lr, 0, sparsity=middle) for lr in HARD_SHORT_LRS]
+    lengths = ((GRID_STEPS, HARD_LONG_LRS, CURVE_EVERY), (steps, HARD_FULL_LENGTH_LRS, CURVE_EVERY),
+               (STEPS, HARD_SHORT_LRS, None))
+    return [spec("L", "val", "mft-hard", lr, 0, sparsity=middle, steps=length, curve_every=every)
+            for length, lrs, every in lengths for lr in lrs]
 
 
-def hard_short_pick(levels: list[float], runs: dict[str, dict]) -> dict | None:
-    """{"lr", "sparsity"} of H-MFT for short runs: the middle level at the lr `hard_short_check` chose; None until
-    that check is done."""
-    check = hard_short_check(levels)
-    if not check or not all(run_key(s) in runs for s in check):
+def hard_lr_pick(steps: int, levels: list[float], runs: dict[str, dict], length: int) -> dict | None:
+    """{"lr", "sparsity"} of H-MFT for runs of `length` steps (the long runs' `steps`, or `STEPS`), picked on
+    validation: the middle level (the one read off the masks, 1x) at the lr the check at that length chose; None
+    until that check is done."""
+    deciding = [s for s in hard_lr_checks(steps, levels) if s["steps"] == length]
+    if not deciding or not all(run_key(s) in runs for s in deciding):
         return None
-    return {"lr": best(runs, check, check[0])["lr"], "sparsity": check[0]["sparsity"]}
+    return {"lr": best(runs, deciding, deciding[0])["lr"], "sparsity": deciding[0]["sparsity"]}
 
 
 def layer_specs(pick: dict, steps: int) -> list[dict]:
@@ -480,8 +466,8 @@ class Plan:
     long_analyses: dict[int, dict] = field(default_factory=dict)  # seed -> masks of each long S-MFT Both run
     long_levels: list[float] = field(default_factory=list)
     long_threshold: float | None = None
-    hard_pick: dict | None = None  # H-MFT's {"lr", "sparsity"} for the long runs, picked on validation
-    hard_short_pick: dict | None = None  # the same for short runs such as make demo's (`hard_short_pick`)
+    hard_pick: dict | None = None  # H-MFT's {"lr", "sparsity"} for the long runs, picked on validation (`hard_lr_pick`)
+    hard_short_pick: dict | None = None  # the same for short runs such as make demo's
 
     @property
     def long_analysis(self) -> dict | None:
@@ -508,10 +494,9 @@ def plan(all_runs: list[dict], compute_analysis: bool = True) -> Plan:
         return out
     out.long_analyses = long_mask_analyses(pick, steps, all_runs)
     out.long_levels, out.long_threshold = hard_sparsities(out.long_analysis)
-    out.hard_pick = hard_long_pick(steps, out.long_levels, runs)
-    out.hard_short_pick = hard_short_pick(out.long_levels, runs)
+    out.hard_pick = hard_lr_pick(steps, out.long_levels, runs, steps)
+    out.hard_short_pick = hard_lr_pick(steps, out.long_levels, runs, STEPS)
     check, hard = hard_long_specs(steps, out.long_levels, out.hard_pick)
-    check += hard_short_check(out.long_levels)
     later = [s for s in headline_specs(pick, steps) if s != pilot] + grid_specs() + side_specs(pick, steps) + check
     out.specs += later + hard[:len(out.long_levels)] + layer_specs(pick, steps) + hard[len(out.long_levels):]
     return out
@@ -525,7 +510,7 @@ TABLE1_GROUPS = (("S-MFT Attn", "mft", "attn"), ("S-MFT MLP", "mft", "mlp"), ("S
 def validated_hyperparameters(all_runs: list[dict] | None = None) -> dict:
     """Per method, the hyperparameters picked on validation at the short runs' length (`STEPS`, near make demo's
     40) from the records: {"mft": {"lr", "init_score", "temperature"}, "lora": {"lr"}, "full": {"lr"}} (phase A),
-    plus "mft-hard": {"lr", "sparsity"} once phase L's short H-MFT check has picked them (`hard_short_pick`). The one
+    plus "mft-hard": {"lr", "sparsity"} once phase L's H-MFT check at `STEPS` has picked them (`hard_lr_pick`). The one
     source `examples.compare` (make demo) and the runs above share."""
     all_runs = load_runs() if all_runs is None else all_runs
     pick = chosen(finished(all_runs))

@@ -22,8 +22,8 @@ from .results_plan import (
     BATCH_SIZE, CURVE_EVERY, FULL_LRS, GRID_LRS, GRID_STEPS, LAYER_THIRDS, LOGGING_STEPS,
     LONG_EXTRA_SEED_GROUPS, LORA_LRS, MASK_THRESHOLDS, MFT_INIT_T, MFT_LRS, MIN_LEVEL_SHARE, REFERENCE_SPARSITY,
     REPORT_FILE, RESULTS_DIR, ROOT, SEEDS, STEPS, TABLE1_GROUPS, TEST_QUESTIONS, VAL_QUESTIONS, Plan, accuracy,
-    finished, grid_specs, hard_levels, hard_long_specs, hard_short_check, hard_specs, layer_specs, long_spec,
-    main_specs, plan, recorded_answers, retired, run_key, slug, spec, sweep_specs,
+    finished, grid_specs, hard_levels, hard_long_specs, hard_specs, layer_specs, long_spec, main_specs,
+    plan, recorded_answers, retired, run_key, slug, spec, sweep_specs,
 )
 
 CURVES_PNG = RESULTS_DIR / "curves.png"
@@ -81,6 +81,11 @@ def _fmt_mib(n: float) -> str:
 
 def _seed_results(runs: dict[str, dict], specs: list[dict]) -> list[dict]:
     return [runs[run_key(s)]["result"] for s in specs if run_key(s) in runs]
+
+
+def _runs_by_seed(runs: dict[str, dict], specs: list[dict]) -> dict[int, dict]:
+    """Seed -> the finished run of each of `specs` (one per seed)."""
+    return {s["seed"]: runs[run_key(s)] for s in specs if run_key(s) in runs}
 
 
 def _row(label: str, hp: str, results: list[dict]) -> str:
@@ -255,7 +260,7 @@ def long_table(planned: Plan, runs: dict[str, dict], all_runs: list[dict]) -> li
     headline = {}
     for method, targets in LONG_EXTRA_SEED_GROUPS:
         specs = [long_spec(planned.pick, method, targets, seed, steps) for seed in SEEDS]
-        headline[_label(method, targets)] = {s["seed"]: runs[run_key(s)] for s in specs if run_key(s) in runs}
+        headline[_label(method, targets)] = _runs_by_seed(runs, specs)
     reference = _label("mft", "both")
     if len(headline[reference]) >= 2:
         lines += paired_long_tables(headline, reference, all_runs)
@@ -320,8 +325,6 @@ def hard_long_section(planned: Plan, runs: dict[str, dict], all_runs: list[dict]
                      f"threshold up to {MASK_THRESHOLDS[-1]:g}.")
         return lines
     check, main = hard_long_specs(planned.long_steps, planned.long_levels, planned.hard_pick)
-    short = hard_short_check(planned.long_levels)
-    check += short
     lrs = sorted({s["lr"] for s in check})
     lines += [f"Levels s x (0.5, 1, 2), s = share of the long S-MFT Both masks below {planned.long_threshold:g} (the "
               "paper's procedure). H-MFT scores start at |W| / mean |W| per matrix (docs/method.md). Learning rate "
@@ -333,25 +336,23 @@ def hard_long_section(planned: Plan, runs: dict[str, dict], all_runs: list[dict]
         by_lr = {s["lr"]: s for s in check if s["steps"] == length}
         lines.append(f"| {length} | " + " | ".join(_best_end(runs.get(run_key(by_lr[lr]))) if lr in by_lr else ""
                                                  for lr in lrs) + " |")
-    if planned.hard_pick:
-        deciding = [s for s in check if s["steps"] == planned.long_steps]
-        lines += ["", pick_sentence(f"the {planned.long_steps}-step runs", planned.hard_pick["lr"], deciding, runs)]
-    if planned.hard_short_pick:
-        lines += ["", pick_sentence(f"{STEPS}-step runs and make demo", planned.hard_short_pick["lr"], short, runs)]
+    for what, picked, length in ((f"the {planned.long_steps}-step runs", planned.hard_pick, planned.long_steps),
+                                 (f"{STEPS}-step runs and make demo", planned.hard_short_pick, STEPS)):
+        if picked:
+            deciding = [s for s in check if s["steps"] == length]
+            lines += ["", pick_sentence(what, picked["lr"], deciding, runs)]
     lines += ["", "| variant | test acc at best val | test acc at end | final train loss |", "|---|---|---|---|"]
-    for level in planned.long_levels:
-        results = [runs[run_key(s)]["result"] for s in main if s["sparsity"] == level and run_key(s) in runs]
+    by_level = {f"H-MFT {100 * level:.3g}% zeroed": _runs_by_seed(runs, [s for s in main if s["sparsity"] == level])
+                for level in planned.long_levels}
+    for label, seed_runs in by_level.items():
+        results = [run["result"] for run in seed_runs.values()]
         loss = f"{statistics.mean(r['loss_history'][-1]['loss'] for r in results):.2f}" if results else ""
         at_best = _cell([r["best_checkpoint"]["accuracy"] for r in results], TEST_QUESTIONS)
         at_end = _cell([r["accuracy"] for r in results], TEST_QUESTIONS)
-        lines.append(f"| H-MFT {100 * level:.3g}% zeroed | {at_best} | {at_end} | {loss} |")
+        lines.append(f"| {label} | {at_best} | {at_end} | {loss} |")
     reference = _label("mft", "both")
-    by_label = {reference: {seed: runs[key] for seed in SEEDS if (key := run_key(
-        long_spec(planned.pick, "mft", "both", seed, planned.long_steps))) in runs}}
-    by_label.update({f"H-MFT {100 * level:.3g}% zeroed": {s["seed"]: runs[run_key(s)] for s in main
-                                                          if s["sparsity"] == level and run_key(s) in runs}
-                     for level in planned.long_levels})
-    by_label = {label: seed_runs for label, seed_runs in by_label.items() if seed_runs}
+    source = _runs_by_seed(runs, [long_spec(planned.pick, "mft", "both", seed, planned.long_steps) for seed in SEEDS])
+    by_label = {label: seed_runs for label, seed_runs in {reference: source, **by_level}.items() if seed_runs}
     if by_label.get(reference) and len(by_label) > 1:
         lines += paired_long_tables(by_label, reference, all_runs)
     planned_keys = {run_key(s) for s in main}
