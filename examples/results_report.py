@@ -62,6 +62,17 @@ def answer_logits_note(runs: dict[str, dict]) -> str:
             else "the LM head ran at every position in every run")
 
 
+def resumed_runs_note(runs: dict[str, dict]) -> str:
+    """How many finished runs were interrupted and resumed from a checkpoint (`harness.run_state`, since 2026-12-03;
+    records say where): the same weights, curve and answers as a run that never stopped (tested)."""
+    resumed = [run for run in runs.values() if run["result"].get("resumed_at_steps")]
+    if not resumed:
+        return "no run was resumed from a checkpoint"
+    return (f"{len(resumed)} of {len(runs)} runs resumed from a checkpoint after an interruption (`harness.run_state`: "
+            "the same weights, curve and answers as a run that never stopped; its seconds leave out the work lost "
+            "after the last checkpoint)")
+
+
 def _mean_std(values: list[float]) -> str:
     if not values:
         return "pending"
@@ -495,7 +506,8 @@ def write_report(all_runs: list[dict]) -> str:
         "benchmarks/README.md explains why it cannot rank methods closer than a few hundred MiB); tensor memory, "
         "recorded by runs since 2026-12-02, is the peak of live tensor bytes in the second training step "
         f"(`harness.tensor_memory`, what a GPU's max_memory_allocated counts); {answer_logits_note(runs)}.",
-        f"- Model builds (stage 1 on CPU is not bit-reproducible, see README): {model_builds_line(runs)}",
+        f"- Model builds (stage 1 on CPU is not bit-reproducible, see README): {model_builds_line(runs)} "
+        f"Interruptions: {resumed_runs_note(runs)}.",
         f"- Progress: {done} of {len(specs)} planned runs finished"
         + ("" if pick else " (the main runs are planned once the sweeps are done)") + ".",
     ]

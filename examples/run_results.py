@@ -7,7 +7,8 @@
 
 The plan (which runs, in which order, derived from which earlier ones) is `examples.results_plan`; the report and
 its figures `examples.results_report`. This module runs one spec at a time, each in its own process, and appends
-its record to examples/results/runs.jsonl the moment it ends. Runs train in bf16 autocast, with emulated kernels on
+its record to examples/results/runs.jsonl the moment it ends; a long run checkpoints every `CHECKPOINT_EVERY` steps
+and a restarted runner resumes it there (`harness.run_state`). Runs train in bf16 autocast, with emulated kernels on
 a CPU without native bf16 (`harness.precision`; each record says which).
 """
 
@@ -27,6 +28,8 @@ from .results_plan import (
     recorded_answers, rerun_record, run_key, slug,
 )
 from .results_report import write_report
+
+CHECKPOINT_EVERY = 80  # optimizer steps; a multiple of CURVE_EVERY and LOGGING_STEPS (the resumed loss needs it)
 
 
 def embedded_num_layers() -> int:
@@ -60,6 +63,8 @@ def command(s: dict, metrics: Path) -> list[str]:
         # Merging was checked on every method at 32 steps (Table 1); a long run spends its time on the curve.
         cmd += ["--curve-data", str(data["val"]), "--curve-image-folder", str(data["image_folder"]),
                 "--curve-samples", str(VAL_QUESTIONS), "--curve-every", str(s["curve_every"])]
+        # a long run outlasts a working session: it resumes from its last checkpoint (harness.run_state)
+        cmd += ["--save-steps", str(CHECKPOINT_EVERY), "--save-total-limit", "1", "--resume"]
     if s["split"] == "val" or s.get("curve_every"):
         cmd += ["--no-merge-check"]
     return cmd
@@ -94,7 +99,9 @@ def execute(s: dict, runs: list[dict], build: dict | None = None) -> dict | None
     metrics.unlink(missing_ok=True)
     print(f"[{time.strftime('%H:%M:%S')}] run {slug(s)}", flush=True)
     start = time.time()
-    with open(out / "log.txt", "w") as log:
+    with open(out / "log.txt", "a") as log:  # a resumed run's log follows its earlier parts
+        log.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] start\n")
+        log.flush()
         proc = subprocess.run(command(s, metrics), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
     record = {"kind": "run", "key": key, "spec": s, "seconds": round(time.time() - start, 1),
@@ -109,6 +116,10 @@ def execute(s: dict, runs: list[dict], build: dict | None = None) -> dict | None
         print(f"  failed ({proc.returncode}); log: {out / 'log.txt'}", flush=True)
     append_record(record)
     runs.append(record)
+    if record["status"] == "ok":  # recorded: its checkpoints must not resume a later retry of the same spec
+        from harness.run_state import remove_resume_files
+
+        remove_resume_files(out / "trainer")
     # the Fig. 6 data of every long test run of S-MFT on all layers
     if record["status"] == "ok" and s["phase"] == "L" and s["split"] == "test" and "layers" not in s \
             and s["method"] in ("mft", "mft-ste"):

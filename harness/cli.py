@@ -48,6 +48,10 @@ def build_parser(description: str, model_help: str) -> argparse.ArgumentParser:
     t.add_argument("--warmup-ratio", type=float, default=0.03)
     t.add_argument("--logging-steps", type=int, default=10)
     t.add_argument("--save-steps", type=int, default=None, help="write a Trainer checkpoint every N steps")
+    t.add_argument("--save-total-limit", type=int, default=None, help="checkpoints kept (default: all)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint under --output-dir/trainer, with the validation curve, "
+                        "step times and peak memory measured so far (a checkpoint of another run is refused)")
     t.add_argument("--eval-batch-size", type=int, default=16)
     t.add_argument("--max-new-tokens", type=int, default=None, help="default: longest reference answer + 4")
     t.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="dtype of the frozen weights")
@@ -102,6 +106,8 @@ def run(args, load: Callable[..., LoadedVLM], default_source: Callable[[], str])
         warmup_ratio=args.warmup_ratio,
         logging_steps=args.logging_steps,
         save_steps=args.save_steps,
+        save_total_limit=args.save_total_limit,
+        resume=args.resume,
         eval_batch_size=args.eval_batch_size,
         max_new_tokens=args.max_new_tokens,
         bf16=args.bf16,

@@ -15,7 +15,6 @@ import torch
 from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from peft_mft import atomic_directory
-from peft_mft.training.trainer import AtomicCheckpointTrainer
 
 from .answer_loss import AnswerLogitsCollator, answer_logits_loss
 from .data import LlavaCollator, LlavaDataset, Record, VLMProcessor
@@ -23,6 +22,7 @@ from .evaluation import correctness_text, evaluate_vqa
 from .memory import PeakMemoryCallback
 from .methods import PreparedModel, merge_adapter
 from .precision import bf16_kernels, emulation_reason, fast_bf16
+from .run_state import ResumingTrainer, RunState, resume_point, training_loss
 from .tensor_memory import TensorMemoryCallback
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     logging_steps: int = 10
     save_steps: int | None = None  # Trainer checkpoints every N steps (None: none)
+    save_total_limit: int | None = None  # checkpoints kept (None: all)
+    resume: bool = False  # continue from the latest checkpoint in output_dir/trainer, if there is one
     eval_batch_size: int = 16
     max_new_tokens: int | None = None
     bf16: bool = False
@@ -176,6 +178,7 @@ def train_and_evaluate(
         logging_steps=config.logging_steps,
         save_strategy="steps" if config.save_steps else "no",
         save_steps=config.save_steps or 500,
+        save_total_limit=config.save_total_limit,
         report_to="none",
         seed=config.seed,
         data_seed=config.seed,
@@ -194,7 +197,22 @@ def train_and_evaluate(
     if curve_records and config.curve_every:
         curve = ValidationCurve(curve_records, processor, config.curve_every, timer, **eval_kwargs)
         callbacks.append(curve)
-    trainer = AtomicCheckpointTrainer(  # a checkpoint appears complete or not at all
+    identity = {"method": prepared.method, "lr": prepared.lr, "trainable_parameters": prepared.trainable_parameters,
+                "max_steps": config.max_steps, "batch_size": config.batch_size, "grad_accum": config.grad_accum,
+                "seed": config.seed, "curve_every": config.curve_every if curve else None, "bf16": config.bf16,
+                "adapter_config": model.peft_config[model.active_adapter].to_dict() if prepared.is_peft else None}
+    run_state = RunState(identity, args.output_dir, timer, memory, tensor_memory, curve)
+    callbacks.append(run_state)
+    checkpoint = None
+    if config.resume:
+        if config.save_steps and config.save_steps % config.logging_steps:
+            raise ValueError(f"resume needs save_steps ({config.save_steps}) to be a multiple of logging_steps "
+                             f"({config.logging_steps}): the training loss before a resume comes from the log")
+        checkpoint = resume_point(args.output_dir, identity)
+        if checkpoint is not None:
+            run_state.restore(checkpoint)
+            logger.info("%s: resuming from %s", config.desc, checkpoint)
+    trainer = ResumingTrainer(  # a checkpoint appears complete or not at all
         model=model,
         args=args,
         train_dataset=LlavaDataset(train_records, processor),
@@ -205,9 +223,9 @@ def train_and_evaluate(
     )
     logger.info("%s: %s, %d trainable parameters, lr %g", config.desc, prepared.method,
                 prepared.trainable_parameters, prepared.lr)
-    start = time.time()
     with fast_bf16() if config.bf16 else contextlib.nullcontext():
-        train_output = trainer.train()
+        train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    resumed_at = run_state.resumed_at_steps[-1] if run_state.resumed_at_steps else None
     result = {
         "method": prepared.method,
         "lr": prepared.lr,
@@ -217,15 +235,18 @@ def train_and_evaluate(
         "trainable_parameters": prepared.trainable_parameters,
         "precision": f"bf16 autocast, {bf16_kernels()} kernels" if config.bf16 else "fp32",
         "lm_head_positions": "answers",  # harness.answer_loss; records without this key projected every position
-        "train_loss": train_output.training_loss,
-        "train_seconds": round(time.time() - start, 2),
+        "train_loss": training_loss(trainer.state.log_history, resumed_at, train_output.training_loss,
+                                    config.max_steps),
+        "train_seconds": round(run_state.train_seconds(), 2),
         "median_step_seconds": statistics.median(timer.durations) if timer.durations else None,
         "median_phase_seconds": timer.median_phases(),
-        "peak_memory_bytes": memory.peak_bytes,
+        "peak_memory_bytes": run_state.peak_bytes(),
         "peak_memory_kind": memory.kind,
         "tensor_memory": tensor_memory.by_category,
         "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h],
     }
+    if run_state.resumed_at_steps:
+        result["resumed_at_steps"] = run_state.resumed_at_steps
     is_main = trainer.is_world_process_zero()
     del trainer
     gc.collect()

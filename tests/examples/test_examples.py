@@ -89,6 +89,63 @@ def test_llava_script_as_the_results_runner_calls_it(workdir, tmp_path):
         assert answers == "".join("1" if p["correct"] else "0" for p in written) and len(answers) == len(written) > 0
 
 
+class Interrupted(RuntimeError):
+    pass
+
+
+def _curve_run_args(workdir, method, out, lr="0.05"):
+    return _script_args(workdir, workdir["llava"], method, out)[:-2] + [
+        "--max-steps", "4", "--curve-data", str(workdir["test"]), "--curve-samples", "3", "--curve-every", "1",
+        "--save-steps", "2", "--save-total-limit", "1", "--resume", "--no-merge-check", "--lr", lr]
+
+
+@pytest.mark.parametrize("method", ["mft-hard", "full"])  # soft MFT's Trainer resume: tests/test_resume.py
+def test_a_curve_run_interrupted_after_a_checkpoint_resumes_as_one_run(workdir, method, tmp_path, monkeypatch):
+    """Killed at step 3 (after checkpoint-2) and restarted with --resume, the run ends with the same weights, curve,
+    best point, losses and answers as a run that never stopped, and says where it resumed."""
+    from safetensors.torch import load_file
+
+    from examples.llava.train import main
+    from harness.training import StepTimer
+
+    whole = main(_curve_run_args(workdir, method, tmp_path / "whole"))
+    real_step_begin = StepTimer.on_step_begin
+
+    def killed_at_step_3(self, args, state, control, **kwargs):
+        if state.global_step == 2:
+            raise Interrupted("killed")
+        return real_step_begin(self, args, state, control, **kwargs)
+
+    monkeypatch.setattr(StepTimer, "on_step_begin", killed_at_step_3)
+    with pytest.raises(Interrupted):
+        main(_curve_run_args(workdir, method, tmp_path / "parts"))
+    monkeypatch.setattr(StepTimer, "on_step_begin", real_step_begin)
+    parts = main(_curve_run_args(workdir, method, tmp_path / "parts"))
+
+    assert parts["resumed_at_steps"] == [2] and "resumed_at_steps" not in whole
+    assert [p["val_accuracy"] for p in parts["curve"]] == [p["val_accuracy"] for p in whole["curve"]]
+    assert [p["step"] for p in parts["curve"]] == [1, 2, 3, 4]
+    assert parts["best_checkpoint"]["step"] == whole["best_checkpoint"]["step"]
+    for key in ("accuracy", "answers_correct"):
+        assert parts[key] == whole[key] and parts["best_checkpoint"][key] == whole["best_checkpoint"][key]
+    assert parts["loss_history"] == whole["loss_history"]
+    assert parts["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-6)
+    assert parts["train_seconds"] > 0 and parts["peak_memory_bytes"] > 0 and parts["tensor_memory"]["trainable"] > 0
+    weights = "model.safetensors" if method == "full" else "adapter_model.safetensors"
+    a, b = (load_file(os.path.join(r["saved_to"], weights)) for r in (whole, parts))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_the_checkpoint_of_another_run(workdir, tmp_path, monkeypatch):
+    from examples.llava.train import main
+
+    main(_curve_run_args(workdir, "mft", tmp_path))
+    checkpoints = sorted(p.name for p in (tmp_path / "trainer").iterdir())
+    with pytest.raises(ValueError, match=r"checkpoint-4 belongs to another run \(lr: checkpoint 0.05, this run 0.1\)"):
+        main(_curve_run_args(workdir, "mft", tmp_path, lr="0.1"))
+    assert sorted(p.name for p in (tmp_path / "trainer").iterdir()) == checkpoints  # nothing deleted or written
+
+
 @pytest.mark.parametrize("method", ["mft", "mft-hard", "lora", "qlora", "full", "mft-ste"])
 def test_tinyllava_script_runs_every_method(workdir, method, tmp_path):
     from examples.tinyllava.train import main

@@ -109,6 +109,35 @@ def test_a_retired_run_is_planned_again_and_its_retry_counts(tmp_path, monkeypat
     assert "50.0" in text and "merge bug fixed" in text and "test acc 42.00%" in text and rp.slug(first) in text
 
 
+def test_a_long_run_checkpoints_resumes_and_once_recorded_removes_only_its_checkpoints(tmp_path, monkeypatch):
+    monkeypatch.setattr(rp, "RUNS_FILE", tmp_path / "runs.jsonl")
+    monkeypatch.setattr(runner, "OUTPUTS", tmp_path / "outputs")
+    monkeypatch.setattr("harness.easyvqa.prepare_easy_vqa",
+                        lambda: {"val": tmp_path / "val.json", "test": tmp_path / "test.json", "image_folder": tmp_path})
+    long_run = rp.spec("L", "test", "lora", 1e-3, steps=640, curve_every=rp.CURVE_EVERY)
+    trainer = tmp_path / "outputs" / rp.slug(long_run) / "trainer"
+    (trainer / "checkpoint-560").mkdir(parents=True)
+    (trainer / ".checkpoint-640.saving").mkdir()  # left by a save the kill interrupted
+    (trainer / "checkpoint-best").mkdir()  # not a name the run writes
+    (trainer / "curve-best-step-520.safetensors").write_bytes(b"best")
+    (trainer / "notes.txt").write_text("not the run's")
+    (trainer.parent / "log.txt").write_text("the run's first part\n")
+
+    def finished_run(cmd, **kwargs):
+        save_every = int(cmd[cmd.index("--save-steps") + 1])
+        assert "--resume" in cmd and save_every % rp.CURVE_EVERY == 0 and save_every % rp.LOGGING_STEPS == 0
+        metrics = cmd[cmd.index("--metrics-json") + 1]
+        with open(metrics, "w") as f:
+            json.dump({**_ok(long_run, 0.8)["result"], "resumed_at_steps": [560]}, f)
+        return runner.subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(runner.subprocess, "run", finished_run)
+    record = runner.execute(long_run, [])
+    assert record["result"]["resumed_at_steps"] == [560] and rp.load_runs() == [record]
+    assert sorted(p.name for p in trainer.iterdir()) == ["checkpoint-best", "notes.txt"]
+    assert (trainer.parent / "log.txt").read_text().startswith("the run's first part\n")
+
+
 def test_report_is_written_from_records(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "REPORT_FILE", tmp_path / "RESULTS.md")
     text = report.write_report([_ok(rp.sweep_specs()[0], 0.42)])
@@ -377,6 +406,8 @@ def test_grid_names_its_best_cell_beside_the_picked_setting_once_complete():
      "1 of 2 runs on a CPU without native bf16"),
     ("lm_head_positions", "answers", "the LM head ran at every position in every run",
      "1 of 2 runs computed the LM head only at answer positions"),
+    ("resumed_at_steps", [80], "no run was resumed from a checkpoint",
+     "1 of 2 runs resumed from a checkpoint after an interruption"),
 ])
 def test_report_counts_the_runs_whose_record_marks_how_they_trained(tmp_path, monkeypatch, field, value, none_marked,
                                                                      one_marked):
