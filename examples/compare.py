@@ -5,9 +5,9 @@
 
 Each method trains at the hyperparameters picked on validation for examples/RESULTS.md
 (`examples.results_plan.validated_hyperparameters`, read from the committed runs.jsonl): the same numbers the long
-runs use. H-MFT runs at the level read off the long S-MFT masks and the lr its validation check at the short runs'
-length (32 steps, near this job's 40) picked, or at the library defaults (lr 0.01, 1% zeroed) while that check is
-pending.
+runs use, and for as many steps as the short runs that picked them (`results_plan.STEPS`). H-MFT runs at the level
+read off the long S-MFT masks and the lr its validation check at that length picked, or at the library defaults
+(lr 0.01, 1% zeroed) while that check is pending.
 
 The model is the embedded default (SmolLM2-135M-Instruct + EfficientNet-Lite0 as a `LlavaForConditionalGeneration`,
 projector aligned in stage 1; built from pip packages on first use and cached), the data easy-vqa (train split for
@@ -40,9 +40,9 @@ from harness.precision import bf16_is_native, emulation_reason
 from harness.statistics import binomial_se
 from harness.training import TrainConfig, train_and_evaluate
 
-from .results_plan import validated_hyperparameters
+from .results_plan import STEPS, validated_hyperparameters
 
-FULL = {"steps": 40, "batch_size": 8, "eval_samples": 200}
+FULL = {"steps": STEPS, "batch_size": 8, "eval_samples": 200}  # the length the hyperparameters were validated at
 QUICK = {"steps": 2, "batch_size": 2, "eval_samples": 8}
 QUICK_STAGE1_STEPS = 4  # used only when the full stage-1 projector is not cached yet
 

@@ -418,7 +418,7 @@ def hard_long_specs(steps: int, levels: list[float], picked: dict | None) -> tup
 
 def hard_lr_checks(steps: int, levels: list[float]) -> list[dict]:
     """The H-MFT lr checks on validation at the middle of `levels`: at `GRID_STEPS` and at the long runs' `steps`
-    (validation curve; the latter picks their lr), then at the short runs' `STEPS`, near make demo's 40 (the end
+    (validation curve; the latter picks their lr), then at the short runs' `STEPS`, make demo's length (the end
     only; it picks their lr, since the long runs' need not suit a run a twentieth as long). [] without levels."""
     if not levels:
         return []
@@ -508,8 +508,8 @@ TABLE1_GROUPS = (("S-MFT Attn", "mft", "attn"), ("S-MFT MLP", "mft", "mlp"), ("S
 
 
 def validated_hyperparameters(all_runs: list[dict] | None = None) -> dict:
-    """Per method, the hyperparameters picked on validation at the short runs' length (`STEPS`, near make demo's
-    40) from the records: {"mft": {"lr", "init_score", "temperature"}, "lora": {"lr"}, "full": {"lr"}} (phase A),
+    """Per method, the hyperparameters picked on validation at the short runs' length (`STEPS`, make demo's too)
+    from the records: {"mft": {"lr", "init_score", "temperature"}, "lora": {"lr"}, "full": {"lr"}} (phase A),
     plus "mft-hard": {"lr", "sparsity"} once phase L's H-MFT check at `STEPS` has picked them (`hard_lr_pick`). The one
     source `examples.compare` (make demo) and the runs above share."""
     all_runs = load_runs() if all_runs is None else all_runs
