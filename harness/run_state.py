@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -21,9 +22,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from peft_mft.training.trainer import AtomicCheckpointTrainer
+from peft_mft.training.trainer import AtomicCheckpointTrainer, staging_name
 
 BEST_STATE_PREFIX = "curve-best-step-"
 
@@ -93,7 +94,7 @@ class RunState(TrainerCallback, ExportableState):
         # written when found: the checkpoint that records this best point may be saved many steps later
         self.folder.mkdir(parents=True, exist_ok=True)
         target = best_state_file(self.folder, best["step"])
-        staging = target.with_name("." + target.name + ".saving")
+        staging = target.with_name(staging_name(target.name))
         save_file({n: t.contiguous() for n, t in self.curve.best_state.items()}, str(staging))
         os.replace(staging, target)
         self._best_written = best["step"]
@@ -180,11 +181,15 @@ def remove_resume_files(trainer_dir: str | Path) -> None:
     """Delete what a finished run wrote under `trainer_dir` to resume from (``checkpoint-N`` folders,
     ``curve-best-step-N.safetensors`` files and the hidden staging copies of either), so that a later run there
     starts afresh; nothing else in the folder is touched."""
-    folder = Path(trainer_dir)
-    for pattern in ("checkpoint-*", ".checkpoint-*.saving"):
-        for path in folder.glob(pattern):
-            if path.is_dir() and path.name.strip(".").removesuffix(".saving").removeprefix("checkpoint-").isdigit():
-                shutil.rmtree(path)
-    for pattern in (f"{BEST_STATE_PREFIX}*.safetensors", f".{BEST_STATE_PREFIX}*.safetensors.saving"):
-        for path in folder.glob(pattern):
-            path.unlink()
+    written = ((re.compile(rf"{PREFIX_CHECKPOINT_DIR}-\d+"), True),  # (name, is a folder)
+               (re.compile(rf"{BEST_STATE_PREFIX}\d+\.safetensors"), False))
+    for path in Path(trainer_dir).iterdir():
+        # the entry itself, or the file or folder it is the staging copy of
+        for name in (path.name, path.name[1:].removesuffix(".saving")):
+            if path.name in (name, staging_name(name)) and any(
+                    pattern.fullmatch(name) and path.is_dir() == is_dir for pattern, is_dir in written):
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                break

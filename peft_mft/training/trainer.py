@@ -19,6 +19,11 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from ..atomic import fsync_tree, replace_directory
 
 
+def staging_name(name: str) -> str:
+    """The hidden name `name` (a checkpoint folder) is written under until it is complete."""
+    return f".{name}.saving"
+
+
 class AtomicCheckpointMixin:
     """Mixin for `transformers.Trainer` (or a subclass such as TRL's `SFTTrainer`): atomic checkpoints.
 
@@ -41,7 +46,7 @@ class AtomicCheckpointMixin:
             return super()._save_checkpoint(model, trial)
         run_dir = super()._get_output_dir(trial)
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        staging_root = os.path.join(run_dir, f".{name}.saving")
+        staging_root = os.path.join(run_dir, staging_name(name))
         if self.args.should_save and os.path.exists(staging_root):
             shutil.rmtree(staging_root)  # left by a process killed while writing this same step
         self.accelerator.wait_for_everyone()

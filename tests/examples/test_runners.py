@@ -118,6 +118,7 @@ def test_a_long_run_checkpoints_resumes_and_once_recorded_removes_only_its_check
     trainer = tmp_path / "outputs" / rp.slug(long_run) / "trainer"
     (trainer / "checkpoint-560").mkdir(parents=True)
     (trainer / ".checkpoint-640.saving").mkdir()  # left by a save the kill interrupted
+    (trainer / ".curve-best-step-600.safetensors.saving").write_bytes(b"half")  # likewise
     (trainer / "checkpoint-best").mkdir()  # not a name the run writes
     (trainer / "curve-best-step-520.safetensors").write_bytes(b"best")
     (trainer / "notes.txt").write_text("not the run's")
