@@ -19,11 +19,11 @@ from harness.evaluation import correctness_from_text
 from harness.statistics import binomial_se, mcnemar_exact, paired_comparison, t_critical
 
 from .results_plan import (
-    BATCH_SIZE, CURVE_EVERY, FULL_LRS, GRID_LRS, GRID_STEPS, LAYER_THIRDS, LOGGING_STEPS,
-    LONG_EXTRA_SEED_GROUPS, LORA_LRS, MASK_THRESHOLDS, MFT_INIT_T, MFT_LRS, MIN_LEVEL_SHARE, REFERENCE_SPARSITY,
-    REPORT_FILE, RESULTS_DIR, ROOT, SEEDS, STEPS, TABLE1_GROUPS, TEST_QUESTIONS, VAL_QUESTIONS, Plan, accuracy,
-    finished, grid_specs, hard_levels, hard_long_specs, hard_specs, layer_specs, long_spec, main_specs,
-    plan, recorded_answers, retired, run_key, slug, spec, sweep_specs,
+    BATCH_SIZE, CURVE_EVERY, FULL_LRS, GRID_LRS, GRID_STEPS, HEADLINE_REFERENCE, LAYER_THIRDS, LOGGING_STEPS,
+    LONG_EXTRA_SEED_GROUPS, LONG_SEEDS, LORA_LRS, MASK_THRESHOLDS, MFT_INIT_T, MFT_LRS, MIN_LEVEL_SHARE, MORE_SEEDS,
+    REFERENCE_SPARSITY, REPORT_FILE, RESULTS_DIR, ROOT, SEEDS, STEPS, TABLE1_GROUPS, TEST_QUESTIONS, VAL_QUESTIONS,
+    Plan, accuracy, finished, grid_specs, hard_levels, hard_long_specs, hard_specs, layer_specs, long_spec,
+    main_specs, plan, recorded_answers, retired, run_key, slug, spec, sweep_specs,
 )
 
 CURVES_PNG = RESULTS_DIR / "curves.png"
@@ -71,6 +71,14 @@ def resumed_runs_note(runs: dict[str, dict]) -> str:
     return (f"{len(resumed)} of {len(runs)} runs resumed from a checkpoint after an interruption (`harness.run_state`: "
             "the same weights, curve and answers as a run that never stopped; its seconds leave out the work lost "
             "after the last checkpoint)")
+
+
+def more_seeds_note(planned: Plan) -> str:
+    """' (and ...)' naming `MORE_SEEDS` when the plan holds runs of them (`more_seed_specs`), else ''."""
+    if not any(s["seed"] in MORE_SEEDS for s in planned.specs):
+        return ""
+    return (f" (also {', '.join(map(str, MORE_SEEDS))} for the long headline rows whose comparison was within the "
+            f"noise at {len(SEEDS)})")
 
 
 def _mean_std(values: list[float]) -> str:
@@ -131,6 +139,12 @@ def _hyperparameters(pick: dict, method: str) -> str:
     return f"lr {pick['lora' if method in ('lora', 'qlora') else 'full']['lr']:g}"
 
 
+def t_values(most_seeds: int) -> str:
+    """'4.30 for 3 seeds, 3.18 for 4, ...': the 95% critical t from `SEEDS`' count up to `most_seeds` seeds."""
+    counts = range(len(SEEDS), most_seeds + 1)
+    return ", ".join(f"{t_critical(n - 1):.2f} for {n}" + (" seeds" if n == len(SEEDS) else "") for n in counts)
+
+
 def paired_table(by_seed: dict[str, dict[int, float]], reference: str, what: str,
                  answers: dict[str, dict[int, str]] | None = None, explain: bool = True) -> list[str]:
     """Markdown: each row's per-seed accuracy minus `reference`'s on the seeds both have (same data order and
@@ -145,7 +159,7 @@ def paired_table(by_seed: dict[str, dict[int, float]], reference: str, what: str
         intro += " Same tests as above."
     else:
         intro += (f" Mean ± the half-width of its 95% confidence interval (paired t-test, seeds - 1 degrees of "
-                  f"freedom: t = {t_critical(len(SEEDS) - 1):.2f} for {len(SEEDS)} seeds); 'clear' only when the "
+                  f"freedom: t = {t_values(max(len(seeds), len(SEEDS)))}); 'clear' only when the "
                   "interval excludes 0.")
         if mcnemar:
             intro += (" McNemar: per seed, the test questions only this run / only the reference run answered, and "
@@ -252,8 +266,8 @@ def long_table(planned: Plan, runs: dict[str, dict], all_runs: list[dict]) -> li
              "| method | hyperparameters | test acc at best val | test acc at end | steps to best | seconds to best | "
              "train seconds (all steps) | peak RSS (GiB) | tensor memory (GiB) |", "|---" * 9 + "|"]
     for label, method, targets in TABLE1_GROUPS:
-        results = [runs[run_key(long_spec(planned.pick, method, targets, seed, steps))]["result"] for seed in SEEDS
-                   if run_key(long_spec(planned.pick, method, targets, seed, steps)) in runs]
+        results = [runs[key]["result"] for seed in LONG_SEEDS
+                   if (key := run_key(long_spec(planned.pick, method, targets, seed, steps))) in runs]
         hp = _hyperparameters(planned.pick, method)
         if not results:
             lines.append(f"| {label} | {hp} | pending | | | | | | |")
@@ -270,11 +284,17 @@ def long_table(planned: Plan, runs: dict[str, dict], all_runs: list[dict]) -> li
                      + (f"{max(tensors):.2f} |" if tensors else "- |"))
     headline = {}
     for method, targets in LONG_EXTRA_SEED_GROUPS:
-        specs = [long_spec(planned.pick, method, targets, seed, steps) for seed in SEEDS]
+        specs = [long_spec(planned.pick, method, targets, seed, steps) for seed in LONG_SEEDS]
         headline[_label(method, targets)] = _runs_by_seed(runs, specs)
-    reference = _label("mft", "both")
+    reference = _label(*HEADLINE_REFERENCE)
     if len(headline[reference]) >= 2:
         lines += paired_long_tables(headline, reference, all_runs)
+    more = [_label(s["method"], s["targets"]) for s in planned.specs if s["phase"] == "L" and s["seed"] in MORE_SEEDS]
+    if more:
+        lines += ["", f"Seeds {', '.join(map(str, MORE_SEEDS))} of {', '.join(dict.fromkeys(more))}: added because "
+                  f"at {len(SEEDS)} seeds a comparison with {reference} was within the noise (`more_seed_specs`). "
+                  "Once they finish, the tests above (over every finished seed) look a second time at the same "
+                  "comparison, so their 95% is nominal (a little optimistic)."]
     lines += ["", f"![learning curves]({CURVES_PNG.relative_to(REPORT_FILE.parent)}) Validation accuracy per method "
               "(mean over seeds, band: min to max) and training loss."]
     return lines
@@ -445,7 +465,7 @@ def write_curves_png(planned: Plan, runs: dict[str, dict]) -> Path:
     figure = Figure(figsize=(12.0, 4.5), layout="constrained")
     accuracy_ax, loss_ax = figure.subplots(1, 2)
     for label, method, targets in TABLE1_GROUPS:
-        results = [runs[key]["result"] for seed in SEEDS
+        results = [runs[key]["result"] for seed in LONG_SEEDS
                    if (key := run_key(long_spec(planned.pick, method, targets, seed, planned.long_steps))) in runs]
         if not results:
             continue
@@ -491,7 +511,7 @@ def write_report(all_runs: list[dict]) -> str:
         f"- Every run: batch {BATCH_SIZE} (4 questions per record), cosine schedule with 3% warm-up, bf16 autocast "
         f"training and fp32 evaluation ({emulated_kernels_note(runs)}), same data order per seed (so runs with the "
         "same seed are paired); vision tower "
-        f"frozen. Seeds {', '.join(map(str, SEEDS))}; mean ± std over seeds. Long runs: "
+        f"frozen. Seeds {', '.join(map(str, SEEDS))}{more_seeds_note(planned)}; mean ± std over seeds. Long runs: "
         f"{planned.long_steps or '(pending)'} optimizer steps, validation accuracy every {CURVE_EVERY} steps; "
         f"short runs: {STEPS} steps. The untuned model "
         "answers in sentences, so its exact match is near 0 (`python -m examples.compare` prints it as 'no "

@@ -288,16 +288,21 @@ def _long_ok(spec, accuracy, best_step=80):
     return record
 
 
-def test_long_runs_report_best_and_end_time_to_best_and_draw_the_curves(tmp_path, monkeypatch):
+def _with_pilot(tmp_path, monkeypatch) -> tuple[list[dict], dict, int]:
+    """Records up to the long runs' pilot, the report written under tmp_path: (runs, pick, long steps)."""
     monkeypatch.setattr(report, "REPORT_FILE", tmp_path / "RESULTS.md")
     monkeypatch.setattr(report, "CURVES_PNG", tmp_path / "curves.png")
     runs = [_ok(s, 0.5) for s in rp.sweep_specs()]
     pick = rp.plan(runs, compute_analysis=False).pick
-    # the pilot is within one s.e. of its best from step 80, so the long runs take the shortest choice
     runs.append(_long_ok(rp.pilot_spec(pick), 0.9))
-    planned = rp.plan(runs, compute_analysis=False)
-    assert planned.long_steps == rp.LONG_STEP_CHOICES[0]
-    headline = rp.headline_specs(pick, planned.long_steps)
+    return runs, pick, rp.plan(runs, compute_analysis=False).long_steps
+
+
+def test_long_runs_report_best_and_end_time_to_best_and_draw_the_curves(tmp_path, monkeypatch):
+    runs, pick, steps = _with_pilot(tmp_path, monkeypatch)
+    # the pilot is within one s.e. of its best from step 80, so the long runs take the shortest choice
+    assert steps == rp.LONG_STEP_CHOICES[0]
+    headline = rp.headline_specs(pick, steps)
     accuracy = {"mft": (0.80, 0.70, 0.75), "lora": (0.70, 0.60, 0.65)}  # S-MFT 10 points ahead on every seed
     runs += [_long_ok(s, accuracy[s["method"]][s["seed"]]) for s in headline if s["method"] in accuracy]
     text = report.write_report(runs)
@@ -325,6 +330,34 @@ def test_long_runs_report_best_and_end_time_to_best_and_draw_the_curves(tmp_path
     assert "| LoRA (r 16) | -10.0 | -10.0 | -10.0 | -10.0 ± 0.0 | yes | s0 4/4, p 1.00 |" in end
     full = next(line for line in text.splitlines() if line.startswith("| Full FT |"))
     assert full.endswith("| pending | | | | | | |")
+
+
+def test_headline_comparisons_within_the_noise_get_more_seeds(tmp_path, monkeypatch):
+    runs, pick, steps = _with_pilot(tmp_path, monkeypatch)
+    headline = rp.headline_specs(pick, steps)
+    # LoRA: +1, -2, +1 points against S-MFT Both (within the noise); full: 10 points behind on every seed (clear)
+    accuracy = {"mft": (0.80, 0.70, 0.75), "lora": (0.81, 0.68, 0.76), "full": (0.70, 0.60, 0.65)}
+    finished_headline = [_long_ok(s, accuracy[s["method"]][s["seed"]]) for s in headline]
+    assert rp.more_seed_specs(pick, steps, rp.finished(runs + finished_headline[:-1])) == []  # not every seed yet
+    runs += finished_headline
+    planned = rp.plan(runs, compute_analysis=False)
+    more = [s for s in planned.specs if s["seed"] in rp.MORE_SEEDS]
+    assert [(s["method"], s["seed"]) for s in more] == [("mft", 3), ("lora", 3), ("mft", 4), ("lora", 4)]
+    assert planned.specs[-len(more):] == more and all(s["steps"] == steps and s["split"] == "test" for s in more)
+    # every comparison clear: no more seeds
+    clear = {"lora": (0.90, 0.81, 0.86), "full": (0.70, 0.60, 0.65)}
+    all_clear = [_long_ok(s, clear.get(s["method"], accuracy["mft"])[s["seed"]]) for s in headline]
+    assert rp.more_seed_specs(pick, steps, rp.finished(all_clear)) == []
+    # seed 3 of both rows done: the long table and the paired tables use it, with t for 4 seeds
+    runs += [_long_ok(more[0], 0.78), _long_ok(more[1], 0.74)]
+    text = report.write_report(runs)
+    row = next(line for line in text.splitlines() if line.startswith("| S-MFT Both |"))
+    assert "(4 seeds)" in row
+    assert "t = 4.30 for 3 seeds, 3.18 for 4)" in text and "| method | seed 0 | seed 1 | seed 2 | seed 3 |" in text
+    lora = next(line for line in text.splitlines() if line.startswith("| LoRA (r 16) | +1.0"))
+    assert "| +1.0 | -2.0 | +1.0 | -4.0 |" in lora and lora.endswith("| no, within noise |")
+    assert "Seeds 3, 4 of S-MFT Both, LoRA (r 16): added because at 3 seeds" in text
+    assert "Seeds 0, 1, 2 (also 3, 4 for the long headline rows" in text
 
 
 def test_new_runs_keep_the_answers_of_their_result_in_one_form():
