@@ -232,6 +232,11 @@ def accuracy(runs: dict[str, dict], s: dict) -> float | None:
     return r["result"]["accuracy"] if r else None
 
 
+def accuracy_at(result: dict, point: str) -> float:
+    """A long run's test accuracy at `point`: "best" (the best validation checkpoint) or "end"."""
+    return (result["best_checkpoint"] if point == "best" else result)["accuracy"]
+
+
 def best(runs: dict[str, dict], candidates: list[dict], default: dict) -> dict:
     """The candidate with the best validation accuracy (ties and missing runs: ``default``)."""
     scored = [(accuracy(runs, c), c) for c in candidates]
@@ -394,8 +399,8 @@ def more_seed_specs(pick: dict, steps: int, runs: dict[str, dict]) -> list[dict]
         return []
 
     def accuracies(group: tuple[str, str], point: str) -> list[float]:
-        results = [runs[run_key(long_spec(pick, *group, seed, steps))]["result"] for seed in SEEDS]
-        return [(r["best_checkpoint"] if point == "best" else r)["accuracy"] for r in results]
+        return [accuracy_at(runs[run_key(long_spec(pick, *group, seed, steps))]["result"], point)
+                for seed in SEEDS]
 
     within_noise = [group for group in LONG_EXTRA_SEED_GROUPS if group != HEADLINE_REFERENCE and any(
         not paired_comparison(accuracies(group, point), accuracies(HEADLINE_REFERENCE, point)).clear

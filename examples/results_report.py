@@ -23,7 +23,7 @@ from .results_plan import (
     LONG_EXTRA_SEED_GROUPS, LONG_SEEDS, LORA_LRS, MASK_THRESHOLDS, MFT_INIT_T, MFT_LRS, MIN_LEVEL_SHARE, MORE_SEEDS,
     REFERENCE_SPARSITY, REPORT_FILE, RESULTS_DIR, ROOT, SEEDS, STEPS, TABLE1_GROUPS, TEST_QUESTIONS, VAL_QUESTIONS,
     Plan, accuracy, finished, grid_specs, hard_levels, hard_long_specs, hard_specs, layer_specs, long_spec,
-    main_specs, plan, recorded_answers, retired, run_key, slug, spec, sweep_specs,
+    main_specs, plan, recorded_answers, retired, run_key, slug, spec, sweep_specs, accuracy_at,
 )
 
 CURVES_PNG = RESULTS_DIR / "curves.png"
@@ -73,9 +73,14 @@ def resumed_runs_note(runs: dict[str, dict]) -> str:
             "after the last checkpoint)")
 
 
+def more_seed_rows(planned: Plan) -> list[str]:
+    """The Table 1 rows the plan gives `MORE_SEEDS` (`more_seed_specs`), in plan order, each once."""
+    return list(dict.fromkeys(_label(s["method"], s["targets"]) for s in planned.specs if s["seed"] in MORE_SEEDS))
+
+
 def more_seeds_note(planned: Plan) -> str:
-    """' (and ...)' naming `MORE_SEEDS` when the plan holds runs of them (`more_seed_specs`), else ''."""
-    if not any(s["seed"] in MORE_SEEDS for s in planned.specs):
+    """' (also ...)' naming `MORE_SEEDS` when the plan gives them to any row (`more_seed_rows`), else ''."""
+    if not more_seed_rows(planned):
         return ""
     return (f" (also {', '.join(map(str, MORE_SEEDS))} for the long headline rows whose comparison was within the "
             f"noise at {len(SEEDS)})")
@@ -247,8 +252,8 @@ def paired_long_tables(by_label: dict[str, dict[int, dict]], reference: str, all
     points = (("best", "test accuracy at the best validation checkpoint"), ("end", "test accuracy at the end"))
     lines = []
     for point, what in points:
-        accuracy = {label: {seed: (run["result"]["best_checkpoint"] if point == "best" else run["result"])["accuracy"]
-                            for seed, run in seed_runs.items()} for label, seed_runs in by_label.items()}
+        accuracy = {label: {seed: accuracy_at(run["result"], point) for seed, run in seed_runs.items()}
+                    for label, seed_runs in by_label.items()}
         answers = {label: {seed: stored[point] for seed, stored in seed_answers.items() if stored and point in stored}
                    for label, seed_answers in recorded.items()}
         lines += paired_table(accuracy, reference, what, answers, explain=point == "best")
@@ -289,9 +294,9 @@ def long_table(planned: Plan, runs: dict[str, dict], all_runs: list[dict]) -> li
     reference = _label(*HEADLINE_REFERENCE)
     if len(headline[reference]) >= 2:
         lines += paired_long_tables(headline, reference, all_runs)
-    more = [_label(s["method"], s["targets"]) for s in planned.specs if s["phase"] == "L" and s["seed"] in MORE_SEEDS]
+    more = more_seed_rows(planned)
     if more:
-        lines += ["", f"Seeds {', '.join(map(str, MORE_SEEDS))} of {', '.join(dict.fromkeys(more))}: added because "
+        lines += ["", f"Seeds {', '.join(map(str, MORE_SEEDS))} of {', '.join(more)}: added because "
                   f"at {len(SEEDS)} seeds a comparison with {reference} was within the noise (`more_seed_specs`). "
                   "Once they finish, the tests above (over every finished seed) look a second time at the same "
                   "comparison, so their 95% is nominal (a little optimistic)."]
