@@ -11,12 +11,17 @@ from typing import Callable
 
 import torch
 
+from peft_mft.tools.output_file import OutputFileError, check_output_files, json_report_with
+
 from .data import load_llava_json
 from .methods import MethodArgs, add_method_args, prepare_model
 from .models import LoadedVLM
 from .training import TrainConfig, train_and_evaluate
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TRAIN_COMMAND = "the examples' training script"
+# fields every metrics file of `run` holds: how an earlier --metrics-json is told from a file of the user's
+IS_METRICS_FILE = json_report_with("method", "train_loss", "trainable_parameters")
 
 
 def build_parser(description: str, model_help: str) -> argparse.ArgumentParser:
@@ -59,7 +64,8 @@ def build_parser(description: str, model_help: str) -> argparse.ArgumentParser:
     t.add_argument("--gradient-checkpointing", action="store_true")
     t.add_argument("--no-merge-check", dest="check_merged", action="store_false",
                    help="skip evaluating the merged model")
-    t.add_argument("--metrics-json", default=None, help="also write the metrics to this file")
+    t.add_argument("--metrics-json", default=None,
+                   help="also write the metrics to this file (new, or an earlier metrics file: nothing else is replaced)")
     add_method_args(p)
     return p
 
@@ -80,6 +86,11 @@ def run(args, load: Callable[..., LoadedVLM], default_source: Callable[[], str])
     """Load the model (``load(source, quantize_4bit=..., dtype=..., chat_template=...)``), the data, prepare the
     method, train, evaluate, save. Returns the metrics dict."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.metrics_json:  # before hours of training
+        try:
+            check_output_files([args.metrics_json], TRAIN_COMMAND, IS_METRICS_FILE, option=None)
+        except OutputFileError as exc:
+            raise SystemExit(f"--metrics-json: {exc}") from None
     source = args.model or default_source()
     loaded = load(source, quantize_4bit=args.method == "qlora", dtype=DTYPES[args.dtype],
                   chat_template=args.chat_template)

@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 
 from ..errors import MFTInputError
 from .analysis import NEAR_ZERO_THRESHOLD, MaskAnalysis, MaskComparison, analyze_masks, compare_masks, format_share
+from .output_file import check_output_files, png_metadata, png_written_by
 from .report import PROJECTION_HEADER, method_line, projection_cells
 
 EXIT_BAD_INPUT = 2
@@ -93,7 +94,15 @@ def format_analysis(analysis: MaskAnalysis, source: str) -> str:
     return "\n".join(lines)
 
 
+ANALYZE_COMMAND = "peft-mft analyze"
+
+
 def _analyze(args) -> int:
+    if args.plot:  # before the analysis, which reads every score
+        check_output_files([args.plot], ANALYZE_COMMAND, png_written_by(ANALYZE_COMMAND), inputs=[args.adapter],
+                           overwrite=args.overwrite)
+    elif args.overwrite:
+        raise MFTInputError("--overwrite applies to --plot only.")
     analysis = analyze_masks(args.adapter, near_zero_threshold=args.threshold, bins=args.bins, progress=True)
     if args.json:
         print(json.dumps(analysis.to_dict(), indent=2))
@@ -104,7 +113,8 @@ def _analyze(args) -> int:
             from .plots import save_mask_plots
         except ImportError as exc:
             raise MFTInputError(str(exc)) from exc
-        save_mask_plots(analysis, args.plot, title=f"{args.adapter}: {method_line(analysis.config, markdown=False)}")
+        save_mask_plots(analysis, args.plot, title=f"{args.adapter}: {method_line(analysis.config, markdown=False)}",
+                        metadata=png_metadata(ANALYZE_COMMAND))
         print(f"wrote {args.plot}", file=sys.stderr)
     return 0
 
@@ -238,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     analyze.add_argument("adapter", metavar="ADAPTER", help="adapter folder")
     analyze.add_argument("--plot", metavar="OUT.png", help="also write the three plots to this PNG (needs matplotlib)")
+    analyze.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing OUT.png that is not an earlier plot of this command (without it such a file is "
+        "refused; a file of the adapter folder never is replaced)",
+    )
     analyze.add_argument("--json", action="store_true", help="print the statistics as JSON instead of a table")
     analyze.add_argument(
         "--threshold", type=float, default=NEAR_ZERO_THRESHOLD, help="near zero: M < this (default: %(default)s)"

@@ -99,8 +99,10 @@ def plot_layer_heatmap(analysis: MaskAnalysis, ax=None):
     return ax
 
 
-def save_mask_plots(analysis: MaskAnalysis, path: Union[str, os.PathLike], title: Optional[str] = None) -> Path:
-    """Write the three plots side by side to `path` (PNG, 150 dpi); `title` goes above them. Returns the path."""
+def save_mask_plots(analysis: MaskAnalysis, path: Union[str, os.PathLike], title: Optional[str] = None,
+                    metadata: Optional[dict[str, str]] = None) -> Path:
+    """Write the three plots side by side to `path` (PNG, 150 dpi); `title` goes above them, `metadata` into the PNG's
+    text chunks (`peft_mft.tools.output_file.png_metadata`). Returns the path."""
     figure = _figure_class()(figsize=(17.0, 5.0), layout="constrained")
     bar_ax, hist_ax, heat_ax = figure.subplots(1, 3, width_ratios=(1.0, 1.0, 1.1))
     plot_near_zero_by_projection(analysis, bar_ax)
@@ -109,5 +111,5 @@ def save_mask_plots(analysis: MaskAnalysis, path: Union[str, os.PathLike], title
     if title:
         figure.suptitle(title)
     path = Path(path)
-    figure.savefig(path, dpi=150, format="png")
+    figure.savefig(path, dpi=150, format="png", metadata=metadata)
     return path

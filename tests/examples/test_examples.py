@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import LlavaForConditionalGeneration
 
+from harness.cli import IS_METRICS_FILE
 from harness.data import IGNORE_INDEX, DataFormatError, LlavaCollator, load_llava_json
 from harness.easyvqa import infer_caption
 from harness.images import ImagePreprocessor
@@ -60,9 +61,20 @@ def _check_result(result, method, out):
     assert result["lm_head_positions"] == "answers"  # the record says how its logits were computed (RESULTS.md)
     assert result["saved_bytes"] > 0 and os.path.isdir(result["saved_to"])
     assert json.loads((out / "m.json").read_text())["accuracy"] == result["accuracy"]
+    assert IS_METRICS_FILE(out / "m.json")  # so a rerun may replace it (test_metrics_json_never_replaces_a_users_file)
     if method != "full":
         assert result["merged_accuracy"] == result["accuracy"]
         assert result["merged_identical_predictions"]  # QLoRA too: merged into the dequantized base
+
+
+def test_metrics_json_never_replaces_a_users_file(workdir, tmp_path):
+    from examples.llava.train import main
+
+    users = tmp_path / "m.json"
+    users.write_text('{"my": "results"}')
+    with pytest.raises(SystemExit, match=r"--metrics-json: output '.*m.json' exists and is not an earlier output"):
+        main(_script_args(workdir, workdir["llava"], "mft", tmp_path))  # refused before loading the model
+    assert users.read_text() == '{"my": "results"}' and not (tmp_path / "trainer").exists()
 
 
 @pytest.mark.parametrize("method", METHODS)
