@@ -28,6 +28,8 @@ from harness.embedded import embedded_llava_checkpoint
 from harness.methods import MethodArgs, prepare_model
 from harness.models import load_llava
 from harness.precision import EmulatedBF16, cpu_bf16_is_native, cpu_capability
+from harness.report_files import check_report_files
+from peft_mft.tools.output_file import json_report_with
 
 from .timing import load_average, machine_description
 
@@ -54,6 +56,9 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--json", default=None, help="also write the result here")
     args = p.parse_args(argv)
+    if args.json:
+        check_report_files(p, "--json", [args.json], "python -m benchmarks.bf16_emulation",
+                           json_report_with("reordered_gradient_distance_to_emulated"))
     loaded = load_llava(str(embedded_llava_checkpoint()))
     method_args = MethodArgs(init_score=3.0, temperature=0.5) if args.method == "mft" else MethodArgs()
     model = prepare_model(loaded.model, args.method, method_args).model

@@ -17,6 +17,8 @@ import json
 import torch
 
 from harness.precision import cpu_bf16_is_native, cpu_capability
+from harness.report_files import check_report_files
+from peft_mft.tools.output_file import json_report_with
 
 from .timing import load_average, machine_description, summarize, time_interleaved
 
@@ -28,6 +30,9 @@ def main(argv=None) -> dict:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", default=None, help="also write the result here")
     args = p.parse_args(argv)
+    if args.json:
+        check_report_files(p, "--json", [args.json], "python -m benchmarks.bf16_matmul",
+                           json_report_with("bf16_over_fp32"))
     out_features, in_features = (int(n) for n in args.shape.split("x"))
     device = torch.device("cpu")
     x = torch.randn(args.tokens, in_features, requires_grad=True)

@@ -17,7 +17,9 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from harness.report_files import check_report_files
 from peft_mft.mask import MaskSpec, hard_mask_threshold, masked_linear
+from peft_mft.tools.output_file import json_report_with
 
 from .timing import load_average, machine_description, summarize, time_interleaved
 
@@ -181,6 +183,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", default=None, help="also write the result here")
     parser.add_argument("--analysis", action="store_true", help="only print FLOPs and bytes moved per shape")
     args = parser.parse_args(argv)
+    if args.json:
+        check_report_files(parser, "--json", [args.json], "python -m benchmarks.masked_linear",
+                           json_report_with("rows", benchmark="masked_linear"))
     if args.analysis:
         text = analysis(args.shapes, args.tokens)
         print(text)

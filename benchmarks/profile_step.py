@@ -24,6 +24,9 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from harness.report_files import check_report_files
+from peft_mft.tools.output_file import json_report_with, text_starting_with
+
 from .timing import PhaseMarks, load_average, machine_description, release_checkpoint_pages
 from .train_step import load_variant_model, training_records
 from .variants import parse_variant, prepare_variant
@@ -33,6 +36,8 @@ MAX_GRAD_NORM = 1.0  # the Trainer's default, as harness.training.TrainConfig us
 OPERATORS_KEPT = 40  # per variant, by self time
 OPERATORS_SHOWN = 15  # in profile.md, by the largest self time among the variants
 MARKDOWN_START = "Seconds per profiled step"
+COMMAND = "python -m benchmarks.profile_step"
+IS_RESULT = json_report_with("phase_seconds")  # a variant's result, told from other JSON files in --out
 
 
 def trainer_batches(processor, records, batch_size: int, count: int, seed: int, pixel_dtype, device) -> list[dict]:
@@ -134,18 +139,6 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _ours(path: Path) -> bool:
-    """Whether `path` is absent or a file this script wrote (so writing it again loses nothing of the user's)."""
-    if not path.exists():
-        return True
-    if path.suffix == ".md":
-        return path.read_text(errors="replace").startswith(MARKDOWN_START)
-    try:
-        return "phase_seconds" in json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError):
-        return False
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("variant", help="METHOD[+OPTION...], as benchmarks.train_step --methods takes them")
@@ -162,16 +155,15 @@ def main(argv=None) -> dict:
     if args.steps < 1 or args.warmup < 0:
         parser.error(f"--steps must be >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}")
     result_file, table_file = args.out / f"{args.variant}.json", args.out / "profile.md"
-    for path in (result_file, table_file):
-        if not _ours(path):
-            parser.error(f"{path} exists and was not written by benchmarks.profile_step; choose another --out")
+    check_report_files(parser, "--out", [result_file], COMMAND, IS_RESULT)
+    check_report_files(parser, "--out", [table_file], COMMAND, text_starting_with(MARKDOWN_START))
     try:
         result = profile_variant(args.variant, args)
     except ValueError as exc:  # a variant or batch the data cannot give
         parser.error(str(exc))
     args.out.mkdir(parents=True, exist_ok=True)
     result_file.write_text(json.dumps(result, indent=1))
-    results = [r for r in (json.loads(p.read_text()) for p in sorted(args.out.glob("*.json")) if _ours(p))]
+    results = [json.loads(p.read_text()) for p in sorted(args.out.glob("*.json")) if IS_RESULT(p)]
     table_file.write_text(markdown(results) + "\n")
     return result
 

@@ -22,9 +22,11 @@ import torch
 
 from harness.evaluation import evaluate_vqa
 from harness.models import load_llava
+from harness.report_files import check_report_files
 from harness.statistics import binomial_se
 from peft_mft.adapter_files import load_adapter
 from peft_mft.tools.export import COMPACT_WEIGHTS_NAME, export_compact_adapter, load_compact_adapter
+from peft_mft.tools.output_file import json_report_with
 from peft_mft.tools.sparse_threshold import random_calibration_inputs
 
 DEFAULT_THRESHOLDS = (0.001, 0.003, 0.01, 0.02, 0.05, 0.1, 0.2)
@@ -120,6 +122,11 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     from harness.data import load_llava_json
 
+    out = Path(args.out)
+    check_report_files(p, "--out", [out / "sparse_sizes.json", out / "sparse_sizes.md", out / "sparse_sizes.png"],
+                       "python -m benchmarks.sparse_sizes",
+                       json_report_with("rows", "scores_bytes", "float32_accuracy"))
+
     if args.eval_data is None:
         from harness.easyvqa import prepare_easy_vqa
 
@@ -138,7 +145,6 @@ def main(argv=None) -> dict:
     records = load_llava_json(args.eval_data, args.image_folder, limit=args.eval_samples)
     report = measure(Path(args.adapter), args.model, records, args.thresholds)
     report["command"] = "python -m benchmarks.sparse_sizes " + " ".join(sys.argv[1:] if argv is None else argv)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sparse_sizes.json").write_text(json.dumps(report, indent=1))
     (out / "sparse_sizes.md").write_text(markdown(report, lora_bytes) + "\n")

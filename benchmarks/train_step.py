@@ -42,8 +42,10 @@ import torch
 
 from harness.answer_loss import answer_logits_loss, answer_positions
 from harness.memory import PeakMemory, rss_bytes
+from harness.report_files import check_report_files
 from harness.tensor_memory import CATEGORIES, TensorMemory
 from peft_mft.errors import QuantizedMergeError
+from peft_mft.tools.output_file import json_report_with
 
 from .timing import PhaseMarks, load_average, machine_description, release_checkpoint_pages, summarize, synchronize
 from .variants import Variant, parse_variant, prepare_variant
@@ -492,7 +494,7 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="LLaVA checkpoint folder or Hub id (default: the embedded VLM)")
     parser.add_argument("--methods", default=",".join(DEFAULT_VARIANTS),
@@ -517,13 +519,14 @@ def parse_args(argv=None):
                         help="run variants in this process (fast, for tests; peak memory is then not per variant)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--result-file", default=None, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    return parser
 
 
 def main(argv=None) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -535,8 +538,10 @@ def main(argv=None) -> dict:
     command = "python -m benchmarks.train_step " + " ".join(sys.argv[1:] if argv is None else argv)
     load_start = load_average()
     out = Path(args.out or Path(__file__).parent / "results" / device.type)
-    out.mkdir(parents=True, exist_ok=True)
     stem = "memory_accuracy" if args.accuracy_steps else "train_step"
+    check_report_files(parser, "--out", [out / f"{stem}.json", out / f"{stem}.md"], "python -m benchmarks.train_step",
+                       json_report_with("results", "setup", benchmark="train_step"))
+    out.mkdir(parents=True, exist_ok=True)
 
     setup = {"batch_size": args.batch_size, "seq_len": args.seq_len, "steps": args.steps, "warmup": args.warmup,
              "accuracy_steps": args.accuracy_steps, "eval_samples": args.eval_samples, "seed": args.seed,

@@ -37,8 +37,10 @@ from harness.evaluation import evaluate_vqa
 from harness.methods import METHODS, MethodArgs, prepare_model
 from harness.models import load_llava
 from harness.precision import bf16_is_native, emulation_reason
+from harness.report_files import check_report_files
 from harness.statistics import binomial_se
 from harness.training import TrainConfig, train_and_evaluate
+from peft_mft.tools.output_file import json_report_with
 
 from .results_plan import STEPS, validated_hyperparameters
 
@@ -170,6 +172,9 @@ def main(argv=None) -> list[dict]:
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         p.error(f"unknown methods {unknown}; choose from {METHODS}")
+    out = Path(args.output_dir)
+    check_report_files(p, "--output-dir", [out / "results.json", out / "curves.png"], "python -m examples.compare",
+                       json_report_with("settings", "runs"))
 
     bf16 = args.bf16 or (not args.fp32 and bf16_is_native())
     if not bf16 and not args.fp32:
@@ -184,7 +189,6 @@ def main(argv=None) -> list[dict]:
     data = prepare_easy_vqa()
     train_records = load_llava_json(data["train"], data["image_folder"])
     eval_records = load_llava_json(data["test"], data["image_folder"], limit=eval_samples)
-    out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     print(f"model {checkpoint}\ntrain {len(train_records)} records, eval {len(eval_records)} test questions; "
           f"{steps} steps x batch {batch_size} per method, seed {args.seed}")

@@ -65,7 +65,7 @@ def build_parser(description: str, model_help: str) -> argparse.ArgumentParser:
     t.add_argument("--no-merge-check", dest="check_merged", action="store_false",
                    help="skip evaluating the merged model")
     t.add_argument("--metrics-json", default=None,
-                   help="also write the metrics to this file (new, or an earlier metrics file: nothing else is replaced)")
+                   help="also write the metrics to this file (new, or an earlier metrics file; nothing else replaced)")
     add_method_args(p)
     return p
 

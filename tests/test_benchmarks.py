@@ -3,6 +3,7 @@
 import json
 import os
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ from harness.models import load_llava
 from harness.training import StepTimer
 
 from .examples.tiny import make_dataset, save_tiny_llava
+
+COMMITTED = Path(__file__).resolve().parents[1] / "benchmarks" / "results"  # reports the scripts wrote earlier
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -94,6 +97,9 @@ def test_bf16_base_keeps_scores_and_activations_float32(tiny):
 
 def test_train_step_reports_every_figure_and_its_ratio_to_full(tiny):
     out = tiny["root"] / "out"
+    out.mkdir()
+    for name in ("train_step.json", "train_step.md"):  # a committed earlier report, which the run replaces
+        (out / name).write_bytes((COMMITTED / "cpu-lean" / name).read_bytes())
     report = train_step.main([
         "--model", str(tiny["model"]), "--data", str(tiny["train"]), "--methods", "full,mft-hard,lora-r8,mft+sgd,mft+adafactor",
         "--batch-size", "2", "--seq-len", "48", "--steps", "2", "--warmup", "1", "--in-process", "--out", str(out),
@@ -218,6 +224,7 @@ def test_compact_logit_drift_sees_other_masks_and_restores_the_trained_scores(ti
 
 
 def test_masked_linear_benchmark_reports_a_ratio_per_layer(tmp_path):
+    (tmp_path / "layer.json").write_bytes((COMMITTED / "cpu" / "masked_linear.json").read_bytes())  # replaced
     result = masked_linear.main(["--shapes", "64x32", "--tokens", "16", "--repeats", "3", "--warmup", "1",
                                  "--json", str(tmp_path / "layer.json")])
     layers = {row["layer"]: row for row in result["rows"]}
@@ -272,6 +279,9 @@ def test_sparse_sizes_sweeps_thresholds_of_a_trained_adapter(tiny):
     adapter = tiny["root"] / "sparse-adapter"
     model.save_pretrained(adapter)
     out = tiny["root"] / "sparse"
+    out.mkdir()
+    for name in ("sparse_sizes.json", "sparse_sizes.md", "sparse_sizes.png"):  # committed: replaced by the run
+        (out / name).write_bytes((COMMITTED / "cpu-sparse-400" / name).read_bytes())
     report = sparse_sizes.main([str(adapter), "--model", str(tiny["model"]), "--eval-data", str(tiny["test"]),
                                 "--eval-samples", "4", "--thresholds", "0", "0.05", "10", "--lora-bytes",
                                 "lora-r16=5000", "--out", str(out)])
@@ -280,6 +290,7 @@ def test_sparse_sizes_sweeps_thresholds_of_a_trained_adapter(tiny):
     assert rows[0.0]["bytes"] > rows[0.05]["bytes"] > rows[10.0]["bytes"]
     assert rows[0.0]["max_logit_drift"] < 1e-2  # everything kept: float16 deviations only
     assert {p.name for p in out.iterdir()} == {"sparse_sizes.json", "sparse_sizes.md", "sparse_sizes.png"}
+    assert json.loads((out / "sparse_sizes.json").read_text())["rows"] == report["rows"]
     assert "lora-r16: 0.0 MiB" in (out / "sparse_sizes.md").read_text()
 
 
@@ -309,7 +320,8 @@ def test_profile_step_times_the_phases_and_names_the_mask_operators(tiny, capsys
     theirs.write_text('{"notes": "mine"}')
     with pytest.raises(SystemExit):
         profile_step.main(["mft+gc"] + common)
-    assert "was not written by benchmarks.profile_step" in capsys.readouterr().err
+    refusal = capsys.readouterr().err
+    assert "mft+gc.json' exists and is not an earlier output of python -m benchmarks.profile_step" in refusal
     assert theirs.read_text() == '{"notes": "mine"}' and "mft+gc" not in (out / "profile.md").read_text()
 
 
@@ -323,3 +335,29 @@ def test_answer_logits_steps_train_the_same_loss(tiny):
     assert answers["variant"] == "mft+answer-logits" and len(answers["losses"]) == len(every["losses"]) == 3
     # the same loss at every step (same batch, same updates); the saving needs a real vocabulary (benchmarks/README)
     torch.testing.assert_close(torch.tensor(answers["losses"]), torch.tensor(every["losses"]), rtol=1e-4, atol=1e-6)
+
+
+def _users_file(folder, name):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text("the user's own file")
+    return folder / name
+
+
+@pytest.mark.parametrize("script, argv, planted", [
+    ("bf16_matmul", ["--json", "{d}/result.json"], "result.json"),
+    ("bf16_emulation", ["--json", "{d}/result.json"], "result.json"),
+    ("masked_linear", ["--json", "{d}/result.json"], "result.json"),
+    ("train_step", ["--out", "{d}", "--methods", "mft"], "train_step.json"),
+    ("train_step", ["--out", "{d}", "--methods", "mft", "--accuracy-steps", "1"], "memory_accuracy.md"),
+    ("sparse_sizes", ["{d}/no-adapter", "--out", "{d}"], "sparse_sizes.png"),
+])
+def test_a_report_path_holding_a_users_file_is_refused_before_any_work(tmp_path, capsys, script, argv, planted):
+    import importlib
+
+    users = _users_file(tmp_path / "out", planted)
+    main = importlib.import_module(f"benchmarks.{script}").main
+    with pytest.raises(SystemExit) as exit_info:  # no model is built or loaded, no folder read: nothing to mock
+        main([arg.format(d=tmp_path / "out") for arg in argv])
+    assert exit_info.value.code == 2
+    assert f"{users}' exists and is not an earlier output of python -m benchmarks.{script}" in capsys.readouterr().err
+    assert users.read_text() == "the user's own file" and [p.name for p in users.parent.iterdir()] == [planted]

@@ -11,6 +11,7 @@ from peft_mft.tools.output_file import (
     png_metadata,
     png_text,
     png_written_by,
+    text_starting_with,
 )
 
 from .hand_masks import hand_masked_llama
@@ -53,6 +54,16 @@ def test_an_earlier_report_is_recognised_by_its_fields(tmp_path):
             check_output_files([report], COMMAND, json_report_with("rows"))
 
 
+def test_a_table_is_recognised_by_its_first_words(tmp_path):
+    table = tmp_path / "t.md"
+    table.write_text("Seconds per profiled step (...)\n| a |")
+    check_output_files([table], COMMAND, text_starting_with("Seconds per profiled step"))
+    for text in ("My seconds per profiled step", ""):
+        table.write_text(text)
+        with pytest.raises(OutputFileError):
+            check_output_files([table], COMMAND, text_starting_with("Seconds per profiled step"))
+
+
 def test_companions_count_as_the_earlier_output_only_beside_it(tmp_path):
     report, table = tmp_path / "r.json", tmp_path / "r.md"
     table.write_text("my own table")
@@ -88,7 +99,7 @@ def test_png_tag_tells_a_commands_plot_from_any_other_png(tmp_path):
     assert png_text(tmp_path) == {}
 
 
-# ---- peft-mft analyze --plot ------------------------------------------------------------------------------------------
+# ---- peft-mft analyze --plot ---------------------------------------------------------------------------------------
 
 
 @pytest.fixture

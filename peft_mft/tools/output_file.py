@@ -79,6 +79,19 @@ def json_report_with(*keys: str, **values) -> Recogniser:
     return recognise
 
 
+def text_starting_with(prefix: str) -> Recogniser:
+    """Recognises a text file (a command's Markdown table) whose first characters are `prefix`."""
+
+    def recognise(path: Path) -> bool:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                return f.read(len(prefix)) == prefix
+        except OSError:
+            return False
+
+    return recognise
+
+
 def check_output_files(
     outputs: Sequence[PathLike],
     command: str,

@@ -389,6 +389,7 @@ def test_compare_exits_non_zero_when_a_method_fails_and_keeps_the_others(workdir
     monkeypatch.setattr(compare, "prepare_model", prepare_with_a_bug)
     argv = ["--methods", "mft,lora", "--steps", "1", "--batch-size", "2", "--eval-samples", "2", "--no-baseline",
             "--output-dir", str(tmp_path)]
+    compare.write_results(tmp_path, None, [], steps=8)  # an earlier run's results, which this run replaces
     with pytest.raises(SystemExit) as exit_info:
         compare.main(argv)
     assert exit_info.value.code not in (0, None) and "1 of 2 methods failed (lora)" in str(exit_info.value.code)
@@ -399,6 +400,16 @@ def test_compare_exits_non_zero_when_a_method_fails_and_keeps_the_others(workdir
     assert (used["mft"].lr, used["mft"].init_score, used["mft"].temperature) == (0.07, 4.0, 0.9)
     assert used["lora"].lr == 5e-4 and runs[0]["lr"] == 0.07
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_refuses_an_output_dir_holding_a_users_results_file(tmp_path, capsys):
+    import examples.compare as compare
+
+    (tmp_path / "results.json").write_text('{"my": "results"}')
+    with pytest.raises(SystemExit) as exit_info:  # before building or loading any model
+        compare.main(["--methods", "mft", "--output-dir", str(tmp_path)])
+    assert exit_info.value.code == 2 and "results.json' exists and is not an earlier output" in capsys.readouterr().err
+    assert (tmp_path / "results.json").read_text() == '{"my": "results"}'
 
 
 @pytest.mark.parametrize("flags, bf16", [([], False), (["--bf16"], True)])
