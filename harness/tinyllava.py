@@ -22,6 +22,7 @@ import json
 import math
 import re
 import shutil
+import uuid
 from pathlib import Path
 
 import torch
@@ -106,8 +107,20 @@ def _num_image_tokens(vision_config, strategy: str) -> int | None:
     return n - 1 if strategy == "default" else n
 
 
+def _staging_folder(dest: Path) -> Path:
+    """A new hidden folder beside `dest`, to be renamed to `dest` once complete (a crash leaves `dest` absent, never
+    half-written). `dest` must be absent or an empty folder: nothing of the user's is replaced or deleted."""
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise FileExistsError(f"{dest} exists and is not an empty folder; choose a new folder (nothing there is "
+                              "replaced)")
+    staging = dest.with_name(f".{dest.name}.partial-{uuid.uuid4().hex[:8]}")
+    staging.mkdir(parents=True)
+    return staging
+
+
 def convert_tinyllava_checkpoint(source: str, destination: str | Path | None = None) -> Path:
-    """Write (once) a LLaVA-format copy of a TinyLLaVA checkpoint and return its folder."""
+    """Write (once) a LLaVA-format copy of a TinyLLaVA checkpoint and return its folder: `destination` (absent, empty,
+    or an earlier conversion, returned as it is) or a folder in the cache."""
     from transformers import AutoTokenizer, LlavaConfig
 
     from . import vision_efficientnet  # noqa: F401  (so an exported embedded model converts back)
@@ -164,9 +177,7 @@ def convert_tinyllava_checkpoint(source: str, destination: str | Path | None = N
         tie_word_embeddings=tie,
         image_seq_length=_num_image_tokens(vision_config, strategy) or 576,
     )
-    tmp = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = _staging_folder(dest)
     weight_map = {}
     for n, path in enumerate(files):
         tensors = {_rename(k, source): v for k, v in _read_tensors(path).items()}
@@ -187,7 +198,6 @@ def convert_tinyllava_checkpoint(source: str, destination: str | Path | None = N
     pad = cfg.get("image_aspect_ratio", "square") == "pad"
     ImagePreprocessor.for_checkpoint(str(folder), vision_config, pad_to_square=pad).save_pretrained(tmp)
     (tmp / "tinyllava_source.json").write_text(json.dumps({"source": source, "stamp": stamp}))
-    shutil.rmtree(dest, ignore_errors=True)
     tmp.replace(dest)
     return dest
 
@@ -206,7 +216,8 @@ def load_tinyllava(source: str, **kwargs) -> LoadedVLM:
 
 
 def export_tinyllava_checkpoint(llava_folder: str | Path, destination: str | Path) -> Path:
-    """Write a LLaVA checkpoint (2-layer GELU projector) in TinyLLaVA Factory's layout."""
+    """Write a LLaVA checkpoint (2-layer GELU projector) in TinyLLaVA Factory's layout into `destination`, which must
+    be absent or an empty folder."""
     from transformers import AutoConfig, AutoTokenizer
 
     from . import vision_efficientnet  # noqa: F401
@@ -215,9 +226,7 @@ def export_tinyllava_checkpoint(llava_folder: str | Path, destination: str | Pat
 
     src, dest = Path(llava_folder), Path(destination)
     config = AutoConfig.from_pretrained(src)
-    tmp = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = _staging_folder(dest)
     tensors = {}
     # Through the model, not the files: transformers saves LLaVA under older names than it uses in memory.
     state = LlavaForConditionalGeneration.from_pretrained(src).state_dict()
@@ -253,7 +262,6 @@ def export_tinyllava_checkpoint(llava_folder: str | Path, destination: str | Pat
     AutoTokenizer.from_pretrained(src).save_pretrained(tmp)
     if (src / PREPROCESSOR_FILE).is_file():
         shutil.copy(src / PREPROCESSOR_FILE, tmp / PREPROCESSOR_FILE)
-    shutil.rmtree(dest, ignore_errors=True)
     tmp.replace(dest)
     return dest
 

@@ -195,6 +195,17 @@ def test_tinyllava_export_round_trips(workdir, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_tinyllava_writers_never_replace_a_users_folder(workdir, tmp_path):
+    users = tmp_path / "mine"
+    users.mkdir()
+    (users / "notes.txt").write_text("my notes")
+    with pytest.raises(FileExistsError, match="mine exists and is not an empty folder"):
+        export_tinyllava_checkpoint(workdir["llava"], users)
+    with pytest.raises(FileExistsError, match="mine exists and is not an empty folder"):
+        convert_tinyllava_checkpoint(str(workdir["tinyllava"]), users)
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"] and (users / "notes.txt").read_text() == "my notes"
+
+
 # ---- data -------------------------------------------------------------------------------------------------------
 
 
