@@ -411,16 +411,18 @@ def layer_section(planned: Plan, runs: dict[str, dict]) -> list[str]:
     lines = ["", f"## Layer ranges (S-MFT Both, {planned.long_steps} steps, seed 0, test accuracy %)", "",
              "The projector is masked in every row; the rows differ in which decoder layers are. One seed each, so "
              f"each cell carries its binomial s.e. and no gap is called clear.", "",
-             "| layers | test acc at best val | test acc at end | steps to best |", "|---|---|---|---|"]
+             "| layers | trained scores | test acc at best val | test acc at end | steps to best |",
+             "|---|---|---|---|---|"]
     rows = [("all", long_spec(planned.pick, "mft", "both", 0, planned.long_steps))]
     rows += [(f"{s['layers']} third", s) for s in layer_specs(planned.pick, planned.long_steps)]
     for name, s in rows:
         run = runs.get(run_key(s))
         if run is None:
-            lines.append(f"| {name} | pending | | |")
+            lines.append(f"| {name} | | pending | | |")
             continue
         r = run["result"]
-        lines.append(f"| {name} | {_cell([r['best_checkpoint']['accuracy']], TEST_QUESTIONS)} | "
+        lines.append(f"| {name} | {r['trainable_parameters'] / 1e6:.2f}M | "
+                     f"{_cell([r['best_checkpoint']['accuracy']], TEST_QUESTIONS)} | "
                      f"{_cell([r['accuracy']], TEST_QUESTIONS)} | {r['best_checkpoint']['step']} |")
     return lines
 

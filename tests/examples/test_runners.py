@@ -360,6 +360,17 @@ def test_headline_comparisons_within_the_noise_get_more_seeds(tmp_path, monkeypa
     assert "Seeds 0, 1, 2 (also 3, 4 for the long headline rows" in text
 
 
+def test_layer_rows_show_each_ranges_trained_scores_and_wait_for_their_run(tmp_path, monkeypatch):
+    runs, pick, steps = _with_pilot(tmp_path, monkeypatch)
+    all_layers, first = rp.long_spec(pick, "mft", "both", 0, steps), rp.layer_specs(pick, steps)[0]
+    runs += [_long_ok(all_layers, 0.85, best_step=400), _long_ok(first, 0.80, best_step=240)]
+    runs[-1]["result"]["trainable_parameters"] = 36_458_496
+    lines = report.write_report(runs).splitlines()
+    assert "| first third | 36.46M | 81.0 (1 seed, ± 2.0 s.e.) | 80.0 (1 seed, ± 2.0 s.e.) | 240 |" in lines
+    assert "| all | 0.00M | 86.0 (1 seed, ± 1.7 s.e.) | 85.0 (1 seed, ± 1.8 s.e.) | 400 |" in lines
+    assert "| middle third | | pending | | |" in lines
+
+
 def test_new_runs_keep_the_answers_of_their_result_in_one_form():
     result = {"accuracy": 0.5, "answers_correct": "10", "best_checkpoint": {"step": 4, "answers_correct": "11"}}
     assert rp.answers_in_result(result) == {"end": "10", "best": "11"}
