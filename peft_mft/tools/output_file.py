@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 from ..errors import MFTInputError
+from .output_folder import relation_to_input
 
 PathLike = Union[str, os.PathLike]
 Recogniser = Callable[[Path], bool]
@@ -110,13 +111,14 @@ def check_output_files(
     for path in paths:
         if path.is_dir():
             raise OutputFileError(f"output {str(path)!r} is a folder, not a file; choose a file path.")
-        resolved = path.resolve()
         for source in inputs:
-            source_resolved = Path(source).resolve()
-            if resolved == source_resolved or (path.exists() and source_resolved in resolved.parents):
+            relation = relation_to_input(path, source)
+            # a new file inside an input folder replaces nothing; an existing one there is the input's
+            if relation == "is the input" or (relation == "lies inside the input" and path.exists()):
+                shown = "the input" if relation == "is the input" else "a file of the input"
                 raise OutputFileError(
-                    f"output {str(path)!r} is {'the input' if resolved == source_resolved else 'a file of the input'} "
-                    f"{str(source)!r}; writing it would replace what {command} reads. Choose a path outside the input."
+                    f"output {str(path)!r} is {shown} {str(source)!r}; writing it would replace what {command} "
+                    "reads. Choose a path outside the input."
                 )
     existing = [path for path in paths if path.exists()]
     if not existing or overwrite or is_earlier_output(paths[0]):

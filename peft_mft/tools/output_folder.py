@@ -39,22 +39,28 @@ def written_by(folder: PathLike) -> tuple[str | None, list[str]]:
         return None, []
 
 
+def relation_to_input(output: PathLike, source: PathLike) -> str | None:
+    """How `output` stands to the input `source` ("is the input", "contains the input", "lies inside the input"),
+    symlinks resolved; None when they are apart."""
+    resolved, source_resolved = Path(output).resolve(), Path(source).resolve()
+    if resolved == source_resolved:
+        return "is the input"
+    if resolved in source_resolved.parents:
+        return "contains the input"
+    if source_resolved in resolved.parents:
+        return "lies inside the input"
+    return None
+
+
 def check_output_folder(output: PathLike, inputs: Sequence[PathLike], command: str, overwrite: bool = False) -> None:
     """Raise `OutputFolderError` (one line naming both paths or the folder) when `command` may not write `output`.
 
     `inputs`: the folders the command reads. See the module docstring for the rule.
     """
     out = Path(output)
-    resolved = out.resolve()
     for source in inputs:
-        source_resolved = Path(source).resolve()
-        if resolved == source_resolved:
-            relation = "is the input"
-        elif resolved in source_resolved.parents:
-            relation = "contains the input"
-        elif source_resolved in resolved.parents:
-            relation = "lies inside the input"
-        else:
+        relation = relation_to_input(out, source)
+        if relation is None:
             continue
         raise OutputFolderError(
             f"output {str(output)!r} {relation} {str(source)!r}; writing it could replace the input. Choose an output "
