@@ -70,6 +70,20 @@ def build_parser(description: str, model_help: str) -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """`parser.parse_args(argv)` plus the checks that need more than one option or the file system; a bad combination
+    exits through `parser.error` (status 2, usage and one line naming the option) before any model is loaded."""
+    args = parser.parse_args(argv)
+    if args.curve_data and not args.curve_every:
+        parser.error("--curve-data needs --curve-every N (optimizer steps between validation points)")
+    if args.metrics_json:  # before hours of training
+        try:
+            check_output_files([args.metrics_json], TRAIN_COMMAND, IS_METRICS_FILE, option=None)
+        except OutputFileError as exc:
+            parser.error(f"--metrics-json: {exc}")
+    return args
+
+
 def resolve_data(args) -> tuple[str, str | None, str | None, str | None]:
     if args.data is None:
         from .easyvqa import prepare_easy_vqa
@@ -83,14 +97,9 @@ def resolve_data(args) -> tuple[str, str | None, str | None, str | None]:
 
 
 def run(args, load: Callable[..., LoadedVLM], default_source: Callable[[], str]) -> dict:
-    """Load the model (``load(source, quantize_4bit=..., dtype=..., chat_template=...)``), the data, prepare the
-    method, train, evaluate, save. Returns the metrics dict."""
+    """For `args` from `parse_args`: load the model (``load(source, quantize_4bit=..., dtype=...,
+    chat_template=...)``), the data, prepare the method, train, evaluate, save. Returns the metrics dict."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if args.metrics_json:  # before hours of training
-        try:
-            check_output_files([args.metrics_json], TRAIN_COMMAND, IS_METRICS_FILE, option=None)
-        except OutputFileError as exc:
-            raise SystemExit(f"--metrics-json: {exc}") from None
     source = args.model or default_source()
     loaded = load(source, quantize_4bit=args.method == "qlora", dtype=DTYPES[args.dtype],
                   chat_template=args.chat_template)
@@ -100,8 +109,6 @@ def run(args, load: Callable[..., LoadedVLM], default_source: Callable[[], str])
     eval_records = (
         load_llava_json(eval_data, eval_folder, limit=args.eval_samples or None) if eval_data else None
     )
-    if args.curve_data and not args.curve_every:
-        raise SystemExit("--curve-data needs --curve-every N (optimizer steps between validation points)")
     curve_records = (
         load_llava_json(args.curve_data, args.curve_image_folder or folder, limit=args.curve_samples or None)
         if args.curve_data else None

@@ -12,7 +12,7 @@ adapter is merged and the merged model measured again.
 
 from __future__ import annotations
 
-from harness.cli import build_parser, main_env, run
+from harness.cli import build_parser, main_env, parse_args, run
 from harness.embedded import embedded_llava_checkpoint
 from harness.models import load_llava
 
@@ -24,7 +24,7 @@ def main(argv=None) -> dict:
         "LLaVA checkpoint: local folder or Hub id (default: the embedded SmolLM2 + EfficientNet-Lite0 VLM, built "
         "from pip packages and cached)",
     )
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     return run(args, load_llava, embedded_llava_checkpoint)
 
 

@@ -11,7 +11,7 @@ saving and merging are the LLaVA example's code (harness).
 
 from __future__ import annotations
 
-from harness.cli import build_parser, main_env, run
+from harness.cli import build_parser, main_env, parse_args, run
 from harness.tinyllava import embedded_tinyllava_checkpoint, load_tinyllava
 
 
@@ -22,7 +22,7 @@ def main(argv=None) -> dict:
         "TinyLLaVA checkpoint: local folder or Hub id (default: the embedded SmolLM2 + EfficientNet-Lite0 VLM "
         "exported in TinyLLaVA format)",
     )
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     return run(args, load_tinyllava, lambda: str(embedded_tinyllava_checkpoint()))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import string
 
 import pytest
@@ -67,14 +68,27 @@ def _check_result(result, method, out):
         assert result["merged_identical_predictions"]  # QLoRA too: merged into the dequantized base
 
 
-def test_metrics_json_never_replaces_a_users_file(workdir, tmp_path):
+def test_metrics_json_never_replaces_a_users_file(workdir, tmp_path, capsys):
     from examples.llava.train import main
 
     users = tmp_path / "m.json"
     users.write_text('{"my": "results"}')
-    with pytest.raises(SystemExit, match=r"--metrics-json: output '.*m.json' exists and is not an earlier output"):
+    with pytest.raises(SystemExit) as exit_info:
         main(_script_args(workdir, workdir["llava"], "mft", tmp_path))  # refused before loading the model
+    assert exit_info.value.code == 2  # argparse's status for bad arguments, as the benchmarks' report checks
+    assert re.search(r"--metrics-json: output '.*m.json' exists and is not an earlier output", capsys.readouterr().err)
     assert users.read_text() == '{"my": "results"}' and not (tmp_path / "trainer").exists()
+
+
+def test_curve_data_without_curve_every_is_refused_before_loading(workdir, tmp_path, capsys):
+    from examples.tinyllava.train import main
+
+    args = _script_args(workdir, tmp_path / "no-model-here", "mft", tmp_path) + ["--curve-data", str(workdir["test"])]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)  # a missing model folder would raise OSError, so this exits before any load
+    assert exit_info.value.code == 2
+    assert "--curve-data needs --curve-every N" in capsys.readouterr().err
+    assert not (tmp_path / "trainer").exists()
 
 
 @pytest.mark.parametrize("method", METHODS)
