@@ -42,6 +42,17 @@ def model_builds_line(runs: dict[str, dict]) -> str:
         caveat if len(counts) > 1 else ".")
 
 
+def progress_line(specs: list[dict], runs: dict[str, dict], pick: dict | None) -> str:
+    """How many planned runs finished, and the rest by name (each one's folder under outputs/results/), in the
+    order the runner takes them, so a reader sees which rows still wait for which runs."""
+    pending = [slug(s) for s in specs if run_key(s) not in runs]
+    text = f"- Progress: {len(specs) - len(pending)} of {len(specs)} planned runs finished"
+    if not pick:
+        text += " (the main runs are planned once the sweeps are done)"
+    return text + (f"; pending, in the runner's order: {', '.join(f'`{name}`' for name in pending)}." if pending
+                   else ".")
+
+
 def emulated_kernels_note(runs: dict[str, dict]) -> str:
     """How many finished runs trained on emulated bf16 kernels (`harness.precision`). Records say so since
     2026-12-03; earlier ones ran native kernels (the runner then refused CPUs without them)."""
@@ -503,7 +514,6 @@ def write_report(all_runs: list[dict]) -> str:
     planned = plan(all_runs, compute_analysis=False)
     specs, pick, analysis, levels, threshold = (planned.specs, planned.pick, planned.analysis, planned.levels,
                                                 planned.threshold)
-    done = sum(run_key(s) in runs for s in specs)
     lines = [
         "# Results on the embedded default (small-scale analogue of the paper's Tables 1 and 2)",
         "",
@@ -535,8 +545,7 @@ def write_report(all_runs: list[dict]) -> str:
         f"(`harness.tensor_memory`, what a GPU's max_memory_allocated counts); {answer_logits_note(runs)}.",
         f"- Model builds (stage 1 on CPU is not bit-reproducible, see README): {model_builds_line(runs)} "
         f"Interruptions: {resumed_runs_note(runs)}.",
-        f"- Progress: {done} of {len(specs)} planned runs finished"
-        + ("" if pick else " (the main runs are planned once the sweeps are done)") + ".",
+        progress_line(specs, runs, pick),
     ]
     lines += long_sections(planned, runs, all_runs)
     lines += [

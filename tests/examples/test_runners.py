@@ -145,6 +145,15 @@ def test_report_is_written_from_records(tmp_path, monkeypatch):
     assert "42.0" in text and "pending" in text and (tmp_path / "RESULTS.md").read_text() == text
 
 
+def test_progress_names_the_pending_runs_in_the_runners_order_and_not_the_finished_ones(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "REPORT_FILE", tmp_path / "RESULTS.md")
+    first, second, third = rp.sweep_specs()[:3]
+    line = next(l for l in report.write_report([_ok(second, 0.42)]).splitlines() if l.startswith("- Progress:"))
+    assert line.startswith(f"- Progress: 1 of {len(rp.plan([_ok(second, 0.42)]).specs)} planned runs finished")
+    assert f"`{rp.slug(second)}`" not in line
+    assert line.index(f"`{rp.slug(first)}`") < line.index(f"`{rp.slug(third)}`")
+
+
 def test_report_counts_answers_the_merged_model_changed():
     results = [{**_ok(rp.sweep_specs()[0], 0.5)["result"], "merged_identical_predictions": same,
                 "merged_differing_predictions": n} for same, n in ((False, 3), (True, 0), (False, 1))]
