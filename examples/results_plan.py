@@ -41,6 +41,7 @@ STEPS = 32
 BATCH_SIZE = 8
 SEEDS = (0, 1, 2)
 LOGGING_STEPS = 4  # the logged training loss is the mean over this many steps
+MAX_ATTEMPTS = 2  # a run that failed this often is skipped: a second failure is no passing fluke
 VAL_QUESTIONS = 200
 TEST_QUESTIONS = 400
 MFT_LRS = (0.01, 0.03, 0.1, 0.3)
@@ -140,12 +141,20 @@ def failures(runs: list[dict]) -> dict[str, int]:
     return out
 
 
+def given_up(runs: list[dict]) -> set[str]:
+    """Keys of runs that failed `MAX_ATTEMPTS` times since their last re-run record: the runner skips them (their
+    logs stay under outputs/results/) until a re-run record clears them."""
+    return {key for key, count in failures(runs).items() if count >= MAX_ATTEMPTS}
+
+
 def rerun_record(run: dict, reason: str) -> dict:
-    """A record that retires the finished `run` (kept in the file, no longer counted) so it is run again."""
+    """A record that retires `run` (kept in the file, no longer counted) so it is run again: a finished run, or the
+    last failure of one the runner gave up on (`given_up`), whose failure count it clears."""
     if not reason.strip():
         raise ValueError(f"re-running {slug(run['spec'])} needs a reason (--reason)")
     return {"kind": "rerun", "key": run["key"], "slug": slug(run["spec"]), "reason": reason,
-            "retired_finished_at": run["finished_at"], "at": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "retired_status": run["status"], "retired_finished_at": run["finished_at"],
+            "at": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def retired(runs: list[dict]) -> list[dict]:
@@ -262,8 +271,8 @@ def chosen(runs: dict[str, dict]) -> dict:
 
 
 def sweeps_done(runs: dict[str, dict], all_runs: list[dict]) -> bool:
-    fails = failures(all_runs)
-    return all(run_key(s) in runs or fails.get(run_key(s), 0) >= 2 for s in sweep_specs())
+    skipped = given_up(all_runs)
+    return all(run_key(s) in runs or run_key(s) in skipped for s in sweep_specs())
 
 
 def main_specs(pick: dict) -> list[dict]:

@@ -20,10 +20,10 @@ from harness.statistics import binomial_se, mcnemar_exact, paired_comparison, t_
 
 from .results_plan import (
     BATCH_SIZE, CURVE_EVERY, FULL_LRS, GRID_LRS, GRID_STEPS, HEADLINE_REFERENCE, LAYER_THIRDS, LOGGING_STEPS,
-    LONG_EXTRA_SEED_GROUPS, LONG_SEEDS, LORA_LRS, MASK_THRESHOLDS, MFT_INIT_T, MFT_LRS, MIN_LEVEL_SHARE, MORE_SEEDS,
-    REFERENCE_SPARSITY, REPORT_FILE, RESULTS_DIR, ROOT, SEEDS, STEPS, TABLE1_GROUPS, TEST_QUESTIONS, VAL_QUESTIONS,
-    Plan, accuracy, finished, grid_specs, hard_levels, hard_long_specs, hard_specs, layer_specs, long_spec,
-    main_specs, plan, recorded_answers, retired, run_key, slug, spec, sweep_specs, accuracy_at,
+    LONG_EXTRA_SEED_GROUPS, LONG_SEEDS, LORA_LRS, MASK_THRESHOLDS, MAX_ATTEMPTS, MFT_INIT_T, MFT_LRS, MIN_LEVEL_SHARE,
+    MORE_SEEDS, REFERENCE_SPARSITY, REPORT_FILE, RESULTS_DIR, ROOT, SEEDS, STEPS, TABLE1_GROUPS, TEST_QUESTIONS,
+    VAL_QUESTIONS, Plan, accuracy, finished, given_up, grid_specs, hard_levels, hard_long_specs, hard_specs,
+    layer_specs, long_spec, main_specs, plan, recorded_answers, retired, run_key, slug, spec, sweep_specs, accuracy_at,
 )
 
 CURVES_PNG = RESULTS_DIR / "curves.png"
@@ -42,15 +42,20 @@ def model_builds_line(runs: dict[str, dict]) -> str:
         caveat if len(counts) > 1 else ".")
 
 
-def progress_line(specs: list[dict], runs: dict[str, dict], pick: dict | None) -> str:
-    """How many planned runs finished, and the rest by name (each one's folder under outputs/results/), in the
-    order the runner takes them, so a reader sees which rows still wait for which runs."""
-    pending = [slug(s) for s in specs if run_key(s) not in runs]
-    text = f"- Progress: {len(specs) - len(pending)} of {len(specs)} planned runs finished"
+def progress_line(specs: list[dict], runs: dict[str, dict], pick: dict | None, skipped: set[str]) -> str:
+    """How many planned runs finished, the pending ones by name (each one's folder under outputs/results/) in the
+    order the runner takes them, and the ones it gave up on (`skipped`: keys that failed `MAX_ATTEMPTS` times), so
+    a reader sees which rows still wait for which runs and which wait for a person."""
+    pending = [slug(s) for s in specs if run_key(s) not in runs and run_key(s) not in skipped]
+    failed = [slug(s) for s in specs if run_key(s) in skipped and run_key(s) not in runs]
+    text = f"- Progress: {len(specs) - len(pending) - len(failed)} of {len(specs)} planned runs finished"
     if not pick:
         text += " (the main runs are planned once the sweeps are done)"
-    return text + (f"; pending, in the runner's order: {', '.join(f'`{name}`' for name in pending)}." if pending
-                   else ".")
+    text += f"; pending, in the runner's order: {', '.join(f'`{name}`' for name in pending)}" if pending else ""
+    if failed:
+        text += (f"; failed {MAX_ATTEMPTS} times, so the runner skips them until a re-run record (`--rerun`; each "
+                 f"log is log.txt in the run's folder): {', '.join(f'`{name}`' for name in failed)}")
+    return text + "."
 
 
 def emulated_kernels_note(runs: dict[str, dict]) -> str:
@@ -545,7 +550,7 @@ def write_report(all_runs: list[dict]) -> str:
         f"(`harness.tensor_memory`, what a GPU's max_memory_allocated counts); {answer_logits_note(runs)}.",
         f"- Model builds (stage 1 on CPU is not bit-reproducible, see README): {model_builds_line(runs)} "
         f"Interruptions: {resumed_runs_note(runs)}.",
-        progress_line(specs, runs, pick),
+        progress_line(specs, runs, pick, given_up(all_runs)),
     ]
     lines += long_sections(planned, runs, all_runs)
     lines += [
@@ -635,13 +640,15 @@ def write_report(all_runs: list[dict]) -> str:
             lines.append(f"- `{slug(r['spec'])}`: exit {r['returncode']}: "
                          f"`{r['log_tail'].strip().splitlines()[-1][:200] if r['log_tail'].strip() else ''}`")
     if retired(all_runs):
-        lines += ["", "## Re-runs", "", "Finished runs retired and run again (their records stay in runs.jsonl):", ""]
+        lines += ["", "## Re-runs", "", "Runs retired and run again: finished ones, or ones the runner had given up on "
+                  "after failures (their records stay in runs.jsonl):", ""]
         old = {(r["key"], r["finished_at"]): r["result"] for r in all_runs if r.get("kind") == "run" and "result" in r}
         for r in retired(all_runs):
             result = old.get((r["key"], r["retired_finished_at"]), {})
             figures = ", ".join(f"{label} {100 * result[k]:.2f}%" for k, label in
                                 (("accuracy", "test acc"), ("merged_accuracy", "merged")) if result.get(k) is not None)
-            lines.append(f"- `{r['slug']}` (finished {r['retired_finished_at']}{'; ' + figures if figures else ''}), "
+            ended = "finished" if r.get("retired_status", "ok") == "ok" else "last failed"
+            lines.append(f"- `{r['slug']}` ({ended} {r['retired_finished_at']}{'; ' + figures if figures else ''}), "
                          f"retired {r['at']}: {r['reason']}")
     lines += ["", "Commands: `nice -n 10 python -m examples.run_results` (runs what is missing, resumable); "
               "`python -m examples.run_results --report-only` (this file from runs.jsonl).", ""]

@@ -3,7 +3,7 @@
     nice -n 10 python -m examples.run_results          # run what is missing, rewriting RESULTS.md after each run
     python -m examples.run_results --report-only       # rewrite RESULTS.md from the finished runs
     python -m examples.run_results --dry-run           # list every run and whether it is done
-    python -m examples.run_results --rerun SLUG --reason TEXT   # retire a finished run so it runs again
+    python -m examples.run_results --rerun SLUG --reason TEXT   # run a finished or given-up run again
 
 The plan (which runs, in which order, derived from which earlier ones) is `examples.results_plan`; the report and
 its figures `examples.results_report`. This module runs one spec at a time, each in its own process, and appends
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .results_plan import (
     LOGGING_STEPS, OUTPUTS, REPORT_FILE, ROOT, TEST_QUESTIONS, VAL_QUESTIONS, analyse_adapter, answers_from_outputs,
-    answers_in_result, answers_record, append_record, failures, finished, layer_range, load_runs, plan,
+    answers_in_result, answers_record, append_record, finished, given_up, layer_range, load_runs, plan,
     recorded_answers, rerun_record, run_key, slug,
 )
 from .results_report import write_report
@@ -91,7 +91,7 @@ def execute(s: dict, runs: list[dict], build: dict | None = None) -> dict | None
     key = run_key(s)
     if key in finished(runs):
         return finished(runs)[key]
-    if failures(runs).get(key, 0) >= 2:
+    if key in given_up(runs):
         return None
     out = OUTPUTS / slug(s)
     out.mkdir(parents=True, exist_ok=True)
@@ -145,15 +145,18 @@ def main(argv=None) -> None:
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs")
-    p.add_argument("--rerun", metavar="SLUG", help="retire this finished run (as --dry-run names it) to run it again")
+    p.add_argument("--rerun", metavar="SLUG", help="run this finished or given-up run (as --dry-run names it) again")
     p.add_argument("--reason", default="", help="why --rerun (required with it; written to RESULTS.md)")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     all_runs = load_runs()
     if args.rerun:
-        matches = [r for r in finished(all_runs).values() if slug(r["spec"]) == args.rerun]
+        skipped = given_up(all_runs)
+        last_failures = {r["key"]: r for r in all_runs
+                         if r.get("kind") == "run" and r["status"] == "failed" and r["key"] in skipped}
+        matches = [r for r in [*finished(all_runs).values(), *last_failures.values()] if slug(r["spec"]) == args.rerun]
         if not matches:
-            p.error(f"--rerun {args.rerun!r}: no finished run has this name (see --dry-run)")
+            p.error(f"--rerun {args.rerun!r}: no finished or given-up run has this name (see --dry-run)")
         try:
             record = rerun_record(matches[0], args.reason)
         except ValueError as error:
@@ -168,9 +171,10 @@ def main(argv=None) -> None:
         return
     if args.dry_run:
         specs = plan(all_runs, compute_analysis=False).specs
-        done = finished(all_runs)
+        done, skipped = finished(all_runs), given_up(all_runs)
         for s in specs:
-            print(("done    " if run_key(s) in done else "pending ") + slug(s))
+            state = "done" if run_key(s) in done else "given up" if run_key(s) in skipped else "pending"
+            print(f"{state:<9}{slug(s)}")
         return
     store_missing_answers(all_runs)
     build = model_build()  # builds the shared model once, before the runs start
@@ -178,7 +182,8 @@ def main(argv=None) -> None:
     new = 0
     while True:
         specs = plan(all_runs).specs
-        todo = [s for s in specs if run_key(s) not in finished(all_runs) and failures(all_runs).get(run_key(s), 0) < 2]
+        skipped = given_up(all_runs)
+        todo = [s for s in specs if run_key(s) not in finished(all_runs) and run_key(s) not in skipped]
         if not todo or (args.max_runs is not None and new >= args.max_runs):
             break
         execute(todo[0], all_runs, build)

@@ -154,6 +154,36 @@ def test_progress_names_the_pending_runs_in_the_runners_order_and_not_the_finish
     assert line.index(f"`{rp.slug(first)}`") < line.index(f"`{rp.slug(third)}`")
 
 
+def test_a_run_that_failed_twice_is_named_as_given_up_and_runs_again_after_rerun(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(rp, "RUNS_FILE", tmp_path / "runs.jsonl")
+    monkeypatch.setattr(report, "REPORT_FILE", tmp_path / "RESULTS.md")
+    first, second, third = rp.sweep_specs()[:3]
+    for record in (_failed(first), _failed(first), _failed(second), {**_ok(third, 0.42), "finished_at": "x"}):
+        rp.append_record({"finished_at": "2026-12-04 12:00:00", **record})
+
+    def progress():
+        text = report.write_report(rp.load_runs())
+        return next(line for line in text.splitlines() if line.startswith("- Progress:")), text
+
+    line, _ = progress()
+    pending, given_up = line.split("; failed 2 times")
+    assert line.startswith("- Progress: 1 of ")  # neither failed run counts as finished
+    assert f"`{rp.slug(first)}`" in given_up and f"`{rp.slug(first)}`" not in pending
+    assert f"`{rp.slug(second)}`" in pending  # one failure: the runner tries it again
+    runner.main(["--dry-run"])
+    listed = capsys.readouterr().out.splitlines()
+    assert f"given up {rp.slug(first)}" in listed and f"pending  {rp.slug(second)}" in listed
+    assert f"done     {rp.slug(third)}" in listed
+
+    with pytest.raises(SystemExit):
+        runner.main(["--rerun", rp.slug(second), "--reason", "one failure is retried anyway"])
+    runner.main(["--rerun", rp.slug(first), "--reason", "out of memory: fixed"])
+    assert rp.given_up(rp.load_runs()) == set()
+    line, text = progress()
+    assert "failed 2 times" not in line and f"`{rp.slug(first)}`" in line
+    assert f"- `{rp.slug(first)}` (last failed 2026-12-04 12:00:00), retired" in text and "fixed" in text
+
+
 def test_report_counts_answers_the_merged_model_changed():
     results = [{**_ok(rp.sweep_specs()[0], 0.5)["result"], "merged_identical_predictions": same,
                 "merged_differing_predictions": n} for same, n in ((False, 3), (True, 0), (False, 1))]
