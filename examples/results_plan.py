@@ -147,6 +147,17 @@ def given_up(runs: list[dict]) -> set[str]:
     return {key for key, count in failures(runs).items() if count >= MAX_ATTEMPTS}
 
 
+def last_failures(runs: list[dict]) -> dict[str, dict]:
+    """Key -> the latest failed run record of that key (its exit code and log tail)."""
+    return {r["key"]: r for r in runs if r.get("kind") == "run" and r.get("status") == "failed"}
+
+
+def pending(specs: list[dict], runs: list[dict]) -> list[dict]:
+    """The `specs` the runner still takes, in its order: neither finished nor given up (`given_up`)."""
+    done, skipped = finished(runs), given_up(runs)
+    return [s for s in specs if run_key(s) not in done and run_key(s) not in skipped]
+
+
 def rerun_record(run: dict, reason: str) -> dict:
     """A record that retires `run` (kept in the file, no longer counted) so it is run again: a finished run, or the
     last failure of one the runner gave up on (`given_up`), whose failure count it clears."""

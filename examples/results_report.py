@@ -23,7 +23,8 @@ from .results_plan import (
     LONG_EXTRA_SEED_GROUPS, LONG_SEEDS, LORA_LRS, MASK_THRESHOLDS, MAX_ATTEMPTS, MFT_INIT_T, MFT_LRS, MIN_LEVEL_SHARE,
     MORE_SEEDS, REFERENCE_SPARSITY, REPORT_FILE, RESULTS_DIR, ROOT, SEEDS, STEPS, TABLE1_GROUPS, TEST_QUESTIONS,
     VAL_QUESTIONS, Plan, accuracy, finished, given_up, grid_specs, hard_levels, hard_long_specs, hard_specs,
-    layer_specs, long_spec, main_specs, plan, recorded_answers, retired, run_key, slug, spec, sweep_specs, accuracy_at,
+    last_failures, layer_specs, long_spec, main_specs, pending, plan, recorded_answers, retired, run_key, slug, spec,
+    sweep_specs, accuracy_at,
 )
 
 CURVES_PNG = RESULTS_DIR / "curves.png"
@@ -42,16 +43,17 @@ def model_builds_line(runs: dict[str, dict]) -> str:
         caveat if len(counts) > 1 else ".")
 
 
-def progress_line(specs: list[dict], runs: dict[str, dict], pick: dict | None, skipped: set[str]) -> str:
+def progress_line(specs: list[dict], all_runs: list[dict], pick: dict | None) -> str:
     """How many planned runs finished, the pending ones by name (each one's folder under outputs/results/) in the
-    order the runner takes them, and the ones it gave up on (`skipped`: keys that failed `MAX_ATTEMPTS` times), so
-    a reader sees which rows still wait for which runs and which wait for a person."""
-    pending = [slug(s) for s in specs if run_key(s) not in runs and run_key(s) not in skipped]
-    failed = [slug(s) for s in specs if run_key(s) in skipped and run_key(s) not in runs]
-    text = f"- Progress: {len(specs) - len(pending) - len(failed)} of {len(specs)} planned runs finished"
+    order the runner takes them, and the ones it gave up on (`given_up`: failed `MAX_ATTEMPTS` times), so a reader
+    sees which rows still wait for which runs and which wait for a person."""
+    done, skipped = finished(all_runs), given_up(all_runs)
+    waiting = [slug(s) for s in pending(specs, all_runs)]
+    failed = [slug(s) for s in specs if run_key(s) in skipped and run_key(s) not in done]
+    text = f"- Progress: {sum(run_key(s) in done for s in specs)} of {len(specs)} planned runs finished"
     if not pick:
         text += " (the main runs are planned once the sweeps are done)"
-    text += f"; pending, in the runner's order: {', '.join(f'`{name}`' for name in pending)}" if pending else ""
+    text += f"; pending, in the runner's order: {', '.join(f'`{name}`' for name in waiting)}" if waiting else ""
     if failed:
         text += (f"; failed {MAX_ATTEMPTS} times, so the runner skips them until a re-run record (`--rerun`; each "
                  f"log is log.txt in the run's folder): {', '.join(f'`{name}`' for name in failed)}")
@@ -550,7 +552,7 @@ def write_report(all_runs: list[dict]) -> str:
         f"(`harness.tensor_memory`, what a GPU's max_memory_allocated counts); {answer_logits_note(runs)}.",
         f"- Model builds (stage 1 on CPU is not bit-reproducible, see README): {model_builds_line(runs)} "
         f"Interruptions: {resumed_runs_note(runs)}.",
-        progress_line(specs, runs, pick, given_up(all_runs)),
+        progress_line(specs, all_runs, pick),
     ]
     lines += long_sections(planned, runs, all_runs)
     lines += [
@@ -632,8 +634,7 @@ def write_report(all_runs: list[dict]) -> str:
     if analysis:
         lines += mask_table(analysis, f"## Learned S-MFT masks after {STEPS} steps (Both, seed 0, test run)")
 
-    failed = {r["key"]: r for r in all_runs if r.get("kind") == "run" and r.get("status") == "failed"}
-    failed = {k: v for k, v in failed.items() if k not in runs}
+    failed = {k: v for k, v in last_failures(all_runs).items() if k not in runs}
     if failed:
         lines += ["", "## Failed runs", ""]
         for r in failed.values():

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from .results_plan import (
     LOGGING_STEPS, OUTPUTS, REPORT_FILE, ROOT, TEST_QUESTIONS, VAL_QUESTIONS, analyse_adapter, answers_from_outputs,
-    answers_in_result, answers_record, append_record, finished, given_up, layer_range, load_runs, plan,
-    recorded_answers, rerun_record, run_key, slug,
+    answers_in_result, answers_record, append_record, finished, given_up, last_failures, layer_range, load_runs,
+    pending, plan, recorded_answers, rerun_record, run_key, slug,
 )
 from .results_report import write_report
 
@@ -152,9 +152,8 @@ def main(argv=None) -> None:
     all_runs = load_runs()
     if args.rerun:
         skipped = given_up(all_runs)
-        last_failures = {r["key"]: r for r in all_runs
-                         if r.get("kind") == "run" and r["status"] == "failed" and r["key"] in skipped}
-        matches = [r for r in [*finished(all_runs).values(), *last_failures.values()] if slug(r["spec"]) == args.rerun]
+        failed = [r for key, r in last_failures(all_runs).items() if key in skipped]
+        matches = [r for r in [*finished(all_runs).values(), *failed] if slug(r["spec"]) == args.rerun]
         if not matches:
             p.error(f"--rerun {args.rerun!r}: no finished or given-up run has this name (see --dry-run)")
         try:
@@ -181,9 +180,7 @@ def main(argv=None) -> None:
     print(f"embedded model build {build}", flush=True)
     new = 0
     while True:
-        specs = plan(all_runs).specs
-        skipped = given_up(all_runs)
-        todo = [s for s in specs if run_key(s) not in finished(all_runs) and run_key(s) not in skipped]
+        todo = pending(plan(all_runs).specs, all_runs)
         if not todo or (args.max_runs is not None and new >= args.max_runs):
             break
         execute(todo[0], all_runs, build)

@@ -158,7 +158,7 @@ def test_a_run_that_failed_twice_is_named_as_given_up_and_runs_again_after_rerun
     monkeypatch.setattr(rp, "RUNS_FILE", tmp_path / "runs.jsonl")
     monkeypatch.setattr(report, "REPORT_FILE", tmp_path / "RESULTS.md")
     first, second, third = rp.sweep_specs()[:3]
-    for record in (_failed(first), _failed(first), _failed(second), {**_ok(third, 0.42), "finished_at": "x"}):
+    for record in (_failed(first), _failed(first), _failed(second), _ok(third, 0.42)):
         rp.append_record({"finished_at": "2026-12-04 12:00:00", **record})
 
     def progress():
