@@ -447,9 +447,11 @@ def grid_specs() -> list[dict]:
 
 
 def long_mask_analyses(pick: dict, steps: int, all_runs: list[dict]) -> dict[int, dict]:
-    """Seed -> the stored mask analysis of each long S-MFT Both run that has one (stored as each run ends)."""
+    """Seed -> the stored mask analysis of each long S-MFT Both run that has one (stored as each run ends), in seed
+    order, `MORE_SEEDS` included: the lowest seed's sets the H-MFT levels, the others show whether the pattern
+    repeats."""
     stored = {seed: stored_mask_analysis(all_runs, run_key(long_spec(pick, "mft", "both", seed, steps)))
-              for seed in SEEDS}
+              for seed in LONG_SEEDS}
     return {seed: analysis for seed, analysis in stored.items() if analysis}
 
 

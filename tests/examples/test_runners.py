@@ -471,6 +471,20 @@ def test_mask_seeds_table_orders_each_seeds_projections_at_the_levels_threshold(
     assert report.mask_seeds_table({1: analyses[1]}, 0.1) == []  # one seed: the main mask table says it all
 
 
+def test_long_masks_of_more_seeds_are_reported_but_the_lowest_seed_sets_the_h_mft_levels():
+    runs = [_ok(s, 0.5) for s in rp.sweep_specs()]
+    pick = rp.plan(runs, compute_analysis=False).pick
+    runs.append(_long_ok(rp.pilot_spec(pick), 0.9))
+    steps = rp.plan(runs, compute_analysis=False).long_steps
+    for seed, share in ((3, 8e-3), (1, 2e-3)):  # stored out of seed order: the order must not matter
+        source = rp.long_spec(pick, "mft", "both", seed, steps)
+        runs.append({"kind": "mask_analysis", "source_key": rp.run_key(source),
+                     "levels": [_level(t, share if t == 0.1 else 0.01) for t in rp.MASK_THRESHOLDS]})
+    planned = rp.plan(runs, compute_analysis=False)
+    assert list(planned.long_analyses) == [1, 3]
+    assert planned.long_levels == [1e-3, 2e-3, 4e-3]  # from seed 1's share, not seed 3's
+
+
 def test_grid_names_its_best_cell_beside_the_picked_setting_once_complete():
     runs = [_ok(s, 0.5) for s in rp.sweep_specs()]
     pick = rp.plan(runs, compute_analysis=False).pick
