@@ -220,14 +220,10 @@ def _long_hard_tests(specs):
     return [s for s in specs if s["phase"] == "L" and s["method"] == "mft-hard" and s["split"] == "test"]
 
 
-def test_long_h_mft_takes_its_lr_from_the_check_at_the_long_runs_length():
-    runs = [_ok(s, 0.5) for s in rp.sweep_specs()]
-    pick = rp.plan(runs, compute_analysis=False).pick
-    runs.append(_long_ok(rp.pilot_spec(pick), 0.9))
-    steps = rp.plan(runs, compute_analysis=False).long_steps
+def test_long_h_mft_takes_its_lr_from_the_check_at_the_long_runs_length(tmp_path, monkeypatch):
+    runs, pick, steps = _with_pilot(tmp_path, monkeypatch)
     source = rp.long_spec(pick, "mft", "both", 0, steps)
-    runs.append({"kind": "mask_analysis", "source_key": rp.run_key(source),
-                 "levels": [_level(t, 2e-3 if t == 0.1 else 0.01) for t in rp.MASK_THRESHOLDS]})
+    runs.append(_masks_of(source, 2e-3))
     planned = rp.plan(runs, compute_analysis=False)
     assert planned.long_levels == [1e-3, 2e-3, 4e-3]
     check = [s for s in planned.specs if s["phase"] == "L" and s["method"] == "mft-hard"]
@@ -335,6 +331,13 @@ def _with_pilot(tmp_path, monkeypatch) -> tuple[list[dict], dict, int]:
     pick = rp.plan(runs, compute_analysis=False).pick
     runs.append(_long_ok(rp.pilot_spec(pick), 0.9))
     return runs, pick, rp.plan(runs, compute_analysis=False).long_steps
+
+
+def _masks_of(source: dict, near_zero_share: float) -> dict:
+    """A stored analysis of the masks of run `source`: `near_zero_share` of them below 0.1, 1% below every higher
+    threshold."""
+    return {"kind": "mask_analysis", "source_key": rp.run_key(source),
+            "levels": [_level(t, near_zero_share if t == 0.1 else 0.01) for t in rp.MASK_THRESHOLDS]}
 
 
 def test_long_runs_report_best_and_end_time_to_best_and_draw_the_curves(tmp_path, monkeypatch):
@@ -471,15 +474,10 @@ def test_mask_seeds_table_orders_each_seeds_projections_at_the_levels_threshold(
     assert report.mask_seeds_table({1: analyses[1]}, 0.1) == []  # one seed: the main mask table says it all
 
 
-def test_long_masks_of_more_seeds_are_reported_but_the_lowest_seed_sets_the_h_mft_levels():
-    runs = [_ok(s, 0.5) for s in rp.sweep_specs()]
-    pick = rp.plan(runs, compute_analysis=False).pick
-    runs.append(_long_ok(rp.pilot_spec(pick), 0.9))
-    steps = rp.plan(runs, compute_analysis=False).long_steps
-    for seed, share in ((3, 8e-3), (1, 2e-3)):  # stored out of seed order: the order must not matter
-        source = rp.long_spec(pick, "mft", "both", seed, steps)
-        runs.append({"kind": "mask_analysis", "source_key": rp.run_key(source),
-                     "levels": [_level(t, share if t == 0.1 else 0.01) for t in rp.MASK_THRESHOLDS]})
+def test_long_masks_of_more_seeds_are_reported_but_the_lowest_seed_sets_the_h_mft_levels(tmp_path, monkeypatch):
+    runs, pick, steps = _with_pilot(tmp_path, monkeypatch)
+    # stored out of seed order: the order must not matter
+    runs += [_masks_of(rp.long_spec(pick, "mft", "both", seed, steps), share) for seed, share in ((3, 8e-3), (1, 2e-3))]
     planned = rp.plan(runs, compute_analysis=False)
     assert list(planned.long_analyses) == [1, 3]
     assert planned.long_levels == [1e-3, 2e-3, 4e-3]  # from seed 1's share, not seed 3's
