@@ -238,11 +238,11 @@ def main(argv=None) -> list[dict]:
         typical = sum(finished) / len(finished)
         print(f"One seed on {len(eval_records)} questions: each accuracy is uncertain by about "
               f"{100 * binomial_se(typical, len(eval_records)):.1f} points (binomial s.e. at {100 * typical:.0f}%), "
-              "so gaps of a few points are noise. The tested comparison (3 seeds, 640 steps, paired): "
+              "so gaps of a few points are noise. The tested comparison (long runs, several seeds, paired): "
               "examples/RESULTS.md.")
     if any("loss_history" in row for row in rows):
         print(f"Training-loss curves: {write_loss_png(rows, out / 'curves.png')}; the long runs' validation curves "
-              "(3 seeds): examples/results/curves.png")
+              "(mean and band over seeds): examples/results/curves.png")
     failed = [row["method"] for row in rows if "error" in row]
     if failed:  # the others' results are in the table and results.json; the job still failed
         raise SystemExit(f"examples.compare: {len(failed)} of {len(rows)} methods failed ({', '.join(failed)}); "
