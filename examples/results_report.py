@@ -2,8 +2,9 @@
 
 Statistics (`harness.statistics`): every accuracy comes with the binomial standard error of its question count; two
 methods are compared per seed (same data order, same questions), and a gap is called clear only when the 95%
-confidence interval of the mean paired difference (Student's t, seeds - 1 degrees of freedom) excludes 0. One seed
-gives no such test: its gaps are reported, never called clear.
+confidence interval of the mean paired difference (Student's t, seeds - 1 degrees of freedom) excludes 0; a
+comparison tested again after more seeds were added needs its 97.5% interval to exclude 0 (`SECOND_LOOK_CONFIDENCE`).
+One seed gives no such test: its gaps are reported, never called clear.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .results_plan import (
 )
 
 CURVES_PNG = RESULTS_DIR / "curves.png"
+SECOND_LOOK_CONFIDENCE = 0.975  # a comparison tested again after more seeds spends 2.5% more, not 5% (Bonferroni)
 
 
 def model_builds_line(runs: dict[str, dict]) -> str:
@@ -169,11 +171,14 @@ def t_values(most_seeds: int) -> str:
 
 
 def paired_table(by_seed: dict[str, dict[int, float]], reference: str, what: str,
-                 answers: dict[str, dict[int, str]] | None = None, explain: bool = True) -> list[str]:
+                 answers: dict[str, dict[int, str]] | None = None, explain: bool = True,
+                 first_look: int | None = None) -> list[str]:
     """Markdown: each row's per-seed accuracy minus `reference`'s on the seeds both have (same data order and
     questions, so the differences are paired), with the mean and its 95% t interval; "clear" only when that interval
-    excludes 0 (see the module docstring). With `answers` (label -> seed -> per-question correctness), McNemar's
-    exact test per seed as well. `explain=False` for a table that follows one that explained the tests."""
+    excludes 0 (see the module docstring). A row with more seeds than `first_look` was already tested on that many
+    (and got more seeds because it was within the noise): it is clear only when its `SECOND_LOOK_CONFIDENCE`
+    interval, shown beside, excludes 0. With `answers` (label -> seed -> per-question correctness), McNemar's exact
+    test per seed as well. `explain=False` for a table that follows one that explained the tests."""
     seeds = sorted(by_seed[reference])
     answers = answers or {}
     mcnemar = any(answers.values())
@@ -189,8 +194,15 @@ def paired_table(by_seed: dict[str, dict[int, float]], reference: str, what: str
                       "the exact test's p-value; it asks whether these two trained models differ on such questions, "
                       "not whether the methods do (seed-to-seed variation is outside it), so it decides nothing "
                       "about 'clear'.")
+        if first_look is not None:
+            intro += (f" A row with more than {first_look} seeds is a second look at a comparison that was within "
+                      f"the noise at {first_look}, so it is called clear only when its "
+                      f"{100 * SECOND_LOOK_CONFIDENCE:g}% interval (in brackets) excludes 0: over both looks the "
+                      f"chance of a false 'clear' is then at most 5% + {100 * (1 - SECOND_LOOK_CONFIDENCE):g}% "
+                      "(Bonferroni), where a second 95% test would allow up to 10%.")
+    interval = "mean ± 95% CI" + (" (97.5% CI)" if first_look is not None else "")
     lines = ["", intro, "",
-             "| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± 95% CI | clear |"
+             "| method | " + " | ".join(f"seed {s}" for s in seeds) + f" | {interval} | clear |"
              + (" McNemar per seed |" if mcnemar else ""),
              "|---|" + "---|" * (len(seeds) + 2 + mcnemar)]
     for label, accuracies in by_seed.items():
@@ -202,9 +214,14 @@ def paired_table(by_seed: dict[str, dict[int, float]], reference: str, what: str
         if len(common) < 2:
             verdict, summary = f"not tested ({len(common)} seed)", ""
         else:
-            test = paired_comparison([100 * accuracies[s] for s in common],
-                                     [100 * by_seed[reference][s] for s in common])
-            verdict, summary = ("yes" if test.clear else "no, within noise"), test.describe()
+            points, reference_points = ([100 * accuracies[s] for s in common],
+                                        [100 * by_seed[reference][s] for s in common])
+            test = paired_comparison(points, reference_points)
+            summary = test.describe()
+            if first_look is not None and len(common) > first_look:
+                test = paired_comparison(points, reference_points, confidence=SECOND_LOOK_CONFIDENCE)
+                summary += f" (± {test.half_width:.1f})"
+            verdict = "yes" if test.clear else "no, within noise"
         row = f"| {label} | {cells} | {summary} | {verdict} |"
         if mcnemar:
             ours, theirs = answers.get(label, {}), answers.get(reference, {})
@@ -262,7 +279,8 @@ def _cell(values: list[float], n_questions: int) -> str:
     return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f} ({len(values)} seeds)"
 
 
-def paired_long_tables(by_label: dict[str, dict[int, dict]], reference: str, all_runs: list[dict]) -> list[str]:
+def paired_long_tables(by_label: dict[str, dict[int, dict]], reference: str, all_runs: list[dict],
+                       first_look: int | None = None) -> list[str]:
     """`paired_table` of long runs (label -> seed -> run) against `reference`, at the best validation checkpoint and
     at the end (so the end column's gaps get the same test), with McNemar from the recorded answers."""
     recorded = {label: {seed: recorded_answers(all_runs, run) for seed, run in seed_runs.items()}
@@ -274,7 +292,7 @@ def paired_long_tables(by_label: dict[str, dict[int, dict]], reference: str, all
                     for label, seed_runs in by_label.items()}
         answers = {label: {seed: stored[point] for seed, stored in seed_answers.items() if stored and point in stored}
                    for label, seed_answers in recorded.items()}
-        lines += paired_table(accuracy, reference, what, answers, explain=point == "best")
+        lines += paired_table(accuracy, reference, what, answers, explain=point == "best", first_look=first_look)
     return lines
 
 
@@ -310,14 +328,14 @@ def long_table(planned: Plan, runs: dict[str, dict], all_runs: list[dict]) -> li
         specs = [long_spec(planned.pick, method, targets, seed, steps) for seed in LONG_SEEDS]
         headline[_label(method, targets)] = _runs_by_seed(runs, specs)
     reference = _label(*HEADLINE_REFERENCE)
-    if len(headline[reference]) >= 2:
-        lines += paired_long_tables(headline, reference, all_runs)
     more = more_seed_rows(planned)
+    if len(headline[reference]) >= 2:
+        lines += paired_long_tables(headline, reference, all_runs, first_look=len(SEEDS) if more else None)
     if more:
         lines += ["", f"Seeds {', '.join(map(str, MORE_SEEDS))} of {', '.join(more)}: added because "
-                  f"at {len(SEEDS)} seeds a comparison with {reference} was within the noise (`more_seed_specs`). "
-                  "Once they finish, the tests above (over every finished seed) look a second time at the same "
-                  "comparison, so their 95% is nominal (a little optimistic)."]
+                  f"at {len(SEEDS)} seeds a comparison with {reference} was within the noise (`more_seed_specs`); "
+                  "the tests above over every finished seed are a second look at the same comparison, with the "
+                  "stricter rule they state."]
     lines += ["", f"![learning curves]({CURVES_PNG.relative_to(REPORT_FILE.parent)}) Validation accuracy per method "
               "(mean over seeds, band: min to max) and training loss."]
     return lines

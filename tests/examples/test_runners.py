@@ -400,6 +400,23 @@ def test_headline_comparisons_within_the_noise_get_more_seeds(tmp_path, monkeypa
     assert "| +1.0 | -2.0 | +1.0 | -4.0 |" in lora and lora.endswith("| no, within noise |")
     assert "Seeds 3, 4 of S-MFT Both, LoRA (r 16): added because at 3 seeds" in text
     assert "Seeds 0, 1, 2 (also 3, 4 for the long headline rows" in text
+    assert "| mean ± 95% CI (97.5% CI) | clear |" in text  # the tables say which interval decides
+
+
+def test_a_second_look_after_more_seeds_needs_the_stricter_interval():
+    # +1.5 points over 5 seeds, s.d. 1.12: the 95% interval (t 2.78) excludes 0, the 97.5% one (t 3.50) does not
+    reference = dict.fromkeys(range(5), 0.80)
+    row = {0: 0.80, 1: 0.82, 2: 0.81, 3: 0.83, 4: 0.815}
+    by_seed = {"S-MFT Both": reference, "LoRA": row}
+    once = report.paired_table(by_seed, "S-MFT Both", "test accuracy")[-1]
+    assert once.endswith("| +1.5 ± 1.4 | yes |")
+    again = report.paired_table(by_seed, "S-MFT Both", "test accuracy", first_look=3)
+    assert again[-1].endswith("| +1.5 ± 1.4 (± 1.7) | no, within noise |")
+    assert "97.5% interval (in brackets) excludes 0" in again[1]
+    # the same rows with no more than `first_look` seeds keep the 95% rule
+    first_three = {label: {s: v for s, v in values.items() if s < 3} for label, values in by_seed.items()}
+    row_of_three = report.paired_table(first_three, "S-MFT Both", "test accuracy", first_look=3)[-1]
+    assert row_of_three.endswith(" | no, within noise |") and "(±" not in row_of_three
 
 
 def test_layer_rows_show_each_ranges_trained_scores_and_wait_for_their_run(tmp_path, monkeypatch):
