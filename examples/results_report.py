@@ -200,7 +200,7 @@ def paired_table(by_seed: dict[str, dict[int, float]], reference: str, what: str
                       f"{100 * SECOND_LOOK_CONFIDENCE:g}% interval (in brackets) excludes 0: over both looks the "
                       f"chance of a false 'clear' is then at most 5% + {100 * (1 - SECOND_LOOK_CONFIDENCE):g}% "
                       "(Bonferroni), where a second 95% test would allow up to 10%.")
-    interval = "mean ± 95% CI" + (" (97.5% CI)" if first_look is not None else "")
+    interval = "mean ± 95% CI" + (f" ({100 * SECOND_LOOK_CONFIDENCE:g}% CI)" if first_look is not None else "")
     lines = ["", intro, "",
              "| method | " + " | ".join(f"seed {s}" for s in seeds) + f" | {interval} | clear |"
              + (" McNemar per seed |" if mcnemar else ""),
