@@ -56,7 +56,7 @@ def main(argv=None) -> None:
         model=model, args=config, train_dataset=load_dataset("json", data_files=args.data, split="train"),
         processing_class=AutoTokenizer.from_pretrained(source),
         peft_config=peft_mft.MFTConfig(mask_type=args.mask_type, targets=args.targets),
-        callbacks=[peft_mft.Float32ScoresCallback()],
+        callbacks=[peft_mft.Float32ScoresCallback(), peft_mft.Standard4bitLayoutCallback()],
     )
     trainer.train()
     trainer.model.save_pretrained(args.output_dir)

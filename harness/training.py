@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback, TrainingArguments, set_seed
 
-from peft_mft import atomic_directory
+from peft_mft import Standard4bitLayoutCallback, atomic_directory
 
 from .answer_loss import AnswerLogitsCollator, answer_logits_loss
 from .data import LlavaCollator, LlavaDataset, Record, VLMProcessor
@@ -192,7 +192,8 @@ def train_and_evaluate(
     tensor_memory = TensorMemoryCallback(model, prepared.optimizer)
     eval_kwargs = dict(batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens,
                        disable_tqdm=config.disable_tqdm)
-    callbacks = [timer, memory, tensor_memory]
+    # a 4-bit base evaluated on a CPU must get its trainable layout back before the next step (peft_mft.bnb_layout)
+    callbacks = [Standard4bitLayoutCallback(), timer, memory, tensor_memory]
     curve = None
     if curve_records and config.curve_every:
         curve = ValidationCurve(curve_records, processor, config.curve_every, timer, **eval_kwargs)

@@ -21,7 +21,7 @@ from .layer import MFTLayer
 from .merged_weights import merged_weights
 from .model import MFTModel
 from .tools.model_card import write_model_card
-from .training.callbacks import FiniteScoresCallback, Float32ScoresCallback
+from .training.callbacks import FiniteScoresCallback, Float32ScoresCallback, Standard4bitLayoutCallback
 from .training.optim import create_mft_optimizer
 from .training.optimizer_in_backward import OptimizerInBackward
 
@@ -40,6 +40,7 @@ __all__ = [
     "MFTModel",
     "NonFiniteScoresError",
     "OptimizerInBackward",
+    "Standard4bitLayoutCallback",
     "atomic_directory",
     "check_finite_scores",
     "create_mft_optimizer",

@@ -3,9 +3,13 @@
 On a CPU with AVX512-BF16, `bitsandbytes.nn.Linear4bit.forward` repacks its weight, the first time it runs in eval mode
 without gradients, into a layout only its CPU kernel reads (`quant_state.packing_format_for_cpu`). Reading that weight
 with `bitsandbytes.functional.dequantize_4bit`, as PEFT does (MFT's masked forward, LoRA's merge), gives wrong values.
-bitsandbytes restores the standard layout itself before saving or moving a weight; these helpers do the same before it
-is read. bitsandbytes repacks again on its next such forward. Its repack rounds the block scales to bf16, and the
-restored weight keeps that rounding: close to the weight before the repack, not bit-identical.
+That kernel has no backward either: a layer left repacked passes no gradient once training resumes. bitsandbytes
+restores the standard layout itself before saving or moving a weight; these helpers do the same before it is read or
+trained through. bitsandbytes repacks again on its next such forward. Its repack rounds the block scales to bf16, and
+the restored weight keeps that rounding: close to the weight before the repack, not bit-identical. Its inverse leaves
+the block scales of a weight without double quantization transposed, (in / blocksize, out) instead of one per block
+in row-major order, which dequantizes every row with other rows' scales; `restore_standard_4bit_layout` puts them
+back in order.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ def restore_standard_4bit_layout(layer: nn.Module) -> bool:
 
     # the quant state is restored in place, so the layer's references to it stay valid
     weight.data, _ = _convert_weight_packed_for_cpu_inverse(weight.data, quant_state)
+    if not quant_state.nested and quant_state.absmax.dim() == 2:
+        quant_state.absmax = quant_state.absmax.T.reshape(-1).float()
     return True
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from ..bnb_layout import restore_standard_4bit_layouts
 from ..finite import check_finite_scores
 from ..layer import MFTLayer
 
@@ -72,3 +73,19 @@ class Float32ScoresCallback(TrainerCallback):
                 "trained adapter after creating the trainer to keep its exact scores.",
                 stacklevel=2,
             )
+
+
+class Standard4bitLayoutCallback(TrainerCallback):
+    """Gives bitsandbytes 4-bit layers their standard weight layout back before every optimizer step (QLoRA, or MFT
+    on a 4-bit base, trained on a CPU).
+
+    On a CPU with AVX512-BF16, an eval-mode forward without gradients (`Trainer.evaluate`, `generate`, a validation
+    callback) repacks each `Linear4bit` weight into a layout that only bitsandbytes' inference kernel reads
+    (`peft_mft.bnb_layout`); that kernel has no backward, so once training resumes no gradient flows through the
+    frozen 4-bit layers and the adapters upstream of them stop learning, without an error. Costs one walk over the
+    modules per step; a no-op on every other model.
+    """
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if model is not None:
+            restore_standard_4bit_layouts(model)
