@@ -39,7 +39,8 @@ def merged_weights(
     Masked layers give `W * M` (the product of the masks of `adapter_names`, default the active adapters), computed
     in float32 from the dequantized `W` and cast to `dtype` (default: the base weight's dtype, or float32 for a
     quantized one); `modules_to_save` give their trained copy. Tensors are made one at a time, so a sync loop holds
-    one merged matrix at once. NaN/inf scores are refused first, naming the module.
+    one merged matrix at once. NaN/inf scores are refused first, naming the module. On a model whose adapters are
+    merged (`merge_adapter()`), the base weights already hold their masks and are given as they are.
 
     TRL-style weight sync on any base, quantized or not::
 
@@ -61,7 +62,9 @@ def _walk(module: nn.Module, prefix: str, adapter_names, dtype, seen: set) -> It
     weight is given once, under its first name, as `named_parameters()` does)."""
     if isinstance(module, MFTLayer):
         base_layer = module.get_base_layer()
-        names = [n for n in (adapter_names or module.active_adapters) if n in module.mft_scores]
+        # a merged layer's base weight already holds the masks of `merged_adapters`: multiply by the others only
+        names = [n for n in (adapter_names or module.active_adapters)
+                 if n in module.mft_scores and n not in module.merged_adapters]
         weight = module.get_base_weight().to(torch.float32)
         for name in names:
             weight = weight * module.get_mask(name)

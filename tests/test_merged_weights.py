@@ -75,3 +75,13 @@ def test_dtype_and_nonfinite_scores():
         scores[0, 0] = float("nan")
     with pytest.raises(peft_mft.NonFiniteScoresError):
         next(merged_weights(model))
+
+
+def test_on_a_merged_model_each_mask_is_applied_once():
+    model = _scored(make_llama())
+    expected = dict(merged_weights(model))
+    model.merge_adapter()
+    again = dict(merged_weights(model))
+    assert list(again) == list(expected)
+    for name, tensor in expected.items():
+        torch.testing.assert_close(again[name], tensor, rtol=0, atol=1e-6, msg=name)
