@@ -171,6 +171,27 @@ def read_adapter_config(folder: PathLike) -> MFTConfig:
     return MFTConfig.from_pretrained(str(folder))
 
 
+def saved_under_modules_to_save(key: str, modules_to_save) -> bool:
+    """True for a saved key of a `modules_to_save` module's tensor ('base_model.model.lm_head.weight' with
+    ['lm_head']); matched as PEFT matches them, by the module name or a suffix of it, on the module or one above."""
+    parts = key.removeprefix(STATE_DICT_PREFIX).split(".")[:-1]
+    paths = {".".join(parts[:end]) for end in range(1, len(parts) + 1)}
+    return any(path == name or path.endswith(f".{name}") for name in modules_to_save or () for path in paths)
+
+
+def check_declared_keys(weights: Path, config: MFTConfig, keys: list[str]) -> None:
+    """`AdapterFileError` naming the tensors of a saved weight file that are neither scores nor `modules_to_save`
+    weights: loading, merging or exporting them would replace base-model weights."""
+    foreign = [key for key in keys if not is_scores_key(key) and not saved_under_modules_to_save(key, config.modules_to_save)]
+    if foreign:
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        raise AdapterFileError(
+            f"{weights} holds tensors that are neither MFT scores nor weights of its modules_to_save "
+            f"({config.modules_to_save or 'none'}): {', '.join(repr(key) for key in foreign[:5])}{more}. They would "
+            "overwrite the base model's weights; remove them or save the adapter again."
+        )
+
+
 class AdapterFolder:
     """A checked adapter folder: its `config` and its weight file, read one tensor at a time.
 
@@ -188,9 +209,12 @@ class AdapterFolder:
         check_adapter_folder(folder, require_weights=True)
         weights = folder / SAFETENSORS_WEIGHTS_NAME
         if weights.is_file():
-            return cls(folder, config, weights, check_safetensors_file(weights))
-        weights = folder / WEIGHTS_NAME
-        return cls(folder, config, weights, check_torch_weights_file(weights))
+            keys = check_safetensors_file(weights)
+        else:
+            weights = folder / WEIGHTS_NAME
+            keys = check_torch_weights_file(weights)
+        check_declared_keys(weights, config, keys)
+        return cls(folder, config, weights, keys)
 
     @functools.cached_property
     def score_keys(self) -> dict[str, str]:
@@ -280,7 +304,7 @@ def check_scores_fit_model(
     """Check an adapter state dict (keys already remapped by PEFT to `model`'s) before it is loaded into `model`.
 
     Every MFT layer of `adapter_name` must get scores, no scores may be left over for layers this model does not
-    mask, each score tensor must have its layer's shape (out_features, in_features; DeepSpeed ZeRO-3's `ds_shape`
+    mask, no tensor may name a base-model weight (only scores and `modules_to_save` weights load), each score tensor must have its layer's shape (out_features, in_features; DeepSpeed ZeRO-3's `ds_shape`
     where parameters are partitioned) and hold no NaN/inf. Raises `AdapterFileError` (`NonFiniteScoresError` for
     NaN/inf) naming the modules, both shapes, and the folder when the config was read from one.
     """
@@ -295,6 +319,22 @@ def check_scores_fit_model(
     loaded = {key: tensor for key, tensor in state_dict.items() if is_scores_key(key)}
     source = describe_source(config)
     made_for = f" It was trained on {config.base_model_name_or_path!r}." if config.base_model_name_or_path else ""
+    # Adapter-owned tensors (scores, `modules_to_save` copies, ...) carry the adapter name in their path; a key
+    # without it names a base-model weight, which PEFT would load over the base model.
+    owned = {
+        name
+        for name, _ in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+        if f".{adapter_name}." in f"{name}."
+    }
+    foreign = [key.removeprefix(peft_prefix) for key in state_dict
+               if key not in owned and peft_prefix + key not in owned]
+    if foreign:
+        raise AdapterFileError(
+            f"The MFT adapter{source} holds tensors that are neither MFT scores nor weights of its modules_to_save "
+            f"({config.modules_to_save or 'none'}): {', '.join(repr(name) for name in foreign[:5])}"
+            f"{f' and {len(foreign) - 5} more' if len(foreign) > 5 else ''}. Loading them would overwrite the base "
+            "model's weights; nothing was loaded. Remove them from the weight file or save the adapter again."
+        )
     leftover = [module_name(key) for key in loaded if key not in expected and peft_prefix + key not in expected]
     if leftover:
         raise AdapterFileError(
