@@ -232,12 +232,19 @@ class AdapterFolder:
         return torch.load(self.weights, map_location="cpu", weights_only=True, mmap=True)[key]
 
     def read_scores(self, module_name: str) -> torch.Tensor:
-        """Scores of `module_name` as float32 (out_features, in_features); `AdapterFileError` for another shape."""
+        """Scores of `module_name` as float32 (out_features, in_features). `AdapterFileError` for another shape or a
+        dtype other than the config's `scores_dtype`, `NonFiniteScoresError` for NaN/inf."""
         tensor = self.read(self.score_keys[module_name])
         if tensor.dim() != 2:
             raise AdapterFileError(
                 f"{self.weights}: the scores of {module_name!r} have shape {tuple(tensor.shape)}; expected a 2-D "
                 "(out_features, in_features) matrix."
+            )
+        check_scores_dtype({module_name: tensor}, self.config, f" ({self.weights})")
+        if not torch.isfinite(tensor).all():
+            raise NonFiniteScoresError(
+                f"The MFT scores of {module_name!r} in {self.weights} hold NaN or inf; the adapter is broken (diverged "
+                "training or a corrupted file). Use an earlier checkpoint."
             )
         return tensor.float()
 
@@ -247,6 +254,20 @@ class AdapterFolder:
             with safe_open(str(self.weights), framework="pt") as handle:
                 return {key: handle.get_tensor(key) for key in handle.keys()}
         return dict(torch.load(self.weights, map_location="cpu", weights_only=True))
+
+
+def check_scores_dtype(scores: dict[str, torch.Tensor], config: MFTConfig, source: str = "") -> None:
+    """`AdapterFileError` naming the modules ({module: scores}) whose scores are not of `config.scores_dtype`
+    (float32 unless the adapter kept them in its 16-bit base dtype): integer scores or scores of another precision
+    are not what this adapter saved."""
+    wrong = {name: str(tensor.dtype).removeprefix("torch.") for name, tensor in scores.items()
+             if str(tensor.dtype).removeprefix("torch.") != config.scores_dtype}
+    if wrong:
+        shown = ", ".join(f"{name!r} ({dtype})" for name, dtype in list(wrong.items())[:5])
+        raise AdapterFileError(
+            f"The MFT adapter{source} has scores of the wrong dtype: {shown}; its config says {config.scores_dtype} "
+            "(scores_dtype). The weight file was not written by save_pretrained for this config."
+        )
 
 
 def check_loaded_config(config: MFTConfig, folder: str) -> None:
@@ -327,7 +348,7 @@ def check_scores_fit_model(
         if f".{adapter_name}." in f"{name}."
     }
     foreign = [key.removeprefix(peft_prefix) for key in state_dict
-               if key not in owned and peft_prefix + key not in owned]
+               if not is_scores_key(key) and key not in owned and peft_prefix + key not in owned]
     if foreign:
         raise AdapterFileError(
             f"The MFT adapter{source} holds tensors that are neither MFT scores nor weights of its modules_to_save "
@@ -359,4 +380,5 @@ def check_scores_fit_model(
             f"The MFT adapter{source} does not fit this model (score shapes are (out_features, in_features) of each "
             f"layer): {'; '.join(mismatched[:5])}{more}. It was made for another base model.{made_for}"
         )
+    check_scores_dtype({module_name(key): tensor for key, tensor in loaded.items()}, config, source)
     check_finite_state_dict(loaded, action=f"load MFT adapter {adapter_name!r}", source=source)

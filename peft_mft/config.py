@@ -234,6 +234,16 @@ class MFTConfig(PeftConfig):
         default=None,
         metadata={"help": "Modules, apart from the masked ones, trained in full and saved with the adapter."},
     )
+    scores_dtype: Literal["float32", "bfloat16", "float16"] = field(
+        default="float32",
+        metadata={
+            "help": (
+                "The dtype of the saved scores: float32, or the 16-bit base dtype the scores were kept in "
+                "(`autocast_adapter_dtype=False`; set when the adapter is created). Loading refuses score tensors "
+                "of any other dtype."
+            )
+        },
+    )
     init_weights: bool = field(
         default=True,
         metadata={
@@ -277,6 +287,10 @@ class MFTConfig(PeftConfig):
             )
         elif self.init_score is not None and self.temperature is not None:
             self._check_soft_mask()
+        if self.scores_dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(
+                f"MFTConfig.scores_dtype must be 'float32', 'bfloat16' or 'float16', got {self.scores_dtype!r}."
+            )
         if self.targets is not None:
             if self.targets not in ("attn", "mlp", "both"):
                 raise ValueError(f"MFTConfig.targets must be 'attn', 'mlp' or 'both', got {self.targets!r}.")

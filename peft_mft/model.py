@@ -208,6 +208,7 @@ class MFTModel(BaseTuner):
         } - {None}
         if dtypes:
             names = ", ".join(sorted(str(dtype).removeprefix("torch.") for dtype in dtypes))
+            self.peft_config[adapter_name].scores_dtype = names
             warnings.warn(
                 f"autocast_adapter_dtype=False: the scores of MFT adapter {adapter_name!r} are kept in the base dtype "
                 f"({names}). 16-bit scores cannot hold small updates (bf16 spacing is 0.0156 at a score of 3.0 and "

@@ -62,3 +62,69 @@ def test_modules_to_save_weights_still_load(tmp_path):
         model.base_model.model.lm_head.modules_to_save["default"].weight.mul_(2.0)
     model.save_pretrained(tmp_path / "adapter")
     assert torch.equal(logits(PeftModel.from_pretrained(make_llama(), tmp_path / "adapter")), logits(model))
+
+
+# ---- NaN / inf and dtypes of scores -------------------------------------------------------------------------------
+
+FIRST_SCORES = "base_model.model.model.layers.0.self_attn.q_proj.mft_scores"
+
+
+@pytest.fixture
+def soft_adapter(tmp_path):
+    folder = tmp_path / "soft"
+    trained_like(1).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def hard_adapter(tmp_path):
+    folder = tmp_path / "hard"
+    get_peft_model(make_llama(), MFTConfig(mask_type="hard", sparsity=0.1)).save_pretrained(folder)
+    return folder
+
+
+def poison(folder, value: float) -> None:
+    def edit(state):
+        state[FIRST_SCORES][0, 0] = value
+
+    edit_weights(folder, edit)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize(
+    "command",
+    [["export", "--format", "sparse", "--threshold", "0.01"], ["export", "--format", "fp16"],
+     ["export", "--format", "int8"], ["harden", "--sparsity", "0.1"]],
+)
+def test_soft_adapter_with_nonfinite_scores_is_refused_before_writing(capsys, tmp_path, soft_adapter, value, command):
+    poison(soft_adapter, value)
+    code, out, err = run_cli(capsys, command[0], soft_adapter, tmp_path / "out", *command[1:])
+    assert code == 2 and "model.layers.0.self_attn.q_proj" in err and "NaN or inf" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", [["analyze"], ["export", "OUT", "--format", "bits"],
+                                     ["export", "OUT", "--format", "indices"]])
+def test_hard_adapter_with_a_nan_score_exits_2_naming_the_module(capsys, tmp_path, hard_adapter, command):
+    poison(hard_adapter, float("nan"))
+    argv = [tmp_path / "out" if arg == "OUT" else arg for arg in command[1:]]
+    code, out, err = run_cli(capsys, command[0], hard_adapter, *argv)
+    assert code == 2 and "model.layers.0.self_attn.q_proj" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float16])
+def test_scores_of_another_dtype_are_refused(soft_adapter, dtype):
+    edit_weights(soft_adapter, lambda s: s.__setitem__(FIRST_SCORES, s[FIRST_SCORES].to(dtype)))
+    with pytest.raises(AdapterFileError, match=rf"q_proj' \({str(dtype)[6:]}\).*float32"):
+        PeftModel.from_pretrained(make_llama(), soft_adapter)
+
+
+def test_scores_kept_in_a_bf16_base_dtype_save_and_load(tmp_path):
+    base = make_llama().to(torch.bfloat16)
+    with pytest.warns(UserWarning, match="autocast_adapter_dtype=False"):
+        model = get_peft_model(base, MFTConfig(init_weights=False), autocast_adapter_dtype=False)
+    model.save_pretrained(tmp_path / "bf16")
+    assert model.peft_config["default"].scores_dtype == "bfloat16"
+    loaded = PeftModel.from_pretrained(make_llama().to(torch.bfloat16), tmp_path / "bf16")
+    assert torch.equal(logits(loaded), logits(model))

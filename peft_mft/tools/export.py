@@ -199,7 +199,7 @@ def export_compact_adapter(
     source, output = Path(adapter_folder), Path(output_folder)
     check_output_folder(output, [source], "export", overwrite)  # before reading the scores
     adapter = AdapterFolder.open(source)
-    config, tensors = adapter.config, adapter.read_all()
+    config = adapter.config
     if COMPACT_FORMATS[fmt] != config.mask_type:
         usable = sorted(name for name, kind in COMPACT_FORMATS.items() if kind == config.mask_type)
         raise MFTInputError(f"Format {fmt!r} stores {COMPACT_FORMATS[fmt]} masks, but {source} holds a "
@@ -211,13 +211,12 @@ def export_compact_adapter(
     spec = config.mask_spec(torch.device("cpu"))
     mask_init = initial_mask(config, spec)
     packed, layers, masked_weights, scores_bytes, max_error, kept = {}, {}, 0, 0, 0.0, 0
-    for key, tensor in tensors.items():
-        if not key.endswith(SCORES_SUFFIX):
-            packed[key] = tensor  # modules_to_save and the like
+    score_keys = {key: module for module, key in adapter.score_keys.items()}
+    for key in adapter.keys:
+        if key not in score_keys:
+            packed[key] = adapter.read(key)  # modules_to_save
             continue
-        if tensor.dim() != 2:
-            raise MFTInputError(f"{adapter.weights}: {key} has shape {tuple(tensor.shape)}, expected "
-                             "(out_features, in_features).")
+        tensor = adapter.read_scores(score_keys[key])  # 2-D, its dtype, finite: checked before anything is written
         prefix = key[: -len(SCORES_SUFFIX)]
         mask = spec.mask(tensor.float())
         encoded = encode_mask(mask, spec, mask_init, fmt, prefix, threshold or 0.0)
