@@ -288,12 +288,39 @@ def load_adapter(
     base model (module and both shapes), or NaN/inf scores (module). `kwargs` go to PEFT's loader.
     """
     folder = Path(folder)
-    read_adapter_config(folder)
+    saved = read_adapter_config(folder)
     check_adapter_folder(folder, require_weights=True)
     if isinstance(model, PeftModel):
+        existing = model.peft_config.get(adapter_name)
+        if existing is not None:  # PEFT keeps the existing adapter's config and loads only the weights into it
+            check_same_mask_config(existing, saved, folder, adapter_name)
         model.load_adapter(str(folder), adapter_name, is_trainable=is_trainable, **kwargs)
         return model
     return PeftModel.from_pretrained(model, str(folder), adapter_name=adapter_name, is_trainable=is_trainable, **kwargs)
+
+
+# The fields that decide what a set of scores means: the same scores under other values give another model.
+MASK_FIELDS = ("mask_type", "init_score", "temperature", "normalize_soft_mask", "straight_through", "sparsity",
+               "scores_dtype")
+
+
+def check_same_mask_config(existing, saved: MFTConfig, folder: PathLike, adapter_name: str) -> None:
+    """`AdapterFileError` when the adapter saved in `folder` (config `saved`) would be loaded into the existing
+    adapter `adapter_name` (config `existing`) whose mask fields (`MASK_FIELDS`) differ: loading keeps the existing
+    config, so the saved scores would be read under other mask settings. Names each field with both values."""
+    if getattr(existing, "peft_type", None) != PEFT_TYPE_MFT:
+        raise AdapterFileError(
+            f"Adapter {adapter_name!r} of this model is a {getattr(existing, 'peft_type', None)!r} adapter; {folder} "
+            "holds an MFT one. Load it under another adapter_name."
+        )
+    differing = [f"{name} {getattr(existing, name)!r} here, {getattr(saved, name)!r} in {folder}"
+                 for name in MASK_FIELDS if getattr(existing, name) != getattr(saved, name)]
+    if differing:
+        raise AdapterFileError(
+            f"Cannot load {folder} into the existing adapter {adapter_name!r}: its mask settings differ "
+            f"({'; '.join(differing)}), and loading keeps the existing ones, so the saved scores would give another "
+            f"model. Load it under a new adapter_name, or delete_adapter({adapter_name!r}) first."
+        )
 
 
 def describe_source(config: MFTConfig) -> str:

@@ -128,3 +128,46 @@ def test_scores_kept_in_a_bf16_base_dtype_save_and_load(tmp_path):
     assert model.peft_config["default"].scores_dtype == "bfloat16"
     loaded = PeftModel.from_pretrained(make_llama().to(torch.bfloat16), tmp_path / "bf16")
     assert torch.equal(logits(loaded), logits(model))
+
+
+# ---- loading into an existing adapter keeps its config: refused where the mask settings differ ---------------------
+
+
+def test_load_into_an_existing_adapter_with_another_temperature_is_refused(tmp_path):
+    from peft_mft import load_adapter
+
+    trained = get_peft_model(make_llama(), MFTConfig(init_score=3.0, temperature=0.5, init_weights=False))
+    trained.save_pretrained(tmp_path / "t05")
+    model = get_peft_model(make_llama(), MFTConfig(init_score=3.0, temperature=2.3))
+    with pytest.raises(AdapterFileError, match=r"temperature 2\.3 here, 0\.5 in"):
+        load_adapter(model, tmp_path / "t05")
+    same = get_peft_model(make_llama(), MFTConfig(init_score=3.0, temperature=0.5))
+    assert torch.equal(logits(load_adapter(same, tmp_path / "t05")), logits(trained))
+
+
+def test_hard_adapter_into_a_soft_slot_is_refused(tmp_path, hard_adapter):
+    from peft_mft import load_adapter
+
+    model = get_peft_model(make_llama(), MFTConfig())
+    with pytest.raises(AdapterFileError, match=r"mask_type 'soft' here, 'hard' in"):
+        load_adapter(model, hard_adapter)
+
+
+def test_resuming_a_checkpoint_under_other_mask_settings_is_refused(tmp_path):
+    from transformers import TrainingArguments
+
+    from peft_mft.training.trainer import AtomicCheckpointTrainer
+
+    from .conftest import text_inputs
+
+    def trainer(temperature, max_steps):
+        model = get_peft_model(make_llama(), MFTConfig(init_score=3.0, temperature=temperature))
+        args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=max_steps,
+                                 save_strategy="steps", save_steps=1, report_to=[], use_cpu=True, disable_tqdm=True)
+        dataset = [{"input_ids": row, "labels": row} for row in text_inputs(batch=4)]
+        return AtomicCheckpointTrainer(model=model, args=args, train_dataset=dataset)
+
+    trainer(0.5, 1).train()
+    with pytest.raises(AdapterFileError, match=r"temperature 2\.3 here, 0\.5 in"):
+        trainer(2.3, 2).train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
+    trainer(0.5, 2).train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))

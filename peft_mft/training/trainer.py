@@ -3,7 +3,8 @@
 `Trainer` writes `checkpoint-N/` file by file (adapter, optimizer, scheduler, RNG states, trainer state). A crash in
 between leaves a partial folder that `train(resume_from_checkpoint=True)` then picks as the latest. Here each
 checkpoint is written into the hidden folder `.checkpoint-N.saving/` (ignored by `get_last_checkpoint`), flushed to
-disk and renamed to `checkpoint-N/` in one step; only then are old checkpoints rotated out.
+disk and renamed to `checkpoint-N/` in one step; only then are old checkpoints rotated out. Resuming refuses a
+checkpoint whose MFT mask settings differ from the model's adapter (Trainer would load its scores under the model's).
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ import os
 import shutil
 from pathlib import Path
 
+from peft.utils.constants import CONFIG_NAME
 from transformers import Trainer
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from ..adapter_files import check_same_mask_config, read_adapter_config
 from ..atomic import fsync_tree, replace_directory
+from ..config import PEFT_TYPE_MFT
 
 
 def staging_name(name: str) -> str:
@@ -73,6 +77,19 @@ class AtomicCheckpointMixin:
                 use_mtime=True,
             )
         self.accelerator.wait_for_everyone()
+
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        # Trainer loads the checkpoint's adapter into the model's existing one, keeping the model's config: refuse a
+        # checkpoint whose mask settings differ, before anything is loaded.
+        model = model if model is not None else self.model
+        config_file = Path(resume_from_checkpoint) / CONFIG_NAME
+        configs = getattr(model, "peft_config", {})
+        active = getattr(model, "active_adapter", None)
+        if config_file.is_file() and active in configs and configs[active].peft_type == PEFT_TYPE_MFT:
+            check_same_mask_config(configs[active], read_adapter_config(resume_from_checkpoint),
+                                   resume_from_checkpoint, active)
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
 
 
 class AtomicCheckpointTrainer(AtomicCheckpointMixin, Trainer):
