@@ -171,3 +171,74 @@ def test_resuming_a_checkpoint_under_other_mask_settings_is_refused(tmp_path):
     with pytest.raises(AdapterFileError, match=r"temperature 2\.3 here, 0\.5 in"):
         trainer(2.3, 2).train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
     trainer(0.5, 2).train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
+
+
+# ---- compact folders: every stored array is checked ----------------------------------------------------------------
+
+
+def tampered_compact(tmp_path, adapter, fmt, edit, threshold=None):
+    """Export `adapter` as `fmt`, then apply `edit(tensors, first_layer_prefix)` to its compact weights."""
+    import json
+
+    from peft_mft.tools.export import COMPACT_META_NAME, COMPACT_WEIGHTS_NAME, export_compact_adapter
+
+    out = tmp_path / fmt
+    export_compact_adapter(adapter, out, fmt, threshold=threshold)
+    meta = json.loads((out / COMPACT_META_NAME).read_text())
+    prefix = next(iter(meta["layers"]))
+    tensors = load_file(out / COMPACT_WEIGHTS_NAME)
+    edit(tensors, prefix)
+    save_file(tensors, out / COMPACT_WEIGHTS_NAME)
+    return out
+
+
+def set_entry(suffix, index, value, dtype=None):
+    def edit(tensors, prefix):
+        tensor = tensors[prefix + suffix]
+        tensor = tensor.to(dtype) if dtype is not None else tensor.clone()
+        tensor[index] = value
+        tensors[prefix + suffix] = tensor
+    return edit
+
+
+def truncate(suffix, keep):
+    def edit(tensors, prefix):
+        tensors[prefix + suffix] = tensors[prefix + suffix][:keep].clone()
+    return edit
+
+
+@pytest.mark.parametrize(
+    "fmt, edit, problem",
+    [
+        ("hard-indices", set_entry(".zeroed_columns", 0, -1, torch.int32), r"column is outside \[0, 32\)"),
+        ("hard-indices", set_entry(".zeroed_columns", 0, 40000), r"column is outside \[0, 32\)"),
+        ("hard-indices", set_entry(".zeroed_per_row", 0, 5), "zeroed_columns has shape"),
+        ("hard-indices", set_entry(".zeroed_per_row", 0, -1), "counts outside"),
+        ("hard-bits", truncate(".keep_bits", 3), "keep_bits has shape"),
+        ("soft-sparse", set_entry(".kept_columns", 1, 0), "repeat or are out of order"),
+        ("soft-int8", set_entry(".row_min", 0, -0.5), "row minimum is negative"),
+        ("soft-fp16", set_entry(".mask_delta_fp16", (0, 0), float("nan")), "NaN or inf"),
+    ],
+)
+def test_malformed_compact_arrays_are_refused_naming_file_and_layer(tmp_path, soft_adapter, hard_adapter, fmt, edit,
+                                                                    problem):
+    from peft_mft.tools.export import load_compact_adapter
+
+    adapter = hard_adapter if fmt.startswith("hard") else soft_adapter
+    folder = tampered_compact(tmp_path, adapter, fmt, edit, threshold=0.0 if fmt == "soft-sparse" else None)
+    with pytest.raises(AdapterFileError, match=rf"mft_compact\.safetensors: layer '[^']*down_proj' .*{problem}"):
+        load_compact_adapter(make_llama(), folder)
+
+
+def test_compact_layers_listed_as_a_list_are_refused(tmp_path, hard_adapter):
+    import json
+
+    from peft_mft.tools.export import COMPACT_META_NAME, export_compact_adapter, load_compact_adapter
+
+    export_compact_adapter(hard_adapter, tmp_path / "bits", "hard-bits")
+    meta_file = tmp_path / "bits" / COMPACT_META_NAME
+    meta = json.loads(meta_file.read_text())
+    meta["layers"] = list(meta["layers"])
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(AdapterFileError, match="'layers' must map each layer"):
+        load_compact_adapter(make_llama(), tmp_path / "bits")

@@ -44,7 +44,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..adapter_files import SCORES_SUFFIX, AdapterFolder
+from ..adapter_files import SCORES_SUFFIX, AdapterFolder, check_declared_keys, check_safetensors_file
 from ..config import MFTConfig
 from ..errors import AdapterFileError, MFTInputError
 from ..mask import MaskSpec, num_zeroed
@@ -156,6 +156,63 @@ def decode_mask(tensors: dict[str, torch.Tensor], mask_init: float, fmt: str, pr
     mask = torch.ones(shape, dtype=torch.float32)
     mask[_rows_of(tensors[prefix + ".zeroed_per_row"]), tensors[prefix + ".zeroed_columns"].long()] = 0.0
     return mask
+
+
+# The tensors each format stores per layer: suffix -> (allowed dtypes, length: "rows", "matrix", "bytes" or "entries").
+_LAYER_TENSORS = {
+    "soft-fp16": {".mask_delta_fp16": ((torch.float16,), "matrix")},
+    "soft-int8": {".mask_uint8": ((torch.uint8,), "matrix"), ".row_min": ((torch.float32,), "rows"),
+                  ".row_step": ((torch.float32,), "rows")},
+    "soft-sparse": {".kept_per_row": ((torch.int32,), "rows"), ".kept_columns": ((torch.uint16, torch.int32), "entries"),
+                    ".kept_delta_fp16": ((torch.float16,), "entries")},
+    "hard-bits": {".keep_bits": ((torch.uint8,), "bytes")},
+    "hard-indices": {".zeroed_per_row": ((torch.int32,), "rows"),
+                     ".zeroed_columns": ((torch.uint16, torch.int32), "entries")},
+}
+
+
+def check_layer_tensors(tensors: dict[str, torch.Tensor], fmt: str, prefix: str, shape, where: str) -> None:
+    """`AdapterFileError` naming `where` (the file) and layer `prefix` unless its stored tensors are what format
+    `fmt` writes for a (out, in) = `shape` matrix: every tensor present with its dtype and length, counts per row
+    non-negative and summing to the entries stored, columns in [0, in) and strictly increasing within each row, float
+    values finite."""
+    def bad(problem: str) -> AdapterFileError:
+        return AdapterFileError(f"{where}: layer {prefix!r} ({fmt}, shape {tuple(shape)}): {problem}; the file was not "
+                                "written by `peft-mft export` or was changed since. Export the adapter again.")
+
+    rows, columns_total = shape
+    per_row_key = next((prefix + s for s in (".kept_per_row", ".zeroed_per_row") if s in _LAYER_TENSORS[fmt]), None)
+    entries = None
+    if per_row_key is not None and per_row_key in tensors:
+        per_row = tensors[per_row_key]
+        if per_row.dtype == torch.int32 and per_row.shape == (rows,):
+            if (per_row < 0).any() or (per_row > columns_total).any():
+                raise bad(f"{per_row_key} holds counts outside [0, {columns_total}]")
+            entries = int(per_row.sum())
+    lengths = {"rows": (rows,), "matrix": (rows, columns_total), "bytes": (math.ceil(rows * columns_total / 8),),
+               "entries": (entries,)}
+    for suffix, (dtypes, length) in _LAYER_TENSORS[fmt].items():
+        key = prefix + suffix
+        if key not in tensors:
+            raise bad(f"tensor {key!r} is missing")
+        tensor = tensors[key]
+        if tensor.dtype not in dtypes:
+            raise bad(f"{key} is {tensor.dtype}, expected {' or '.join(str(d) for d in dtypes)}")
+        if tuple(tensor.shape) != lengths[length]:
+            expected = f"{entries} (the sum of {per_row_key})" if length == "entries" else lengths[length]
+            raise bad(f"{key} has shape {tuple(tensor.shape)}, expected {expected}")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise bad(f"{key} holds NaN or inf")
+    if per_row_key is not None:
+        columns = tensors[per_row_key.replace("_per_row", "_columns")].long()
+        if ((columns < 0) | (columns >= columns_total)).any():
+            raise bad(f"a stored column is outside [0, {columns_total})")
+        row_of = _rows_of(tensors[per_row_key])
+        same_row = row_of[1:] == row_of[:-1]
+        if (same_row & (columns[1:] <= columns[:-1])).any():
+            raise bad("columns within a row repeat or are out of order")
+    if fmt == "soft-int8" and ((tensors[prefix + ".row_min"] < 0).any() or (tensors[prefix + ".row_step"] <= 0).any()):
+        raise bad("a row minimum is negative or a row step is not positive (soft masks are >= 0)")
 
 
 def scores_for_mask(mask: torch.Tensor, spec: MaskSpec) -> torch.Tensor:
@@ -280,28 +337,39 @@ def read_compact_masks(folder: PathLike) -> tuple[MFTConfig, dict, dict[str, tor
     if not meta_path.is_file():
         raise AdapterFileError(f"{folder} has no {COMPACT_META_NAME}: not a compact MFT adapter (a float32 adapter "
                                "folder loads with PeftModel.from_pretrained).")
-    meta = json.loads(meta_path.read_text())
-    fmt = meta.get("format")
-    if meta.get("format_version") != COMPACT_FORMAT_VERSION or fmt not in COMPACT_FORMATS:
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AdapterFileError(f"{meta_path} is not valid JSON: {exc}.") from exc
+    fmt = meta.get("format") if isinstance(meta, dict) else None
+    if not isinstance(meta, dict) or meta.get("format_version") != COMPACT_FORMAT_VERSION or fmt not in COMPACT_FORMATS:
         raise MFTInputError(f"{meta_path}: format {fmt!r} version {meta.get('format_version')!r} is not one this "
                          f"peft_mft reads ({sorted(COMPACT_FORMATS)}, version {COMPACT_FORMAT_VERSION}).")
+    layers = meta.get("layers")
+    if not isinstance(layers, dict) or not layers or not all(
+        isinstance(shape, list) and len(shape) == 2 and all(type(n) is int and n > 0 for n in shape)
+        for shape in layers.values()
+    ):
+        raise AdapterFileError(f"{meta_path}: 'layers' must map each layer to its [out_features, in_features], got "
+                               f"{str(layers)[:120]}.")
     config = MFTConfig.from_pretrained(str(folder))
     spec = config.mask_spec(torch.device("cpu"))
-    with safe_open(str(folder / COMPACT_WEIGHTS_NAME), framework="pt") as f:
+    weights = folder / COMPACT_WEIGHTS_NAME
+    check_safetensors_file(weights)
+    with safe_open(str(weights), framework="pt") as f:
         tensors = {key: f.get_tensor(key) for key in f.keys()}
     mask_init = initial_mask(config, spec)
     masks = {}
-    for prefix, shape in meta["layers"].items():
-        try:
-            mask = decode_mask(tensors, mask_init, fmt, prefix, tuple(shape))
-        except KeyError as exc:
-            raise MFTInputError(f"{folder / COMPACT_WEIGHTS_NAME} lacks tensor {exc.args[0]!r} of layer {prefix!r}.") from None
+    for prefix, shape in layers.items():
+        check_layer_tensors(tensors, fmt, prefix, shape, str(weights))
+        mask = decode_mask(tensors, mask_init, fmt, prefix, tuple(shape))
         if spec.mask_type == "hard" and int((mask == 0).sum()) != num_zeroed(mask.numel(), spec.sparsity):
             raise MFTInputError(f"{folder / COMPACT_WEIGHTS_NAME}: layer {prefix!r} has {int((mask == 0).sum())} zeroed "
                              f"entries, but sparsity {spec.sparsity} of {mask.numel()} zeroes "
                              f"{num_zeroed(mask.numel(), spec.sparsity)}.")
         masks[prefix] = mask
-    others = {k: v for k, v in tensors.items() if not any(k.startswith(p + ".") for p in meta["layers"])}
+    others = {k: v for k, v in tensors.items() if not any(k.startswith(p + ".") for p in layers)}
+    check_declared_keys(weights, config, list(others))
     return config, meta, masks, others
 
 
