@@ -270,10 +270,41 @@ def check_scores_dtype(scores: dict[str, torch.Tensor], config: MFTConfig, sourc
         )
 
 
+# Safetensors metadata key under which writers other than PEFT's save (`peft-mft harden`) record the mask settings
+# their weights are meant for: scores that are mask values mean something else under another config.
+MASK_METADATA_KEY = "peft_mft_mask"
+
+
+def mask_metadata(config: MFTConfig) -> dict[str, str]:
+    """Safetensors metadata binding a weight file to `config`'s mask settings (`MASK_FIELDS`)."""
+    return {"format": "pt", MASK_METADATA_KEY: json.dumps({name: getattr(config, name) for name in MASK_FIELDS})}
+
+
+def check_weights_match_config(folder: PathLike, config: MFTConfig) -> None:
+    """`AdapterFileError` when `folder`'s safetensors weights record mask settings (`mask_metadata`) other than
+    `config`'s: the config and the weights come from different saves."""
+    weights = Path(folder) / SAFETENSORS_WEIGHTS_NAME
+    if not weights.is_file():
+        return
+    with safe_open(str(weights), framework="pt") as handle:
+        recorded = (handle.metadata() or {}).get(MASK_METADATA_KEY)
+    if recorded is None:
+        return
+    differing = [f"{name} {value!r} in the weights, {getattr(config, name)!r} in the config"
+                 for name, value in json.loads(recorded).items() if getattr(config, name, None) != value]
+    if differing:
+        raise AdapterFileError(
+            f"{folder}: {SAFETENSORS_WEIGHTS_NAME} was written for other mask settings than {CONFIG_NAME} holds "
+            f"({'; '.join(differing)}); the two files come from different saves. Write the folder again."
+        )
+
+
 def check_loaded_config(config: MFTConfig, folder: str) -> None:
-    """`MFTConfig.from_pretrained`'s load hook for a local folder: a pickle-only, truncated or corrupted weight file is
-    named before PEFT reads it, and the folder is remembered for later loading errors (`describe_source`)."""
+    """`MFTConfig.from_pretrained`'s load hook for a local folder: a pickle-only, truncated or corrupted weight file, or
+    one written for other mask settings, is named before PEFT reads it, and the folder is remembered for later loading
+    errors (`describe_source`)."""
     check_adapter_folder(folder, require_weights=False)
+    check_weights_match_config(folder, config)
     config._loaded_from = os.path.abspath(folder)  # not a field, never saved
 
 

@@ -242,3 +242,55 @@ def test_compact_layers_listed_as_a_list_are_refused(tmp_path, hard_adapter):
     meta_file.write_text(json.dumps(meta))
     with pytest.raises(AdapterFileError, match="'layers' must map each layer"):
         load_compact_adapter(make_llama(), tmp_path / "bits")
+
+
+# ---- one output folder, one command ------------------------------------------------------------------------------
+
+
+def test_export_over_an_earlier_harden_output_leaves_only_the_export(capsys, tmp_path, soft_adapter):
+    from peft_mft.tools.export import load_compact_adapter
+
+    out = tmp_path / "out"
+    assert run_cli(capsys, "harden", soft_adapter, out, "--sparsity", "0.1")[0] == 0
+    assert run_cli(capsys, "export", soft_adapter, out, "--format", "fp16", "--overwrite")[0] == 0
+    assert not (out / WEIGHTS).exists()  # harden's mask-valued weights are gone with its config
+    loaded = load_compact_adapter(make_llama(), out)
+    torch.testing.assert_close(logits(loaded), logits(PeftModel.from_pretrained(make_llama(), soft_adapter)),
+                               atol=1e-3, rtol=0)
+
+
+def test_export_does_not_leave_a_foreign_adapter_weight_file_beside_its_config(capsys, tmp_path, soft_adapter):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / WEIGHTS).write_bytes(b"someone's weights")
+    code, _, err = run_cli(capsys, "export", soft_adapter, out, "--format", "fp16", "--overwrite")
+    assert code == 2 and "adapter_model.safetensors" in err and "nobody saved" in err
+    assert sorted(p.name for p in out.iterdir()) == [WEIGHTS] and (out / WEIGHTS).read_bytes() == b"someone's weights"
+
+
+def test_a_command_writing_the_same_new_folder_meanwhile_makes_the_other_fail(capsys, tmp_path, soft_adapter,
+                                                                                 monkeypatch):
+    import peft_mft.tools.export as export
+    from peft_mft.tools.harden import harden_adapter
+
+    out = tmp_path / "out"
+    real_encode = export.encode_mask
+
+    def encode_while_harden_writes(*args, **kwargs):
+        if not out.exists():
+            harden_adapter(soft_adapter, 0.1, out)  # the other command finishes first
+        return real_encode(*args, **kwargs)
+
+    monkeypatch.setattr(export, "encode_mask", encode_while_harden_writes)
+    code, _, err = run_cli(capsys, "export", soft_adapter, out, "--format", "fp16")
+    assert code == 2 and "changed while" in err
+    assert "mft_compact.json" not in {p.name for p in out.iterdir()}  # harden's output, whole and alone
+    PeftModel.from_pretrained(make_llama(), out)
+
+
+def test_harden_weights_beside_a_soft_config_are_refused_on_load(capsys, tmp_path, soft_adapter):
+    out = tmp_path / "hard"
+    assert run_cli(capsys, "harden", soft_adapter, out, "--sparsity", "0.1")[0] == 0
+    (out / "adapter_config.json").write_bytes((soft_adapter / "adapter_config.json").read_bytes())
+    with pytest.raises(AdapterFileError, match="mask_type 'hard' in the weights, 'soft' in the config"):
+        PeftModel.from_pretrained(make_llama(), out)

@@ -254,7 +254,7 @@ def export_compact_adapter(
     if fmt not in COMPACT_FORMATS:
         raise MFTInputError(f"Unknown compact format {fmt!r}; choose one of {sorted(COMPACT_FORMATS)}.")
     source, output = Path(adapter_folder), Path(output_folder)
-    check_output_folder(output, [source], "export", overwrite)  # before reading the scores
+    checked = check_output_folder(output, [source], "export", overwrite)  # before reading the scores
     adapter = AdapterFolder.open(source)
     config = adapter.config
     if COMPACT_FORMATS[fmt] != config.mask_type:
@@ -297,7 +297,7 @@ def export_compact_adapter(
     }
     if fmt == "soft-sparse":
         meta.update(threshold=threshold, kept_share=kept / masked_weights, drift=drift)
-    with command_output(output, [source], "export", overwrite) as staging:  # a crash leaves the folder intact
+    with command_output(output, [source], "export", overwrite, checked) as staging:  # a crash leaves the folder intact
         config.save_pretrained(str(staging))
         save_file({k: v.contiguous() for k, v in packed.items()}, str(staging / COMPACT_WEIGHTS_NAME))
         (staging / COMPACT_META_NAME).write_text(json.dumps(meta, indent=1))

@@ -10,7 +10,7 @@ from typing import Union
 from peft.utils.constants import SAFETENSORS_WEIGHTS_NAME
 from safetensors.torch import save_file
 
-from ..adapter_files import AdapterFolder
+from ..adapter_files import AdapterFolder, mask_metadata
 from ..config import check_sparsity
 from ..errors import MFTInputError
 from .analysis import AdapterMasks, progress_bar
@@ -43,7 +43,7 @@ def harden_adapter(
         )
     sparsity = check_sparsity(sparsity)
     output_dir = Path(output_dir)
-    check_output_folder(output_dir, [adapter_dir], "harden", overwrite)  # before the slow part
+    checked = check_output_folder(output_dir, [adapter_dir], "harden", overwrite)  # before the slow part
     config = dataclasses.replace(masks.config, mask_type="hard", sparsity=sparsity, straight_through=False)
 
     score_keys = set(adapter.score_keys.values())
@@ -51,8 +51,8 @@ def harden_adapter(
     for name in progress_bar(masks.module_names, progress, "Hardening masks", len(masks)):
         state_dict[adapter.score_keys[name]] = masks.mask(name).contiguous()
 
-    with command_output(output_dir, [adapter_dir], "harden", overwrite) as staging:
+    with command_output(output_dir, [adapter_dir], "harden", overwrite, checked) as staging:
         # Weights first: the config's save hook writes the model card, which reads the saved scores.
-        save_file(state_dict, str(staging / SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
+        save_file(state_dict, str(staging / SAFETENSORS_WEIGHTS_NAME), metadata=mask_metadata(config))
         config.save_pretrained(str(staging))
     return output_dir

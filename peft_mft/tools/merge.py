@@ -46,7 +46,7 @@ def merge_to_folder(
     something else unless `overwrite`). `dtype`: 'auto' keeps the base's saved dtype, else 'float32', 'bfloat16' or
     'float16'. Bad input raises `MFTInputError` (`AdapterFileError` for the adapter).
     """
-    check_output_folder(output, [base, adapter], "merge", overwrite)  # before loading the model
+    checked = check_output_folder(output, [base, adapter], "merge", overwrite)  # before loading the model
     base_dir = Path(base)
     model = load_adapter(load_base_model(base, dtype), adapter)
     merged = model.merge_and_unload(progressbar=progress)
@@ -54,7 +54,7 @@ def merge_to_folder(
     if any((base_dir / name).is_file() for name in _PREPROCESSING_FILES):
         # AutoProcessor gives the processor of a VLM and the tokenizer of a text model; a broken one fails loudly
         preprocessing = transformers.AutoProcessor.from_pretrained(base)
-    with command_output(output, [base, adapter], "merge", overwrite) as staging:
+    with command_output(output, [base, adapter], "merge", overwrite, checked) as staging:
         merged.save_pretrained(staging)
         if preprocessing is not None:
             preprocessing.save_pretrained(staging)

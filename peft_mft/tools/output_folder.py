@@ -5,7 +5,12 @@ The rule, for the CLI and the Python functions behind it alike:
 - a non-empty output must be an earlier output of the same command, recognised by the marker file
   `.peft-mft-output.json` that every run leaves; anything else needs `overwrite=True` (`--overwrite`);
 - only what that earlier run wrote is replaced or removed; every other entry of the folder is kept. With
-  `overwrite=True` the files the command writes replace same-named ones, and nothing else is touched.
+  `overwrite=True` the files the command writes replace same-named ones, the files an earlier `peft-mft` command
+  wrote there (its marker lists them) go, and nothing else is touched;
+- the result is one command's output, whole: a file that defines a model or adapter (`DEFINING_FILES`) that this
+  command does not write may not stay beside its files (an `adapter_model.safetensors` beside another command's
+  `adapter_config.json` would load as a model nobody saved), and a folder that changes while the command runs (another
+  command writing it) is not replaced. Either refusal leaves the folder as it was.
 The folder is written atomically (`peft_mft.atomic.atomic_directory`): a crash leaves its previous content intact.
 """
 
@@ -15,7 +20,7 @@ import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Iterator, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 from ..errors import MFTInputError
 from ..atomic import atomic_directory
@@ -23,6 +28,24 @@ from ..atomic import atomic_directory
 PathLike = Union[str, os.PathLike]
 
 OUTPUT_MARKER_NAME = ".peft-mft-output.json"
+# Names (or name prefixes) of the files that say what a folder loads as: a PEFT adapter, a compact adapter, a model.
+DEFINING_FILES = ("adapter_config.json", "adapter_model", "mft_compact", "config.json", "model.safetensors",
+                  "model-", "pytorch_model")
+
+# What a folder held when a command checked it: None (absent), else (entry name, modification time in ns) pairs.
+FolderSnapshot = Optional[tuple[tuple[str, int], ...]]
+
+
+def snapshot(folder: PathLike) -> FolderSnapshot:
+    """`folder`'s top-level entries and their modification times, or None where it does not exist."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    return tuple(sorted((entry.name, entry.lstat().st_mtime_ns) for entry in folder.iterdir()))
+
+
+def is_defining_file(name: str) -> bool:
+    return any(name == defining or name.startswith(defining) for defining in DEFINING_FILES)
 
 
 class OutputFolderError(MFTInputError):
@@ -52,10 +75,13 @@ def relation_to_input(output: PathLike, source: PathLike) -> str | None:
     return None
 
 
-def check_output_folder(output: PathLike, inputs: Sequence[PathLike], command: str, overwrite: bool = False) -> None:
+def check_output_folder(
+    output: PathLike, inputs: Sequence[PathLike], command: str, overwrite: bool = False
+) -> FolderSnapshot:
     """Raise `OutputFolderError` (one line naming both paths or the folder) when `command` may not write `output`.
 
-    `inputs`: the folders the command reads. See the module docstring for the rule.
+    `inputs`: the folders the command reads. See the module docstring for the rule. Returns the folder's `snapshot`,
+    for `command_output` to tell whether it changed meanwhile.
     """
     out = Path(output)
     for source in inputs:
@@ -74,21 +100,43 @@ def check_output_folder(output: PathLike, inputs: Sequence[PathLike], command: s
             "new or empty folder, or pass --overwrite (overwrite=True) to write into it (same-named files are "
             "replaced, every other file is kept)."
         )
+    return snapshot(out)
 
 
 @contextlib.contextmanager
 def command_output(
-    output: PathLike, inputs: Sequence[PathLike], command: str, overwrite: bool = False
+    output: PathLike, inputs: Sequence[PathLike], command: str, overwrite: bool = False,
+    checked: FolderSnapshot | str = "now",
 ) -> Iterator[Path]:
     """Check `output` (`check_output_folder`), then yield a staging folder that replaces it atomically on exit.
 
-    Entries that an earlier run of `command` wrote there and this run does not write again are removed; every other
-    entry is kept. The marker recording this run's entries is added last.
+    Entries that an earlier `peft-mft` command wrote there (`command` itself, or any with `overwrite`) and this run
+    does not write again are removed; every other entry is kept. The marker recording this run's entries is added
+    last. `checked`: the `snapshot` that the caller's own earlier `check_output_folder` returned, so that a change
+    since then (not only during the write) is refused; "now" takes it here.
     """
-    check_output_folder(output, inputs, command, overwrite)
+    def refuse_if_changed(expected: FolderSnapshot) -> None:
+        if snapshot(output) != expected:
+            raise OutputFolderError(
+                f"output folder {str(output)!r} changed while `peft-mft {command}` ran (another command writing "
+                "it?); it was left as it is now. Run the command again, one at a time per output folder."
+            )
+
+    if not isinstance(checked, str):
+        refuse_if_changed(checked)
+    expected = check_output_folder(output, inputs, command, overwrite)
     previous_command, previous_entries = written_by(output)
-    earlier_output = set(previous_entries) if previous_command == command else set()
+    earlier_output = set(previous_entries) if previous_command == command or overwrite else set()
     with atomic_directory(output, discard=earlier_output) as staging:
         yield staging
         entries = sorted(entry.name for entry in staging.iterdir())
         (staging / OUTPUT_MARKER_NAME).write_text(json.dumps({"command": command, "entries": entries}, indent=1))
+        refuse_if_changed(expected)
+        kept = [name for name, _ in expected or () if name not in entries and name not in earlier_output]
+        mixed = sorted(name for name in kept if is_defining_file(name))
+        if mixed:
+            raise OutputFolderError(
+                f"output folder {str(output)!r} holds {mixed}, which `peft-mft {command}` does not write; kept beside "
+                f"its files {entries} they would make a folder that loads as a model nobody saved. It was left as it "
+                "is; choose a new folder or remove those files."
+            )
