@@ -21,6 +21,7 @@ import functools
 import json
 import os
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Optional, Union
 
@@ -84,7 +85,7 @@ def check_safetensors_file(path: PathLike) -> list[str]:
     """
     path = Path(path)
     if not path.is_file():
-        raise AdapterFileError(f"{path}: no such file.")
+        raise AdapterFileError(f"{path}: {describe_non_file(path) if os.path.lexists(path) else 'no such file'}.")
     try:
         with safe_open(str(path), framework="pt") as handle:
             return list(handle.keys())
@@ -107,6 +108,9 @@ def check_adapter_folder(folder: PathLike, require_weights: bool = True) -> None
     """
     folder = Path(folder)
     weights = folder / SAFETENSORS_WEIGHTS_NAME
+    for name in (SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME):
+        if os.path.lexists(folder / name) and not (folder / name).is_file():
+            raise AdapterFileError(f"{folder / name} cannot be read as a weight file: {describe_non_file(folder / name)}.")
     if weights.is_file():
         check_safetensors_file(weights)
         return
@@ -119,13 +123,31 @@ def check_adapter_folder(folder: PathLike, require_weights: bool = True) -> None
         )
 
 
+def describe_non_file(path: Path) -> str:
+    """What `path`, which exists (perhaps as a broken link) but is not a regular file, is instead."""
+    if path.is_symlink():
+        target = os.readlink(path)
+        if not path.exists():
+            return f"it is a symbolic link to {target!r}, which does not exist"
+        return f"it is a symbolic link to {target!r}, which {describe_non_file(path.resolve()).removeprefix('it ')}"
+    if path.is_dir():
+        return "it is a folder"
+    return "it is a device, socket or pipe, not a regular file"
+
+
+def load_torch_weights(path: PathLike) -> object:
+    """`torch.load(path, weights_only=True)` on the CPU: memory-mapped for the zip format `torch.save` writes, read
+    whole for the legacy (pre-1.6, `_use_new_zipfile_serialization=False`) format, which cannot be mapped."""
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+
+
 def check_torch_weights_file(path: PathLike) -> list[str]:
-    """Open a `torch.save` state dict with `torch.load(weights_only=True)` (memory-mapped, no code run); return its
-    tensor names. Raises `AdapterFileError` naming the file if it is truncated or corrupted, holds objects other than
+    """Open a `torch.save` state dict with `torch.load(weights_only=True)` (no code run; `load_torch_weights`); return
+    its tensor names. Raises `AdapterFileError` naming the file if it is truncated or corrupted, holds objects other than
     tensors, or is not a dict of tensors."""
     path = Path(path)
     try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state_dict = load_torch_weights(path)
     except pickle.UnpicklingError as exc:
         raise AdapterFileError(
             f"{path} holds objects other than tensors, which torch.load(weights_only=True) refuses to unpickle (that "
@@ -229,7 +251,7 @@ class AdapterFolder:
         if self.weights.suffix == ".safetensors":
             with safe_open(str(self.weights), framework="pt") as handle:
                 return handle.get_tensor(key)
-        return torch.load(self.weights, map_location="cpu", weights_only=True, mmap=True)[key]
+        return load_torch_weights(self.weights)[key]
 
     def read_scores(self, module_name: str) -> torch.Tensor:
         """Scores of `module_name` as float32 (out_features, in_features). `AdapterFileError` for another shape or a
@@ -253,7 +275,7 @@ class AdapterFolder:
         if self.weights.suffix == ".safetensors":
             with safe_open(str(self.weights), framework="pt") as handle:
                 return {key: handle.get_tensor(key) for key in handle.keys()}
-        return dict(torch.load(self.weights, map_location="cpu", weights_only=True))
+        return dict(load_torch_weights(self.weights))
 
 
 def check_scores_dtype(scores: dict[str, torch.Tensor], config: MFTConfig, source: str = "") -> None:

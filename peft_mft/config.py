@@ -80,6 +80,11 @@ TEMPERATURE_RANGE = (0.01, 100.0)
 
 
 
+def as_float32(value: float) -> float:
+    """`value` rounded to float32, the dtype scores and temperatures are computed in."""
+    return torch.tensor(value, dtype=torch.float32).item()
+
+
 def warn_if_soft_mask_saturates(init_score: float, temperature: float) -> None:
     """Warn (once per distinct setting, through `warnings`) when a soft mask cannot train well: a saturated sigmoid
     at initialisation (|init_score / temperature| > 10) or an extreme temperature (outside [0.01, 100])."""
@@ -121,6 +126,14 @@ def check_sparsity(sparsity) -> float:
 # (peft_mft.tools.model_card.write_model_card) here; the config itself does no I/O beyond its JSON.
 CONFIG_LOADED_HOOKS: list[Callable[["MFTConfig", str], None]] = []  # (config, local folder)
 CONFIG_SAVED_HOOKS: list[Callable[[str], None]] = []  # (folder)
+
+
+# The type of each MFTConfig field that is not PEFT's; None is allowed except for `_REQUIRED_FIELDS`.
+_FIELD_TYPES = {
+    "mask_type": str, "init_score": "number", "temperature": "number", "preset": str, "normalize_soft_mask": bool,
+    "straight_through": bool, "sparsity": "number", "targets": str, "init_weights": bool, "scores_dtype": str,
+}
+_REQUIRED_FIELDS = ("mask_type", "normalize_soft_mask", "straight_through", "init_weights", "scores_dtype")
 
 
 @dataclass
@@ -258,6 +271,7 @@ class MFTConfig(PeftConfig):
     def __post_init__(self):
         super().__post_init__()
         self.peft_type = PEFT_TYPE_MFT
+        self._check_types()
         if self.mask_type not in ("soft", "hard"):
             raise ValueError(f"MFTConfig.mask_type must be 'soft' or 'hard', got {self.mask_type!r}.")
         if self.preset is not None:
@@ -265,14 +279,15 @@ class MFTConfig(PeftConfig):
                 raise ValueError(f"MFTConfig.preset must be one of {sorted(MFT_PRESETS)}, got {self.preset!r}.")
             if self.mask_type == "soft":
                 self.resolve_preset(self.preset)
-        if self.temperature is not None and (
-            not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature))
-            or self.temperature <= 0
-        ):
+        if self.temperature is not None and (not math.isfinite(self.temperature) or self.temperature <= 0):
             raise ValueError(f"MFTConfig.temperature must be a finite number > 0, got {self.temperature!r}.")
-        if self.init_score is not None and not (
-            isinstance(self.init_score, (int, float)) and math.isfinite(self.init_score)
-        ):
+        if self.temperature is not None and torch.isinf(1.0 / torch.tensor(self.temperature, dtype=torch.float32)):
+            raise ValueError(
+                f"MFTConfig.temperature={self.temperature!r} is {as_float32(self.temperature):g} in float32, where "
+                "the scores are divided by it: S / T would be inf and the first step NaN. Use a temperature >= "
+                f"{TEMPERATURE_RANGE[0]:g} (the paper uses 0.5-2.3)."
+            )
+        if self.init_score is not None and not math.isfinite(self.init_score):
             raise ValueError(f"MFTConfig.init_score must be a finite number, got {self.init_score!r}.")
         if self.mask_type == "hard":
             if self.straight_through:
@@ -308,7 +323,31 @@ class MFTConfig(PeftConfig):
         if self.layers_pattern and self.layers_to_transform is None:
             raise ValueError("MFTConfig.layers_pattern is only used together with layers_to_transform.")
 
+    def _check_types(self) -> None:
+        """`ValueError` naming the first field whose value is not of its type (`_FIELD_TYPES`): JSON from elsewhere can
+        hold `true` or `"false"` where a number or a bool belongs, and Python would read either as something else."""
+        for name, kind in _FIELD_TYPES.items():
+            value = getattr(self, name)
+            if value is None and name not in _REQUIRED_FIELDS:
+                continue
+            if kind == "number":
+                valid = isinstance(value, (int, float)) and not isinstance(value, bool)
+            else:
+                valid = isinstance(value, kind)
+            if not valid:
+                expected = "a number" if kind == "number" else f"a {kind.__name__}"
+                raise ValueError(f"MFTConfig.{name} must be {expected}, got {value!r} ({type(value).__name__}).")
+
     def _check_soft_mask(self) -> None:
+        initial = torch.sigmoid(torch.tensor(self.init_score, dtype=torch.float32) / self.temperature)
+        if not self.straight_through and (initial * (1 - initial)).item() == 0.0:  # dM/dS at the first step
+            raise ValueError(
+                f"MFTConfig.init_score={self.init_score} / MFTConfig.temperature={self.temperature} = "
+                f"{self.init_score / self.temperature:.4g} saturates the float32 sigmoid, so M starts at exactly "
+                f"{'1' if self.init_score > 0 else '0'} and every score gradient is exactly 0: the masks cannot train. "
+                f"Keep |init_score / temperature| <= {SATURATED_INIT_RATIO:g} (the paper's presets use 3 to 8), or "
+                "set straight_through=True."
+            )
         warn_if_soft_mask_saturates(self.init_score, self.temperature)
         if self.normalize_soft_mask and not self.mask_spec().normalizer >= torch.finfo(torch.float32).tiny:
             raise ValueError(

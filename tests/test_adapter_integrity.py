@@ -1,6 +1,8 @@
 """An adapter folder is loaded, merged or exported only when it is whole and consistent: tensors it does not declare,
 a config that does not belong to its weights, NaN/inf scores and malformed compact arrays are refused by name."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from peft import PeftModel, get_peft_model
@@ -294,3 +296,63 @@ def test_harden_weights_beside_a_soft_config_are_refused_on_load(capsys, tmp_pat
     (out / "adapter_config.json").write_bytes((soft_adapter / "adapter_config.json").read_bytes())
     with pytest.raises(AdapterFileError, match="mask_type 'hard' in the weights, 'soft' in the config"):
         PeftModel.from_pretrained(make_llama(), out)
+
+
+# ---- unclear failures: each names the path and the reason --------------------------------------------------------
+
+
+def test_an_unwritable_earlier_output_is_refused_before_any_work(capsys, tmp_path, soft_adapter, monkeypatch):
+    import os
+
+    out = tmp_path / "hard"
+    assert run_cli(capsys, "harden", soft_adapter, out, "--sparsity", "0.1")[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real_access = os.access
+    # as a read-only folder answers for a user who is not root (root may write anything)
+    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == out else real_access(path, mode))
+    code, _, err = run_cli(capsys, "harden", soft_adapter, out, "--sparsity", "0.2")
+    assert code == 2 and f"{str(out)!r} is not writable" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if ".saving-" in p.name] == []
+
+
+@pytest.mark.parametrize("command", ["harden", "export", "merge"])
+def test_an_output_under_a_file_is_refused_before_any_work(capsys, tmp_path, soft_adapter, command):
+    (tmp_path / "a-file").write_text("x")
+    out = tmp_path / "a-file" / "out"
+    argv = {"harden": ["harden", soft_adapter, out, "--sparsity", "0.1"],
+            "export": ["export", soft_adapter, out, "--format", "fp16"],
+            "merge": ["merge", tmp_path / "no-base-needed", soft_adapter, out]}[command]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2 and "a-file' is a file, not a folder" in err, err
+
+
+def test_a_legacy_torch_save_bin_adapter_loads(tmp_path, soft_adapter):
+    from peft_mft import load_adapter
+
+    folder = tmp_path / "legacy"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_bytes((soft_adapter / "adapter_config.json").read_bytes())
+    torch.save(load_file(soft_adapter / WEIGHTS), folder / "adapter_model.bin", _use_new_zipfile_serialization=False)
+    expected = logits(PeftModel.from_pretrained(make_llama(), soft_adapter))
+    assert torch.equal(logits(load_adapter(make_llama(), folder)), expected)
+    assert torch.equal(logits(PeftModel.from_pretrained(make_llama(), folder)), expected)
+
+
+@pytest.mark.parametrize("kind, says", [("dangling", "symbolic link to .*which does not exist"),
+                                        ("device", "symbolic link to '/dev/null', which is a device"),
+                                        ("folder", "it is a folder")])
+def test_a_weight_file_that_is_not_a_file_says_what_it_is(tmp_path, soft_adapter, kind, says):
+    from peft_mft import load_adapter
+
+    weights = soft_adapter / WEIGHTS
+    weights.unlink()
+    if kind == "dangling":
+        weights.symlink_to(tmp_path / "gone.safetensors")
+    elif kind == "device":
+        weights.symlink_to("/dev/null")
+    else:
+        weights.mkdir()
+    for load in (load_adapter, PeftModel.from_pretrained):
+        with pytest.raises(AdapterFileError, match=rf"adapter_model\.safetensors cannot be read.*{says}"):
+            load(make_llama(), soft_adapter)

@@ -117,3 +117,48 @@ def test_targets_config_round_trips_after_resolution(tmp_path):
     config = MFTConfig(targets="attn", target_modules=targets_regex("attn", language_model_only=True))
     config.save_pretrained(tmp_path)
     assert PeftConfig.from_pretrained(tmp_path).to_dict() == config.to_dict()
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("temperature", True), ("init_score", True), ("normalize_soft_mask", "false"), ("straight_through", "no"),
+     ("init_weights", 1), ("mask_type", 1)],
+)
+def test_a_value_of_the_wrong_type_is_refused_naming_the_field(tmp_path, field, value):
+    import json
+
+    from peft_mft import AdapterFileError
+
+    with pytest.raises(ValueError, match=rf"MFTConfig\.{field} must be a"):
+        MFTConfig(**{field: value})
+    config_file = tmp_path / "adapter_config.json"
+    config_file.write_text(json.dumps(MFTConfig(init_score=3.0, temperature=0.5).to_dict() | {field: value}))
+    with pytest.raises(AdapterFileError, match=rf"adapter_config\.json.*MFTConfig\.{field} must be a"):
+        MFTConfig.from_pretrained(str(tmp_path))
+
+
+def test_a_temperature_that_is_zero_in_float32_is_refused_with_its_value():
+    with pytest.raises(ValueError, match=r"temperature=1e-46 is 0 in float32"):
+        MFTConfig(init_score=3.0, temperature=1e-46)
+
+
+@pytest.mark.parametrize("init_score", [17.0, 30.0, -120.0])
+def test_an_initial_mask_with_zero_gradient_is_refused_unless_straight_through(init_score):
+    with pytest.raises(ValueError, match=rf"= {init_score:g} saturates the float32 sigmoid.*exactly 0"):
+        MFTConfig(init_score=init_score, temperature=1.0, normalize_soft_mask=False)
+    if init_score < 0:
+        return  # M = 0 everywhere: no input reaches a masked layer's output, so even straight-through is stuck
+    # the straight-through backward does not use the sigmoid's slope, so these still train
+    from peft import get_peft_model
+
+    from .conftest import make_llama, text_inputs
+
+    config = MFTConfig(init_score=init_score, temperature=1.0, normalize_soft_mask=False, straight_through=True)
+    model = get_peft_model(make_llama(), config)
+    model(text_inputs()).logits.float().square().mean().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "mft_scores" in n)
+
+
+def test_a_saturated_but_trainable_initial_mask_only_warns():
+    with pytest.warns(UserWarning, match="starts saturated"):
+        MFTConfig(init_score=12.0, temperature=1.0)

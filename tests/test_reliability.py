@@ -514,7 +514,7 @@ def test_finite_scores_callback_validates_its_interval():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(init_score=30.0, temperature=1.0), "starts saturated"),
+        (dict(init_score=12.0, temperature=1.0), "starts saturated"),
         (dict(init_score=-12.0, temperature=1.0), "starts saturated"),
         (dict(init_score=0.0, temperature=0.001), "masks will jump between 0 and 1"),
         (dict(init_score=7.0, temperature=1000.0), "masks will barely move"),
@@ -536,5 +536,5 @@ def test_paper_presets_and_hard_masks_do_not_warn(preset):
 def test_the_saturation_warning_is_given_once_not_per_layer():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        get_peft_model(make_llama(), MFTConfig(init_score=30.0, temperature=1.0))
+        get_peft_model(make_llama(), MFTConfig(init_score=12.0, temperature=1.0))
     assert sum("starts saturated" in str(w.message) for w in caught) == 1

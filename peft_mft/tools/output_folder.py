@@ -44,6 +44,18 @@ def snapshot(folder: PathLike) -> FolderSnapshot:
     return tuple(sorted((entry.name, entry.lstat().st_mtime_ns) for entry in folder.iterdir()))
 
 
+def first_unwritable(folder: Path) -> Optional[Path]:
+    """The folder that writing `folder` atomically would need to change but may not: its nearest existing parent
+    (the new folder is renamed into it), and where `folder` exists, it and every folder inside it (its earlier content
+    is removed); None when all are writable."""
+    existing_parent = next(parent for parent in folder.absolute().parents if parent.exists())
+    if not folder.is_dir():
+        return None if os.access(existing_parent, os.W_OK | os.X_OK) else existing_parent
+    candidates = [folder.absolute().parent, folder]
+    candidates += [Path(root) / name for root, names, _ in os.walk(folder) for name in names]
+    return next((path for path in candidates if not os.access(path, os.W_OK | os.X_OK)), None)
+
+
 def is_defining_file(name: str) -> bool:
     return any(name == defining or name.startswith(defining) for defining in DEFINING_FILES)
 
@@ -94,6 +106,15 @@ def check_output_folder(
         )
     if out.exists() and not out.is_dir():
         raise OutputFolderError(f"output {str(output)!r} is a file, not a folder; choose a folder path.")
+    blocking = next((parent for parent in out.absolute().parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise OutputFolderError(f"output {str(output)!r} cannot be created: {str(blocking)!r} is a file, not a folder.")
+    unwritable = first_unwritable(out)
+    if unwritable is not None:
+        raise OutputFolderError(
+            f"output {str(output)!r} cannot be written: {str(unwritable)!r} is not writable, so its earlier content "
+            "could not be replaced. Make it writable or choose another folder."
+        )
     if out.is_dir() and any(out.iterdir()) and written_by(out)[0] != command and not overwrite:
         raise OutputFolderError(
             f"output folder {str(output)!r} is not empty and is not an earlier output of `peft-mft {command}`; choose a "
