@@ -24,7 +24,8 @@ def main(argv=None) -> None:
     p.add_argument("--4bit", dest="four_bit", action="store_true", help="load the base in bitsandbytes NF4")
     p.add_argument("--targets", choices=("attn", "mlp", "both"), default="both")
     p.add_argument("--mask-type", choices=("soft", "hard"), default="soft")
-    p.add_argument("--lr", type=float, default=None, help="score learning rate (default: 0.1 soft, 0.01 hard)")
+    p.add_argument("--lr", type=float, default=2e-5,
+                   help="learning rate, as for LoRA (SFTConfig's default; MFTConfig.score_scale makes it move masks)")
     p.add_argument("--max-steps", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=512)
@@ -33,8 +34,6 @@ def main(argv=None) -> None:
 
     from datasets import load_dataset
     from trl import SFTConfig, SFTTrainer
-
-    from peft_mft.training.optim import DEFAULT_HARD_SCORE_LR, DEFAULT_SCORE_LR
 
     source = args.model
     if source is None:
@@ -47,9 +46,8 @@ def main(argv=None) -> None:
                                                              bnb_4bit_compute_dtype=torch.bfloat16),
                       device_map={"": 0} if torch.cuda.is_available() else {"": "cpu"})
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
-    lr = args.lr or (DEFAULT_HARD_SCORE_LR if args.mask_type == "hard" else DEFAULT_SCORE_LR)
     config = SFTConfig(output_dir=args.output_dir, max_steps=args.max_steps,
-                       per_device_train_batch_size=args.batch_size, learning_rate=lr, weight_decay=0.0,
+                       per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
                        max_length=args.max_length, logging_steps=10,
                        save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available())
     trainer = SFTTrainer(

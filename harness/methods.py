@@ -2,9 +2,12 @@
 
 | method    | trained                                            | optimizer                       |
 |-----------|----------------------------------------------------|---------------------------------|
-| mft       | soft-mask scores S (M = sigmoid(S/T)), peft_mft    | `create_mft_optimizer` (lr 0.1) |
+| mft       | soft-mask scores S (M = sigmoid(S/T)), peft_mft    | `create_mft_optimizer`, score step 0.1 |
 | mft-ste   | same, backward dM/dS := 1                          | same                            |
-| mft-hard  | hard-mask scores (top-|S| keep, `--sparsity` zeroed) | same (lr 0.01)                |
+| mft-hard  | hard-mask scores (top-|S| keep, `--sparsity` zeroed) | same (score step 0.01)        |
+
+An MFT method's `lr` is the score step per Adam step (the optimizer's rate times the adapter's `score_scale`), as the
+records have always counted it.
 | lora      | LoRA A/B on the same modules MFT masks             | AdamW                           |
 | qlora     | LoRA on a bitsandbytes NF4 language model          | AdamW                           |
 | full      | every language-model and projector weight          | AdamW                           |
@@ -23,11 +26,12 @@ import torch
 from torch import nn
 
 from peft_mft import MFTConfig, create_mft_optimizer
-from peft_mft.training.optim import DEFAULT_HARD_SCORE_LR, DEFAULT_SCORE_LR
+from peft_mft.training.optim import DEFAULT_HARD_SCORE_STEP, DEFAULT_SCORE_STEP
 
 METHODS = ("mft", "mft-ste", "mft-hard", "lora", "qlora", "full")
 INTERNAL_METHODS = ("projector",)
-DEFAULT_LR = {"mft": DEFAULT_SCORE_LR, "mft-ste": DEFAULT_SCORE_LR, "mft-hard": DEFAULT_HARD_SCORE_LR,
+# MFT methods: the score step per Adam step (the optimizer's rate times the adapter's score_scale), as in the records
+DEFAULT_LR = {"mft": DEFAULT_SCORE_STEP, "mft-ste": DEFAULT_SCORE_STEP, "mft-hard": DEFAULT_HARD_SCORE_STEP,
               "lora": 2e-4, "qlora": 2e-4, "full": 2e-5, "projector": 1e-3}
 
 
@@ -233,7 +237,7 @@ def prepare_model(model: nn.Module, method: str, args: MethodArgs | None = None)
     if any(p.requires_grad for p in _vision_tower(model).parameters()):
         raise AssertionError("the vision tower must stay frozen")
     if method.startswith("mft"):
-        optimizer = create_mft_optimizer(model, lr=lr)
+        optimizer = create_mft_optimizer(model, lr=lr / model.peft_config["default"].score_scale)
     else:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=args.weight_decay)

@@ -354,7 +354,7 @@ def load_adapter(
 
 # The fields that decide what a set of scores means: the same scores under other values give another model.
 MASK_FIELDS = ("mask_type", "init_score", "temperature", "normalize_soft_mask", "straight_through", "sparsity",
-               "scores_dtype")
+               "scores_dtype", "score_scale", "score_offset")
 
 
 def check_same_mask_config(existing, saved: MFTConfig, folder: PathLike, adapter_name: str) -> None:

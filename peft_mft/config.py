@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import re
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Literal, Optional, Union
 
 import torch
@@ -70,6 +73,13 @@ def preset_for_model(model_config: dict) -> tuple[str, str]:
 
 DEFAULT_HARD_SPARSITY = 0.01
 
+# The learning-rate multipliers `score_scale` defaults to: an Adam step `lr` on the trained tensor moves a score by
+# about `score_scale * lr`. Soft masks learn at a score step of about 0.1 (the paper's rate) and hard masks at about
+# 0.01; these put the default rates of `transformers.Trainer` (5e-5) and TRL (2e-5) near those steps (soft: 0.2 and
+# 0.08; hard: 0.013 and 0.005). Powers of two, so that scaling is exact in floating point.
+DEFAULT_SOFT_SCORE_SCALE = 4096.0
+DEFAULT_HARD_SCORE_SCALE = 256.0
+
 # |init_score / T| above this starts the float32 sigmoid within 5e-5 of 0 or 1: dM/dS = M(1 - M)/T is ~1e-4 times
 # its value at S = 0 and masks barely move (exactly 0 beyond |S/T| ~ 17). The paper's presets reach 8.2 (Phi-2).
 SATURATED_INIT_RATIO = 10.0
@@ -132,6 +142,7 @@ CONFIG_SAVED_HOOKS: list[Callable[[str], None]] = []  # (folder)
 _FIELD_TYPES = {
     "mask_type": str, "init_score": "number", "temperature": "number", "preset": str, "normalize_soft_mask": bool,
     "straight_through": bool, "sparsity": "number", "targets": str, "init_weights": bool, "scores_dtype": str,
+    "score_scale": "number", "score_offset": "number",
 }
 _REQUIRED_FIELDS = ("mask_type", "normalize_soft_mask", "straight_through", "init_weights", "scores_dtype")
 
@@ -257,6 +268,29 @@ class MFTConfig(PeftConfig):
             )
         },
     )
+    score_scale: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": (
+                "The trained tensor P holds the scores scaled: soft masks use S = score_offset + score_scale * P, "
+                "hard masks start from P = S0 / score_scale and rank |P|. So an optimizer step lr moves a score by "
+                f"score_scale * lr: a learning-rate multiplier that works with any optimizer and trainer. None: "
+                f"{DEFAULT_SOFT_SCORE_SCALE:g} for soft masks, {DEFAULT_HARD_SCORE_SCALE:g} for hard ones, which let "
+                "the default learning rates of transformers.Trainer (5e-5) and TRL (2e-5) train masks. Adapters saved before this field "
+                "existed load with 1 (P is S)."
+            )
+        },
+    )
+    score_offset: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": (
+                "Soft masks: the score at P = 0, so that P starts at 0 and weight decay pulls each mask towards its "
+                "initial value. None: `init_score` (set when the adapter is created); 0 for adapters saved before "
+                "`score_scale` existed. Hard masks: 0."
+            )
+        },
+    )
     init_weights: bool = field(
         default=True,
         metadata={
@@ -274,6 +308,15 @@ class MFTConfig(PeftConfig):
         self._check_types()
         if self.mask_type not in ("soft", "hard"):
             raise ValueError(f"MFTConfig.mask_type must be 'soft' or 'hard', got {self.mask_type!r}.")
+        if self.score_scale is None:
+            self.score_scale = DEFAULT_HARD_SCORE_SCALE if self.mask_type == "hard" else DEFAULT_SOFT_SCORE_SCALE
+        if not (math.isfinite(self.score_scale) and self.score_scale > 0):
+            raise ValueError(f"MFTConfig.score_scale must be a finite number > 0, got {self.score_scale!r}.")
+        if self.score_offset is not None and not math.isfinite(self.score_offset):
+            raise ValueError(f"MFTConfig.score_offset must be a finite number, got {self.score_offset!r}.")
+        if self.mask_type == "hard" and self.score_offset not in (None, 0, 0.0):
+            raise ValueError(f"MFTConfig.score_offset applies to soft masks only, got {self.score_offset!r}.")
+        self._resolve_score_offset()
         if self.preset is not None:
             if self.preset not in MFT_PRESETS:
                 raise ValueError(f"MFTConfig.preset must be one of {sorted(MFT_PRESETS)}, got {self.preset!r}.")
@@ -357,12 +400,17 @@ class MFTConfig(PeftConfig):
                 "temperature > -87 (the paper's presets use 3 to 8) or normalize_soft_mask=False."
             )
 
+    def _resolve_score_offset(self) -> None:
+        if self.score_offset is None and (self.mask_type == "hard" or self.init_score is not None):
+            self.score_offset = 0.0 if self.mask_type == "hard" else float(self.init_score)
+
     def resolve_preset(self, preset: str) -> None:
         """Fill `init_score` / `temperature`, where None, from `MFT_PRESETS[preset]`, and record `preset`."""
         init_score, temperature = MFT_PRESETS[preset]
         self.preset = preset
         self.init_score = init_score if self.init_score is None else self.init_score
         self.temperature = temperature if self.temperature is None else self.temperature
+        self._resolve_score_offset()
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
@@ -375,6 +423,9 @@ class MFTConfig(PeftConfig):
             return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
         try:
             config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+            if "score_scale" not in json.loads(Path(config_file).read_text()):
+                # saved before scores were scaled: the file holds S itself
+                config.score_scale, config.score_offset = 1.0, 0.0
         except (ValueError, TypeError) as exc:
             raise AdapterFileError(f"{config_file}: {exc}") from exc
         for hook in CONFIG_LOADED_HOOKS:
@@ -421,19 +472,26 @@ class MFTConfig(PeftConfig):
         self._require_resolved()
         return 1.0 / (1.0 + math.exp(-self.init_score / self.temperature))
 
+    @property
+    def initial_trained_score(self) -> float:
+        """Soft masks: the value of the trained tensor P where S = init_score (0, or init_score when P is S)."""
+        self._require_resolved()
+        return (self.init_score - self.score_offset) / self.score_scale
+
     def mask_spec(self, device: Optional[torch.device] = None) -> MaskSpec:
         """The `MaskSpec` this config gives every masked layer.
 
-        The soft-mask normalizer is computed in float32 on `device` (the scores' device), so that a fresh soft mask
-        is exactly 1 there.
+        The soft-mask normalizer is computed as the mask itself is, in float32 on `device` (the scores' device), so
+        that a fresh soft mask is exactly 1 there.
         """
         if self.mask_type == "hard":
-            return MaskSpec("hard", sparsity=self.sparsity)
+            return MaskSpec("hard", sparsity=self.sparsity, score_scale=self.score_scale)
         self._require_resolved()
-        normalizer = 1.0
-        if self.normalize_soft_mask:
-            init = torch.tensor(self.init_score, dtype=torch.float32, device=device)
-            normalizer = torch.sigmoid(init / self.temperature).item()
-        return MaskSpec(
-            "soft", temperature=self.temperature, normalizer=normalizer, straight_through=self.straight_through
+        spec = MaskSpec(
+            "soft", temperature=self.temperature, straight_through=self.straight_through,
+            score_scale=self.score_scale, score_offset=self.score_offset,
         )
+        if not self.normalize_soft_mask:
+            return spec
+        initial = torch.full((1,), self.initial_trained_score, dtype=torch.float32, device=device)
+        return dataclasses.replace(spec, normalizer=spec.logits(initial).sigmoid_().item())

@@ -20,17 +20,16 @@ from .mask import HardThreshold, MaskSpec, hard_mask_threshold, masked_linear, m
 from .score_versions import score_version
 
 
-def initial_hard_scores(weight: torch.Tensor) -> torch.Tensor:
-    """The scores a hard mask starts from: `|W| / mean |W|` (float32, W's shape), so the first zeroed entries are the
-    smallest-magnitude weights."""
+def initial_hard_scores(weight: torch.Tensor, score_scale: float = 1.0) -> torch.Tensor:
+    """The scores a hard mask starts from: `|W| / mean |W| / score_scale` (float32, W's shape), so the first zeroed
+    entries are the smallest-magnitude weights."""
     scores = weight.abs().to(torch.float32)
-    # A unit scale, so that the default hard-score learning rate (0.01) moves a typical score by ~1% per Adam step
-    # whatever the layer's weight scale; raw |W| (mean 0.15 in SmolLM2) lost the ranking in one step at lr 0.1
-    # (issue 12, docs/method.md).
+    # A unit mean whatever the layer's weight scale, so that an optimizer step of `score_scale * lr` is the same share
+    # of a typical score in every layer.
     mean = scores.mean()
     if mean > 0:
         scores /= mean
-    return scores
+    return scores.div_(score_scale) if score_scale != 1.0 else scores
 
 
 def quantized_merge_error(backend_name: str, module_name: Optional[str] = None) -> QuantizedMergeError:
@@ -79,9 +78,9 @@ class MFTLayer(BaseTunerLayer):
         spec = config.mask_spec(device)
         if config.init_weights:
             scores = self.initial_scores(config)
-        elif config.mask_type == "soft":
+        elif config.mask_type == "soft":  # S = init_score + 2 T N(0, 1)
             noise = torch.randn(shape, dtype=torch.float32, device=device)
-            scores = config.init_score + 2.0 * config.temperature * noise
+            scores = config.initial_trained_score + (2.0 * config.temperature / config.score_scale) * noise
         else:
             scores = torch.randn(shape, dtype=torch.float32, device=device)
         self.mft_scores[adapter_name] = nn.Parameter(scores)
@@ -90,14 +89,15 @@ class MFTLayer(BaseTunerLayer):
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
 
     def initial_scores(self, config: MFTConfig) -> torch.Tensor:
-        """The float32 scores a fresh adapter with `config` starts from (`init_weights=True`), (out, in): soft masks
-        `init_score` everywhere, hard masks |W| / mean |W| of this layer's weight."""
+        """The float32 trained tensor P of a fresh adapter with `config` (`init_weights=True`), (out, in): for soft
+        masks the P of `init_score` everywhere (0 unless P is S), for hard masks |W| / mean |W| / score_scale of this
+        layer's weight."""
         shape, device = (self.out_features, self.in_features), self.get_base_layer().weight.device
         if config.mask_type == "soft":
-            return torch.full(shape, config.init_score, dtype=torch.float32, device=device)
+            return torch.full(shape, config.initial_trained_score, dtype=torch.float32, device=device)
         # Under DeepSpeed ZeRO-3 the weight is partitioned (shape [0], real shape in `ds_shape`): gather it to read it.
         with gather_params_ctx(self.get_base_layer().weight, modifier_rank=None):
-            return initial_hard_scores(self.get_base_weight().detach())
+            return initial_hard_scores(self.get_base_weight().detach(), config.score_scale)
 
     def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: Optional[torch.device] = None) -> None:
         """Move scores to the base layer's device but keep them float32: bf16 cannot hold small score updates."""

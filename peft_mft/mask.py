@@ -2,8 +2,13 @@
 
 Pure tensor code with no PEFT import, so it can be tested and benchmarked alone.
 
-Shapes: a weight `W` and its scores `S` are both (out_features, in_features); inputs `x` are (..., in_features).
+Shapes: a weight `W` and its scores are both (out_features, in_features); inputs `x` are (..., in_features).
 Scores are float32 whatever the weight dtype; masks are computed in float32.
+
+The trained tensor `P` holds the scores in a scaled form: soft masks read `S = score_offset + score_scale * P`, so an
+optimizer step of size `lr` on `P` moves `S` by `score_scale * lr` (a learning-rate multiplier that lives in the
+model, whatever the optimizer); hard masks rank `|P|`, which ranks `|S|` alike. With `score_scale` 1 and
+`score_offset` 0, `P` is `S`.
 """
 
 from __future__ import annotations
@@ -118,10 +123,11 @@ def hard_mask(scores: torch.Tensor, threshold: HardThreshold) -> torch.Tensor:
 class MaskSpec:
     """How one adapter turns its scores into a mask.
 
-    Soft: `M = sigmoid(S / temperature) / normalizer`; `normalizer` is the float32 value of
-    `sigmoid(init_score / temperature)` when the mask is normalised to be exactly 1 at initialisation (x / x == 1 in
-    IEEE arithmetic), else 1. `straight_through` replaces `dM/dS` by 1 in the backward.
-    Hard: `M` is 0 for the `sparsity` fraction of entries with the smallest `|S|`, else 1; always straight-through.
+    Soft: `M = sigmoid(S / temperature) / normalizer` with `S = score_offset + score_scale * P` for the trained
+    tensor `P`; `normalizer` is the float32 value of that sigmoid at the initial `P` when the mask is normalised to be
+    exactly 1 at initialisation (x / x == 1 in IEEE arithmetic), else 1. `straight_through` replaces `dM/dS` by 1 in
+    the backward. Hard: `M` is 0 for the `sparsity` fraction of entries with the smallest `|P|`, else 1; always
+    straight-through; `score_scale` only divides the initial `P` (the ranking does not depend on it).
     """
 
     mask_type: Literal["soft", "hard"]
@@ -129,15 +135,26 @@ class MaskSpec:
     normalizer: float = 1.0
     straight_through: bool = False
     sparsity: float = 0.0
+    score_scale: float = 1.0
+    score_offset: float = 0.0
+
+    def logits(self, scores: torch.Tensor) -> torch.Tensor:
+        """`S / temperature` of a soft mask as a new tensor (at least float32), computed as
+        `(P + score_offset / score_scale) / (temperature / score_scale)`: one add and one divide, the same values as
+        `P / temperature` when `P` is `S` (scale 1, offset 0)."""
+        scale = self.score_scale
+        return torch.add(_at_least_float32(scores), self.score_offset / scale).div_(self.temperature / scale)
 
     def mask(self, scores: torch.Tensor, hard_threshold: Optional[HardThreshold] = None) -> torch.Tensor:
-        """The mask `M` (float32, or float64 for float64 scores; scores' shape).
+        """The mask `M` (float32, or float64 for float64 scores; scores' shape), differentiable in `scores` for soft
+        masks.
 
         `hard_threshold` reuses a `hard_mask_threshold` result.
         """
         scores = _at_least_float32(scores)
         if self.mask_type == "soft":
-            return torch.sigmoid(scores / self.temperature) / self.normalizer
+            scale = self.score_scale
+            return torch.sigmoid((scores + self.score_offset / scale) / (self.temperature / scale)) / self.normalizer
         if hard_threshold is None:
             hard_threshold = hard_mask_threshold(scores, self.sparsity)
         if hard_threshold is None:
@@ -147,7 +164,7 @@ class MaskSpec:
 
 def _soft_sigmoid(scores: torch.Tensor, spec: MaskSpec) -> torch.Tensor:
     """`sigmoid(S / temperature)` as one new tensor, computed in place (no autograd; for the Function)."""
-    return torch.div(_at_least_float32(scores), spec.temperature).sigmoid_()
+    return spec.logits(scores).sigmoid_()
 
 
 def _fresh_mask(scores: torch.Tensor, spec: MaskSpec, hard_threshold: Optional[HardThreshold]) -> torch.Tensor:
@@ -161,13 +178,14 @@ def masked_weight_reference(weight: torch.Tensor, scores: torch.Tensor, spec: Ma
     """`W * M` with plain autograd: the reference the fused Function is tested against.
 
     Straight-through masks use the `X + (M - X).detach()` trick, whose value is `M` and whose gradient is X's:
-    `X = S` (gradient 1) for soft masks, `X = |S|` (gradient sign(S)) for hard ones, which rank `|S|`.
+    `X = S` (gradient `score_scale` in `P`) for soft masks, `X = |P|` (gradient sign(P)) for hard ones, which rank
+    `|P|`.
     Also used when several adapters are active at once (their masks multiply).
     """
     mask = spec.mask(scores)
     if spec.mask_type == "hard" or spec.straight_through:
         scores = _at_least_float32(scores)
-        through = scores.abs() if spec.mask_type == "hard" else scores
+        through = scores.abs() if spec.mask_type == "hard" else scores * spec.score_scale
         mask = through + (mask - through).detach()
     return weight * mask.to(weight.dtype)
 
@@ -188,9 +206,10 @@ class MaskedLinearFunction(torch.autograd.Function):
     dequantizes on demand, so not even the dequantized weight is kept. Hard masks keep only their threshold (two
     scalars), so the backward does no second selection.
 
-    Backward: `dL/dx = g (W*M)`, `dL/dS = (g^T x) * W * dM/dS` (at least float32), `dL/db = sum g`. For the exact soft
-    mask `W * dM/dS = (W*M) (1 - sigmoid(S/T)) / T`, so one sigmoid per pass serves both `W*M` and `dM/dS`. Straight-
-    through masks take `dM/dS = 1`, hard masks `sign(S)` (their mask is a function of `|S|`).
+    Backward: `dL/dx = g (W*M)`, `dL/dP = (g^T x) * W * dM/dP` (at least float32), `dL/db = sum g`. For the exact soft
+    mask `W * dM/dP = (W*M) (1 - sigmoid(S/T)) / (T / score_scale)`, so one sigmoid per pass serves both `W*M` and
+    `dM/dP`. Straight-through soft masks take `dM/dS = 1` (`dM/dP = score_scale`), hard masks `sign(P)` (their mask is
+    a function of `|P|`).
 
     Cost: the three GEMMs of a dense layer with a weight gradient, plus a few element-wise passes over `(out, in)`
     (soft: 4 forward, 6 backward, with one sigmoid each way; hard: 2 forward, 3 backward, plus the selection). Every
@@ -248,11 +267,13 @@ class MaskedLinearFunction(torch.autograd.Function):
             if needs_s:
                 grad_s = _at_least_float32(grad_masked)
                 if exact_soft:
-                    # g * W * sigmoid (1 - sigmoid) / (T * normalizer) == g * (W*M) * (1 - sigmoid) / T
+                    # g * W * sigmoid (1 - sigmoid) * scale / (T * normalizer) == g * (W*M) * (1 - sigmoid) / (T/scale)
                     grad_s.mul_(masked_weight)
-                    grad_s.addcmul_(grad_s, sigmoid, value=-1.0).div_(spec.temperature)
+                    grad_s.addcmul_(grad_s, sigmoid, value=-1.0).div_(spec.temperature / spec.score_scale)
                 else:
                     grad_s.mul_(w)
+                    if spec.mask_type == "soft" and spec.score_scale != 1.0:
+                        grad_s.mul_(spec.score_scale)
                     if spec.mask_type == "hard":
                         # M depends on |S|: straight through |.| too, dM/dS = sign(S) (as abs() under autograd in
                         # the authors' code and edge-popup), so a negative score the loss wants kept moves away from 0.

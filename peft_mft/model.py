@@ -9,6 +9,7 @@ import re
 import warnings
 from typing import Optional
 
+import torch
 from torch import nn
 
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_target_module_exists
@@ -20,6 +21,7 @@ from .adapter_files import check_finite_state_dict, check_scores_fit_model
 from .config import MFTConfig, preset_for_model
 from .finite import check_finite_scores
 from .layer import Linear, MFTLayer, quantized_merge_error
+from .progress_guard import MaskProgressGuard
 from .targets import (
     TRANSFORMERS_MODELS_TO_MFT_TARGET_MODULES_MAPPING,
     is_projector,
@@ -219,8 +221,15 @@ class MFTModel(BaseTuner):
 
     @contextlib.contextmanager
     def _enable_peft_forward_hooks(self, *args, **kwargs):
-        """Mixed-adapter batches, as in PEFT's LoRA: `model(..., adapter_names=[...])` / `generate(...)` gives row i
+        """Entered by every `PeftModel` forward. The first training passes watch that the masks move
+        (`peft_mft.progress_guard`: a learning rate too small for the scores warns once).
+
+        Mixed-adapter batches, as in PEFT's LoRA: `model(..., adapter_names=[...])` / `generate(...)` gives row i
         the adapter `adapter_names[i]` ("__base__": no adapter). Inference only; refused while training or merged."""
+        if self.training and torch.is_grad_enabled():
+            if not hasattr(self, "_progress_guard"):
+                self._progress_guard = MaskProgressGuard()
+            self._progress_guard.observe(self.model)
         adapter_names = kwargs.pop("adapter_names", None)
         if adapter_names is None:
             yield

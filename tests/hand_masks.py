@@ -1,7 +1,7 @@
 """Tiny Llama MFT adapters whose masks are set by hand, so that mask statistics can be checked against numbers
 computed here with `math` (not with the library's tensor code).
 
-Soft masks with `temperature=1`, `normalize_soft_mask=False`: `M = sigmoid(S)`. Every score is `HIGH` (M ~ 1) except
+Soft masks with `temperature=1`, `normalize_soft_mask=False` and scores stored unscaled: `M = sigmoid(S)`. Every score is `HIGH` (M ~ 1) except
 the entries listed in `HAND_SCORES`.
 """
 
@@ -57,7 +57,9 @@ def module_name(layer: int, projection: str) -> str:
 
 
 def hand_config(**kwargs) -> MFTConfig:
-    return MFTConfig(init_score=HIGH, temperature=1.0, normalize_soft_mask=False, **kwargs)
+    # score_scale 1 and offset 0: the trained tensor is S itself, so the hand-picked values below are the scores
+    return MFTConfig(init_score=HIGH, temperature=1.0, normalize_soft_mask=False, score_scale=1.0, score_offset=0.0,
+                     **kwargs)
 
 
 def set_scores(model, scores: dict, adapter_name: str = "default") -> None:

@@ -1,5 +1,5 @@
-"""H-MFT scores start at |W| / mean |W| per matrix and train at DEFAULT_HARD_SCORE_LR: the ranking by |S| survives a
-step and a few steps lower the training loss."""
+"""H-MFT scores start at |W| / mean |W| / score_scale per matrix and train at a score step of DEFAULT_HARD_SCORE_STEP:
+the ranking by |S| survives a step and a few steps lower the training loss."""
 
 import pytest
 import torch
@@ -9,7 +9,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from peft_mft import MFTConfig, create_mft_optimizer
 from peft_mft.layer import MFTLayer
 from peft_mft.mask import MaskSpec, masked_linear, masked_weight_reference
-from peft_mft.training.optim import DEFAULT_HARD_SCORE_LR, DEFAULT_SCORE_LR
+from peft_mft.config import DEFAULT_HARD_SCORE_SCALE, DEFAULT_SOFT_SCORE_SCALE
+from peft_mft.training.optim import DEFAULT_HARD_SCORE_STEP, DEFAULT_SCORE_STEP
 from tests.conftest import _text_config_kwargs, make_llama, text_inputs
 
 
@@ -29,7 +30,7 @@ def test_hard_scores_start_at_unit_mean_and_zero_the_smallest_weights():
     sparsity = 0.3
     model = _hard_model(sparsity)
     for module in (m for m in model.modules() if isinstance(m, MFTLayer)):
-        assert abs(module.mft_scores["default"].mean().item() - 1.0) < 1e-5
+        assert abs(module.mft_scores["default"].mean().item() * DEFAULT_HARD_SCORE_SCALE - 1.0) < 1e-5
         weight = module.get_base_layer().weight.detach().abs().flatten()
         smallest = torch.zeros_like(weight, dtype=torch.bool)
         smallest[weight.topk(int(sparsity * weight.numel()), largest=False).indices] = True
@@ -39,9 +40,9 @@ def test_hard_scores_start_at_unit_mean_and_zero_the_smallest_weights():
 def test_the_optimizer_gives_hard_and_soft_scores_their_own_default_rates():
     model = _hard_model()
     (group,) = create_mft_optimizer(model).param_groups
-    assert group["lr"] == DEFAULT_HARD_SCORE_LR == 0.01
+    assert group["lr"] == DEFAULT_HARD_SCORE_STEP / DEFAULT_HARD_SCORE_SCALE == 0.01 / 256
     soft = get_peft_model(make_llama(), MFTConfig(init_score=3.0, temperature=0.5))
-    assert create_mft_optimizer(soft).param_groups[0]["lr"] == DEFAULT_SCORE_LR == 0.1
+    assert create_mft_optimizer(soft).param_groups[0]["lr"] == DEFAULT_SCORE_STEP / DEFAULT_SOFT_SCORE_SCALE == 0.1 / 4096
     assert create_mft_optimizer(model, lr=0.5).param_groups[0]["lr"] == 0.5
 
 

@@ -77,7 +77,8 @@ def test_init_weights_false_gives_random_scores_that_change_the_output():
     model = get_peft_model(make_llama(), MFTConfig(init_weights=False))
     assert not torch.allclose(logits(model, inputs), logits(make_llama(), inputs))
     scores = next(iter(mft_layers(model).values())).mft_scores["default"]
-    assert scores.dtype == torch.float32 and scores.std() > 1.0
+    # S = init_score + 2 T N(0, 1): a spread of about 2 T in score units
+    assert scores.dtype == torch.float32 and scores.std() * model.peft_config["default"].score_scale > 1.0
 
 
 def test_trainable_parameters_are_exactly_the_masked_weights():
@@ -444,7 +445,8 @@ def test_create_mft_optimizer_groups():
     assert others["lr"] == 1e-4 and others["weight_decay"] == 0.01
     head = model.base_model.model.lm_head.modules_to_save["default"].weight
     default_scores, default_others = create_mft_optimizer(model).param_groups
-    assert default_scores["lr"] == 0.1 and default_others["lr"] == 3e-5  # not the scores' lr for a whole lm_head
+    # a score step of 0.1 per Adam step; a full fine-tuning rate for a whole lm_head
+    assert default_scores["lr"] == 0.1 / model.peft_config["default"].score_scale and default_others["lr"] == 2e-5
     assert [id(p) for p in default_others["params"]] == [id(head)]
     with pytest.raises(ValueError, match="no trainable MFT scores"):
         create_mft_optimizer(make_llama())
@@ -518,7 +520,7 @@ def test_layer_repr_and_mask_spec_per_adapter():
     model = get_peft_model(make_llama(), MFTConfig.from_preset("tinyllama-1.1b", normalize_soft_mask=False))
     layer = next(iter(mft_layers(model).values()))
     assert repr(layer).startswith("mft.")
-    assert layer.mft_mask_spec["default"] == MaskSpec("soft", temperature=0.5)
+    assert layer.mft_mask_spec["default"] == MaskSpec("soft", temperature=0.5, score_scale=4096.0, score_offset=3.0)
 
 
 def test_mixed_adapter_batches_give_each_row_its_adapter():

@@ -16,6 +16,12 @@ def _first_scores(model) -> torch.Tensor:
     return next(p for n, p in model.named_parameters() if "mft_scores" in n)
 
 
+def _first_effective_scores(model) -> torch.Tensor:
+    """S = score_offset + score_scale * P of the first masked layer."""
+    config = model.peft_config["default"]
+    return config.score_offset + config.score_scale * _first_scores(model).detach()
+
+
 @pytest.mark.parametrize(
     "model_config, expected",
     [
@@ -40,7 +46,7 @@ def test_an_unset_soft_mask_takes_the_models_preset_and_records_it(tmp_path, cap
     config = model.peft_config["default"]
     assert (config.preset, config.init_score, config.temperature) == ("qwen2.5-0.5b", 7.0, 2.3)
     assert "qwen2.5-0.5b" in caplog.text and "model type 'qwen2'" in caplog.text
-    assert torch.all(_first_scores(model) == 7.0)
+    assert torch.all(_first_effective_scores(model) == 7.0)
     model.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "adapter_config.json").read_text())
     assert (saved["preset"], saved["init_score"], saved["temperature"]) == ("qwen2.5-0.5b", 7.0, 2.3)
@@ -59,7 +65,7 @@ def test_explicit_values_win_and_a_missing_one_comes_from_the_preset():
     model = get_peft_model(make_qwen2(), MFTConfig(init_score=4.0))
     config = model.peft_config["default"]
     assert (config.init_score, config.temperature) == (4.0, 2.3)
-    assert torch.all(_first_scores(model) == 4.0)
+    assert torch.all(_first_effective_scores(model) == 4.0)
     config = get_peft_model(make_qwen2(), MFTConfig(init_score=4.0, temperature=1.0)).peft_config["default"]
     assert (config.init_score, config.temperature) == (4.0, 1.0)
 

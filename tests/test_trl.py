@@ -46,7 +46,7 @@ def _trainer(folder, tmp_path, quantized, callbacks):
     from trl import SFTConfig, SFTTrainer
 
     args = SFTConfig(output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=4,
-                     learning_rate=0.1, weight_decay=0.0, lr_scheduler_type="constant", logging_steps=1,
+                     lr_scheduler_type="constant", logging_steps=1,  # TRL's default learning rate
                      save_strategy="no", report_to="none", use_cpu=True, bf16=False, max_length=32)
     return SFTTrainer(model=_load(folder, quantized), args=args, train_dataset=Dataset.from_dict({"text": TEXTS}),
                       processing_class=make_tokenizer(),
@@ -64,7 +64,7 @@ def test_sft_trainer_trains_float32_scores_and_nothing_else(checkpoint, tmp_path
     assert any(isinstance(m, MFTLayer) for m in model.modules())
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     assert {p.dtype for p in _scores(model).values()} == {torch.float32}
-    assert all(torch.all(p == 3.0) for p in _scores(model).values())  # the exact initial scores
+    assert all(torch.all(p == 0.0) for p in _scores(model).values())  # the exact initial scores: S = 3.0 at P = 0
     trainer.train()
     after = dict(model.named_parameters())
     assert {p.dtype for p in _scores(model).values()} == {torch.float32}
@@ -137,9 +137,8 @@ def test_vision_language_sft_trains_only_scores_including_the_projectors(tmp_pat
     processor = AutoProcessor.from_pretrained(folder)
     processor.patch_size, processor.num_additional_image_tokens = 8, 1
     processor.vision_feature_select_strategy, processor.chat_template = "default", VLM_TEMPLATE
-    args = SFTConfig(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=2, learning_rate=0.1,
-                     weight_decay=0.0, save_strategy="no", report_to="none", use_cpu=True, bf16=False,
-                     max_length=None)
+    args = SFTConfig(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=2,
+                     save_strategy="no", report_to="none", use_cpu=True, bf16=False, max_length=None)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
                          peft_config=MFTConfig(targets="both", init_score=3.0, temperature=0.5),
                          callbacks=[Float32ScoresCallback()])

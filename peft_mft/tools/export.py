@@ -219,13 +219,14 @@ def scores_for_mask(mask: torch.Tensor, spec: MaskSpec) -> torch.Tensor:
     """Float32 scores whose mask under `spec` is `mask` (out x in).
 
     Hard: 1.0 where kept, 0.0 where zeroed; exact when the number of zeros is `floor(sparsity * numel)`, because the
-    k smallest |S| are then exactly the zeros. Soft: `T * logit(M * normalizer)`, clipped where the sigmoid saturates;
-    the mask comes back to within float32 rounding.
+    k smallest |S| are then exactly the zeros. Soft: the trained tensor P of `S = T * logit(M * normalizer)`, the logit
+    clipped where the sigmoid saturates; the mask comes back to within float32 rounding.
     """
     if spec.mask_type == "hard":
         return (mask != 0).to(torch.float32)
     probability = (mask.double() * spec.normalizer).clamp_(0.0, 1.0)
-    return (torch.logit(probability).clamp_(-_LOGIT_LIMIT, _LOGIT_LIMIT) * spec.temperature).float()
+    scores = torch.logit(probability).clamp_(-_LOGIT_LIMIT, _LOGIT_LIMIT) * spec.temperature
+    return ((scores - spec.score_offset) / spec.score_scale).float()
 
 
 # ---- export and load --------------------------------------------------------------------------------------------
@@ -233,7 +234,9 @@ def scores_for_mask(mask: torch.Tensor, spec: MaskSpec) -> torch.Tensor:
 
 def initial_mask(config: MFTConfig, spec: MaskSpec) -> float:
     """The soft mask of a fresh adapter (1.0 when normalised), the reference `soft-fp16` stores deviations from."""
-    return float(spec.mask(torch.tensor([config.init_score], dtype=torch.float32))[0]) if spec.mask_type == "soft" else 1.0
+    if spec.mask_type != "soft":
+        return 1.0
+    return float(spec.mask(torch.tensor([config.initial_trained_score], dtype=torch.float32))[0])
 
 
 def export_compact_adapter(

@@ -44,7 +44,9 @@ def harden_adapter(
     sparsity = check_sparsity(sparsity)
     output_dir = Path(output_dir)
     checked = check_output_folder(output_dir, [adapter_dir], "harden", overwrite)  # before the slow part
-    config = dataclasses.replace(masks.config, mask_type="hard", sparsity=sparsity, straight_through=False)
+    # the hard scores are the masks themselves (P is S)
+    config = dataclasses.replace(masks.config, mask_type="hard", sparsity=sparsity, straight_through=False,
+                                 score_scale=1.0, score_offset=0.0)
 
     score_keys = set(adapter.score_keys.values())
     state_dict = {key: adapter.read(key) for key in adapter.keys if key not in score_keys}
