@@ -321,10 +321,28 @@ def check_weights_match_config(folder: PathLike, config: MFTConfig) -> None:
         )
 
 
+COMPACT_MARKER_NAME = "mft_compact.json"  # `peft-mft export`'s metadata: the folder holds packed masks, not scores
+
+
+def check_not_compact(folder: PathLike) -> None:
+    """`AdapterFileError` for a compact folder (`peft-mft export`'s output), which holds packed masks that only
+    `load_compact_adapter` reads: PEFT would find no adapter weights there and look for them on the Hub."""
+    folder = Path(folder)
+    if (folder / COMPACT_MARKER_NAME).is_file() and not any(
+        (folder / name).is_file() for name in (SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME)
+    ):
+        raise AdapterFileError(
+            f"{folder} is a compact MFT adapter (packed masks for inference, written by `peft-mft export`), not one "
+            "PeftModel.from_pretrained reads. Load it with peft_mft.tools.export.load_compact_adapter(base_model, "
+            f"{str(folder)!r})."
+        )
+
+
 def check_loaded_config(config: MFTConfig, folder: str) -> None:
-    """`MFTConfig.from_pretrained`'s load hook for a local folder: a pickle-only, truncated or corrupted weight file, or
-    one written for other mask settings, is named before PEFT reads it, and the folder is remembered for later loading
-    errors (`describe_source`)."""
+    """`MFTConfig.from_pretrained`'s load hook for a local folder: a compact folder, a pickle-only, truncated or
+    corrupted weight file, or one written for other mask settings, is named before PEFT reads it, and the folder is
+    remembered for later loading errors (`describe_source`)."""
+    check_not_compact(folder)
     check_adapter_folder(folder, require_weights=False)
     check_weights_match_config(folder, config)
     config._loaded_from = os.path.abspath(folder)  # not a field, never saved

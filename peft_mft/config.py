@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -414,22 +415,28 @@ class MFTConfig(PeftConfig):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
-        """PEFT's config loading (also what `PeftModel.from_pretrained` and `load_adapter` call); invalid values in a
-        local `adapter_config.json` raise `AdapterFileError` naming the file, and `CONFIG_LOADED_HOOKS` run (the
-        weight-file checks of `peft_mft.adapter_files`)."""
+        """PEFT's config loading (also what `PeftModel.from_pretrained` and `load_adapter` call); a local folder is read
+        by `read_local`, then `CONFIG_LOADED_HOOKS` run (the folder checks of `peft_mft.adapter_files`)."""
         folder = os.path.join(pretrained_model_name_or_path, subfolder or "")
-        config_file = os.path.join(folder, CONFIG_NAME)
-        if not os.path.isfile(config_file):
+        if not os.path.isfile(os.path.join(folder, CONFIG_NAME)):
             return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        config = cls.read_local(folder, **kwargs)
+        for hook in CONFIG_LOADED_HOOKS:
+            hook(config, folder)
+        return config
+
+    @classmethod
+    def read_local(cls, folder: str, **kwargs) -> "MFTConfig":
+        """The config in local `folder`'s `adapter_config.json`, without the folder checks; invalid values raise
+        `AdapterFileError` naming the file. A config saved before `score_scale` existed gets scale 1 and offset 0
+        (its weight file holds the scores themselves)."""
+        config_file = os.path.join(folder, CONFIG_NAME)
         try:
-            config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+            config = super().from_pretrained(folder, **kwargs)
             if "score_scale" not in json.loads(Path(config_file).read_text()):
-                # saved before scores were scaled: the file holds S itself
                 config.score_scale, config.score_offset = 1.0, 0.0
         except (ValueError, TypeError) as exc:
             raise AdapterFileError(f"{config_file}: {exc}") from exc
-        for hook in CONFIG_LOADED_HOOKS:
-            hook(config, folder)
         return config
 
     def save_pretrained(self, save_directory: str, **kwargs) -> None:
@@ -495,3 +502,32 @@ class MFTConfig(PeftConfig):
             return spec
         initial = torch.full((1,), self.initial_trained_score, dtype=torch.float32, device=device)
         return dataclasses.replace(spec, normalizer=spec.logits(initial).sigmoid_().item())
+
+
+# LoraConfig arguments a user switching from LoRA may pass, with what MFT has instead.
+_LORA_ONLY_ARGUMENTS = {
+    "r": "MFT learns one score per weight, so it has no rank",
+    "lora_alpha": "MFT has no scaling of an update; `temperature` sets how sharply scores become masks",
+    "lora_dropout": "MFT has no adapter input to drop out",
+    "bias": "MFT masks weight matrices only; biases stay frozen",
+    "use_rslora": "MFT has no rank",
+    "use_dora": "MFT has no magnitude/direction split",
+    "init_lora_weights": "MFT's is `init_weights`",
+    "fan_in_fan_out": "MFT reads the layer's own weight layout",
+}
+_dataclass_init = MFTConfig.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init_refusing_lora_arguments(self, *args, **kwargs):
+    lora = [name for name in kwargs if name in _LORA_ONLY_ARGUMENTS]
+    if lora:
+        reasons = "; ".join(f"{name}: {_LORA_ONLY_ARGUMENTS[name]}" for name in lora)
+        raise TypeError(
+            f"MFTConfig got LoraConfig arguments {lora} ({reasons}). MFT's own: mask_type ('soft' or 'hard'), "
+            "init_score and temperature (soft), sparsity (hard), targets or target_modules, score_scale."
+        )
+    _dataclass_init(self, *args, **kwargs)
+
+
+MFTConfig.__init__ = _init_refusing_lora_arguments

@@ -162,3 +162,9 @@ def test_an_initial_mask_with_zero_gradient_is_refused_unless_straight_through(i
 def test_a_saturated_but_trainable_initial_mask_only_warns():
     with pytest.warns(UserWarning, match="starts saturated"):
         MFTConfig(init_score=12.0, temperature=1.0)
+
+
+@pytest.mark.parametrize("argument", ["r", "lora_alpha", "lora_dropout", "bias"])
+def test_a_lora_argument_says_what_mft_uses_instead(argument):
+    with pytest.raises(TypeError, match=rf"LoraConfig arguments \['{argument}'\].*MFT's own: mask_type"):
+        MFTConfig(**{argument: 8})

@@ -133,7 +133,8 @@ def test_export_refuses_a_format_of_the_other_mask_type(tmp_path):
 def test_compact_folder_is_not_mistaken_for_scores(tmp_path):
     _, folder = _trained_adapter(tmp_path, "hard")
     export_compact_adapter(folder, tmp_path / "bits", "hard-bits")
-    with pytest.raises(ValueError):  # PEFT finds no adapter_model.safetensors and says so
+    # refused at once, naming the loader to use (PEFT would find no weights and look for them on the Hub)
+    with pytest.raises(AdapterFileError, match=r"compact MFT adapter.*load_compact_adapter"):
         PeftModel.from_pretrained(make_llava(), tmp_path / "bits")
     with pytest.raises(AdapterFileError, match="not a compact MFT adapter"):
         load_compact_adapter(make_llava(), folder)
@@ -167,3 +168,13 @@ def test_interrupted_export_leaves_the_previous_export_intact(tmp_path, monkeypa
         export_compact_adapter(folder, out, "hard-indices")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".compact")) == []
+
+
+def test_merge_of_a_compact_folder_names_load_compact_adapter(tmp_path, capsys):
+    from peft_mft.tools.cli import main
+
+    _, folder = _trained_adapter(tmp_path, "hard")
+    export_compact_adapter(folder, tmp_path / "bits", "hard-bits")
+    make_llava().save_pretrained(tmp_path / "base")
+    assert main(["merge", str(tmp_path / "base"), str(tmp_path / "bits"), str(tmp_path / "merged")]) == 2
+    assert "load_compact_adapter" in capsys.readouterr().err and not (tmp_path / "merged").exists()

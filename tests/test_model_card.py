@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 import torch
 from huggingface_hub import ModelCard
 from peft import get_peft_model
@@ -125,18 +126,24 @@ def _snippet(folder) -> str:
     return text[start : text.index("```", start)]
 
 
-def test_the_cards_loading_snippet_runs_as_written_in_a_fresh_interpreter(tmp_path):
+@pytest.mark.parametrize(
+    "make, task_type, peft_class",
+    [(make_llama, "CAUSAL_LM", "PeftModelForCausalLM"), (make_llama, None, "PeftModel"), (make_llava, None, "PeftModel")],
+    ids=["causal-lm", "llama-without-task-type", "llava"],
+)
+def test_the_cards_loading_snippet_runs_as_written_in_a_fresh_interpreter(tmp_path, make, task_type, peft_class):
     import subprocess
     import sys
 
-    from transformers import LlamaForCausalLM
-
-    make_llama().save_pretrained(tmp_path / "base")
-    config = MFTConfig(init_weights=False, task_type="CAUSAL_LM")
-    get_peft_model(LlamaForCausalLM.from_pretrained(tmp_path / "base"), config).save_pretrained(tmp_path / "adapter")
+    base = make()
+    base.save_pretrained(tmp_path / "base")
+    config = MFTConfig(init_weights=False, task_type=task_type)
+    get_peft_model(type(base).from_pretrained(tmp_path / "base"), config).save_pretrained(tmp_path / "adapter")
+    assert "pip install peft-mft" in (tmp_path / "adapter" / "README.md").read_text()
     snippet = _snippet(tmp_path / "adapter")
     assert str(tmp_path / "base") in snippet
-    check = "\nassert type(model).__name__ == 'PeftModelForCausalLM' and model.peft_config['default'].peft_type == 'MFT'"
+    check = (f"\nassert type(model).__name__ == {peft_class!r} and model.peft_config['default'].peft_type == 'MFT'"
+             f"\nassert type(base_model).__name__ == {type(base).__name__!r}")
     run = subprocess.run([sys.executable, "-c", snippet + check], cwd=tmp_path / "adapter", capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]

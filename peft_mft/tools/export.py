@@ -24,7 +24,8 @@ values), and not the optimizer state. Keep the `save_pretrained` folder to go on
 Folder layout: `adapter_config.json` (the unchanged `MFTConfig`), `mft_compact.json` (format, version, per-layer
 shapes and the measured mask error) and `mft_compact.safetensors` (the packed masks; other saved tensors such as
 `modules_to_save` are copied unchanged). `PeftModel.from_pretrained` does not read this folder (it has no
-`adapter_model.safetensors`); `load_compact_adapter(base_model, folder)` does, and returns an ordinary MFT `PeftModel`
+`adapter_model.safetensors`, and it refuses the folder naming `load_compact_adapter`); `load_compact_adapter(base_model,
+folder)` does, and returns an ordinary MFT `PeftModel`
 whose float32 scores reproduce the stored masks, so forward, `merge_and_unload()` and `generate` work as usual.
 """
 
@@ -44,7 +45,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..adapter_files import SCORES_SUFFIX, AdapterFolder, check_declared_keys, check_safetensors_file
+from ..adapter_files import (
+    COMPACT_MARKER_NAME, SCORES_SUFFIX, AdapterFolder, check_declared_keys, check_safetensors_file,
+)
 from ..config import MFTConfig
 from ..errors import AdapterFileError, MFTInputError
 from ..mask import MaskSpec, num_zeroed
@@ -55,7 +58,7 @@ PathLike = Union[str, os.PathLike]
 COMPACT_FORMATS = {
     "soft-fp16": "soft", "soft-int8": "soft", "soft-sparse": "soft", "hard-bits": "hard", "hard-indices": "hard",
 }
-COMPACT_META_NAME = "mft_compact.json"
+COMPACT_META_NAME = COMPACT_MARKER_NAME
 COMPACT_WEIGHTS_NAME = "mft_compact.safetensors"
 COMPACT_FORMAT_VERSION = 1
 # Scores that reproduce a soft mask are T * logit(M * normalizer); the logit is clipped where M * normalizer rounds to
@@ -355,7 +358,7 @@ def read_compact_masks(folder: PathLike) -> tuple[MFTConfig, dict, dict[str, tor
     ):
         raise AdapterFileError(f"{meta_path}: 'layers' must map each layer to its [out_features, in_features], got "
                                f"{str(layers)[:120]}.")
-    config = MFTConfig.from_pretrained(str(folder))
+    config = MFTConfig.read_local(str(folder))  # from_pretrained's checks refuse a compact folder to PEFT's loader
     spec = config.mask_spec(torch.device("cpu"))
     weights = folder / COMPACT_WEIGHTS_NAME
     check_safetensors_file(weights)

@@ -91,12 +91,25 @@ def mft_card_section(analysis: MaskAnalysis) -> str:
     return "\n".join(lines)
 
 
+def base_model_class(config: MFTConfig) -> str:
+    """The transformers class the card loads the base model with: the one PEFT recorded (`auto_mapping`), else the
+    Auto class of the task type (`AutoModelForCausalLM` for CAUSAL_LM), else `AutoModel`."""
+    recorded = (config.auto_mapping or {}).get("base_model_class")
+    if recorded and str((config.auto_mapping or {}).get("parent_library", "")).startswith("transformers"):
+        return recorded
+    return "AutoModelForCausalLM" if config.task_type == "CAUSAL_LM" else "AutoModel"
+
+
 def loading_snippet(config: MFTConfig) -> list[str]:
-    """The card's loading code, runnable as written from the adapter's folder (`adapter = "."`); the base model is
-    the config's `base_model_name_or_path`."""
-    auto_class = "AutoModelForCausalLM" if config.task_type == "CAUSAL_LM" else "AutoModelForImageTextToText"
+    """The card's install line and loading code, runnable as written from the adapter's folder (`adapter = "."`); the
+    base model is the config's `base_model_name_or_path`, loaded with `base_model_class`."""
+    auto_class = base_model_class(config)
     base = config.base_model_name_or_path or "<base model id or folder>"
     return [
+        "```bash",
+        "pip install peft-mft",
+        "```",
+        "",
         "```python",
         "import peft_mft  # registers the MFT adapter type with PEFT; without it loading fails with KeyError: 'MFT'",
         "from peft import PeftModel",
