@@ -63,6 +63,12 @@ def save_adapter(model: PeftModel, directory: PathLike, is_main_process: bool = 
     holding NaN/inf are refused before anything is written (the error names the module).
     In a distributed run call it on every process with `is_main_process` set (e.g. `accelerator.is_main_process`):
     the other processes take part in PEFT's state-dict gathering and write nothing. Returns `directory` as a `Path`.
+
+    Args:
+        model: The MFT `PeftModel` to save.
+        directory: The adapter folder to write (created, or replaced atomically).
+        is_main_process: False on the processes of a distributed run that only take part in gathering.
+        **save_pretrained_kwargs: Passed to `PeftModel.save_pretrained` (e.g. `safe_serialization`).
     """
     directory = Path(directory)
     if not is_main_process:
@@ -357,6 +363,13 @@ def load_adapter(
     (added as `adapter_name` with `load_adapter`; not activated). Errors name the file and the problem: a missing or
     non-MFT folder, invalid config values, a truncated weight file or a .bin holding more than tensors, scores whose shapes do not fit this
     base model (module and both shapes), or NaN/inf scores (module). `kwargs` go to PEFT's loader.
+
+    Args:
+        model: A plain base model, or a `PeftModel` to add the adapter to.
+        folder: A local adapter folder written by `save_pretrained`.
+        adapter_name: The name to load it under; an existing adapter of that name must have the same mask settings.
+        is_trainable: Load with trainable scores (to continue training).
+        **kwargs: Passed to PEFT's loader.
     """
     folder = Path(folder)
     saved = read_adapter_config(folder)

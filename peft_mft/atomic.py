@@ -106,6 +106,10 @@ def atomic_directory(directory: PathLike, discard: Collection[str] = ()) -> Iter
     hidden files) are hard-linked into the new folder, so nothing but the rewritten files changes; `discard` names
     top-level entries of the previous content to drop instead (files an earlier run of the same writer made and this
     one no longer writes, such as shards of a different count).
+
+    Args:
+        directory: The folder to write; a symbolic link is followed and kept.
+        discard: Top-level entries of the previous content not to carry over.
     """
     target = Path(directory).resolve()  # through a symlink: replace the folder it points to, keep the link
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -37,5 +37,9 @@ def restore_standard_4bit_layout(layer: nn.Module) -> bool:
 
 def restore_standard_4bit_layouts(model: nn.Module) -> int:
     """`restore_standard_4bit_layout` on every module of `model`; call it before `merge_and_unload()` of an adapter
-    (LoRA, ...) on a 4-bit model that ran in eval mode on the CPU. Returns how many layers were repacked."""
+    (LoRA, ...) on a 4-bit model that ran in eval mode on the CPU. Returns how many layers were repacked.
+
+    Args:
+        model: Any module; its bitsandbytes `Linear4bit` layers are restored in place.
+    """
     return sum(restore_standard_4bit_layout(module) for module in model.modules())

@@ -150,16 +150,51 @@ _REQUIRED_FIELDS = ("mask_type", "normalize_soft_mask", "straight_through", "ini
 
 @dataclass
 class MFTConfig(PeftConfig):
-    """Configuration of a [`MFTModel`]: which `nn.Linear` weights get a learned mask, and how scores become masks.
+    """Configuration of an MFT adapter (`MFTModel`): which `nn.Linear` weights get a learned mask, and how scores
+    become masks. Use it where you would use `LoraConfig`: `get_peft_model(model, MFTConfig(...))`.
 
-    Each targeted weight `W` (out x in, frozen) gets a float32 score tensor `S` of the same shape; the layer uses
-    `W * M`. Soft masks: `M = sigmoid(S / temperature)`, divided by its initial value `sigmoid(init_score /
-    temperature)` unless `normalize_soft_mask=False`, so that a fresh adapter is exactly the base model. Hard masks:
-    the `sparsity` fraction of entries with the smallest `|S|` is zeroed per matrix, the rest kept.
+    Each targeted weight `W` (out x in, frozen) gets a float32 score tensor `S` of the same shape, trained as
+    `S = score_offset + score_scale * P`; the layer uses `W * M`. Soft masks: `M = sigmoid(S / temperature)`, divided
+    by its initial value unless `normalize_soft_mask=False`, so that a fresh adapter is exactly the base model. Hard
+    masks: the `sparsity` fraction of entries with the smallest `|S|` is zeroed per matrix, the rest kept.
 
-    Soft masks: `init_score` and `temperature` left at None come from a preset, `preset` if given, else the one
-    the base model's name or type selects when the adapter is created (`preset_for_model`); the resolved values are
-    written into the config (and so into `adapter_config.json`). [`MFTConfig.from_preset`] picks one by name.
+    Args:
+        mask_type: "soft" (S-MFT, the default) or "hard" (H-MFT).
+        init_score: Soft masks: the score every entry starts at, so that `M` starts near 1 (paper: 7.0 for
+            Qwen2.5-0.5B, 3.0 TinyLlama-1.1B, 5.0 Gemma-2B, 9.0 Phi-2). None: from a preset.
+        temperature: Soft masks: `T > 0` in `sigmoid(S / T)`; `dM/dS = M(1 - M) / T`. None: from a preset.
+        preset: Soft masks: the (init_score, temperature) preset that fills whichever of the two is None, one of
+            `MFT_PRESETS`. None: chosen from the base model's name or type when the adapter is created, and recorded.
+        normalize_soft_mask: Soft masks: divide `M` by its initial value, so a fresh adapter is the identity
+            (PEFT's convention). False is the paper-literal `M = sigmoid(S / T)`.
+        straight_through: Soft masks: the backward treats `dM/dS` as 1 ("S-MFT STE").
+        sparsity: Hard masks: the fraction of each matrix zeroed, in [0, 1) (default 0.01; paper: 0.0005 best for
+            Qwen2.5-0.5B, 0.01 for TinyLlama-1.1B).
+        targets: "attn" (q, k, v, o), "mlp" (gate, up, down) or "both", each plus the image-text projector; in a VLM
+            only the language model's projections. Used when `target_modules` is None.
+        target_modules: Module names (suffix match) or a full-match regex of the `nn.Linear` layers to mask. None: the
+            architecture's default (every language-model projection and the projector), or `targets`. Modules in a
+            vision tower are never masked.
+        exclude_modules: Module names or a regex of modules not to mask.
+        layers_to_transform: Decoder-layer indices to mask; modules outside numbered layers (the projector) stay
+            masked when targets are given as a regex or `targets`.
+        layers_pattern: The name of the layer list `layers_to_transform` indexes, e.g. "layers".
+        modules_to_save: Modules trained in full besides the masks and saved with the adapter.
+        score_scale: The trained tensor `P` holds the scores scaled, so an optimizer step `lr` moves a score by
+            `score_scale * lr`. None: 4096 for soft masks, 256 for hard ones, at which the default learning rates of
+            `transformers.Trainer` (5e-5) and TRL (2e-5) train masks. Adapters saved before this field load with 1.
+        score_offset: Soft masks: the score at `P = 0`. None: `init_score`, so `P` starts at 0 and weight decay pulls
+            masks towards their initial value.
+        scores_dtype: The dtype of the saved scores: "float32", or the 16-bit base dtype they were kept in with
+            `get_peft_model(..., autocast_adapter_dtype=False)`. Loading refuses other dtypes.
+        init_weights: True: scores start at `init_score` (soft) or `|W| / mean |W|` (hard). False: random scores,
+            for tests.
+
+    `PeftConfig`'s fields apply as well, such as `task_type` ("CAUSAL_LM" for a language model).
+
+    Raises:
+        ValueError: A field with a value of the wrong type or out of range, naming the field and the value.
+        TypeError: A `LoraConfig` argument (`r`, `lora_alpha`, ...), saying what MFT uses instead.
     """
 
     mask_type: Literal["soft", "hard"] = field(

@@ -61,6 +61,12 @@ def check_finite_scores(
 
     `action` completes the message ("Cannot {action}: ..."), e.g. "merge" or "continue training". `all_processes`:
     see `nonfinite_score_modules`.
+
+    Args:
+        model: A model holding MFT layers.
+        adapter_names: The adapters to check (default: all).
+        action: Completes the message, 'Cannot {action}: ...'.
+        all_processes: In a distributed run, agree across processes (each checks its shard; one all-reduce).
     """
     broken = nonfinite_score_modules(model, adapter_names, all_processes=all_processes)
     if broken:

@@ -44,7 +44,12 @@ def quantized_merge_error(backend_name: str, module_name: Optional[str] = None) 
 
 
 class MFTLayer(BaseTunerLayer):
-    """Per-adapter MFT state of one layer: a float32 score tensor (out_features, in_features) and its `MaskSpec`."""
+    """Per-adapter MFT state of one layer: a float32 score tensor (out_features, in_features) and its `MaskSpec`.
+
+    Args:
+        base_layer: The `nn.Linear` (or bitsandbytes `Linear8bitLt` / `Linear4bit`) whose weight is masked.
+        **kwargs: PEFT's quantization keywords, kept for `get_apply_tensor_subclass`.
+    """
 
     adapter_layer_names = ("mft_scores",)
     other_param_names = ("mft_mask_spec",)

@@ -46,6 +46,11 @@ def merged_weights(
 
         for name, tensor in peft_mft.merged_weights(model):
             llm.load_weights([(name, tensor)])
+
+    Args:
+        model: A `PeftModel` or `MFTModel` with MFT layers (quantized bases included); left unchanged.
+        adapter_names: The adapters whose masks are applied (default: the active ones).
+        dtype: The dtype of the tensors given (default: the base weight's; float32 for quantized ones).
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     check_finite_scores(base, adapter_names or _active_adapters(base), action="merge")

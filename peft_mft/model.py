@@ -92,6 +92,10 @@ class MFTModel(BaseTuner):
         >>> from peft import get_peft_model
         >>> model = get_peft_model(base_model, peft_mft.MFTConfig(targets="both"))
         ```
+
+    Its arguments are `BaseTuner`'s, as for every PEFT tuner: `model` (the base model, changed in place: targeted
+    linears are replaced), `peft_config` (the `MFTConfig`, or a dict of them by adapter name), `adapter_name`,
+    `low_cpu_mem_usage` and `state_dict`.
     """
 
     prefix: str = "mft_"

@@ -17,7 +17,11 @@ class FiniteScoresCallback(TrainerCallback):
     """`transformers.Trainer` callback that stops training with `NonFiniteScoresError`, naming the modules, as soon as
     a score becomes NaN/inf (checked every `every_n_steps` optimizer steps, after the update), before a broken
     adapter reaches a checkpoint. Costs one pass over the scores (each process: its shard) and, in a distributed
-    run, one small all-reduce per check."""
+    run, one small all-reduce per check.
+
+    Args:
+        every_n_steps: Check after every this many optimizer steps (>= 1).
+    """
 
     def __init__(self, every_n_steps: int = 1):
         if every_n_steps < 1:

@@ -56,6 +56,19 @@ def create_mft_optimizer(
     Other trainable parameters (`modules_to_save`, e.g. a whole `lm_head`) go in a group with `other_lr` (default
     2e-5, a full fine-tuning rate) and `other_weight_decay`. Pass the result to
     `transformers.Trainer(..., optimizers=(optimizer, None))`. `optimizer_kwargs` go to `optimizer_cls`.
+
+    Args:
+        model: A `PeftModel` (or any module) holding MFT layers; its trainable scores and other trainable parameters
+            are optimized.
+        lr: The optimizer's learning rate for every score tensor. None: each adapter's default score step (0.1 soft,
+            0.01 hard) divided by its `score_scale`.
+        optimizer_cls: The optimizer class (default `torch.optim.AdamW`).
+        other_lr: The learning rate of trainable parameters that are not scores (`modules_to_save`).
+        other_weight_decay: Their weight decay (scores get none).
+        **optimizer_kwargs: Passed to `optimizer_cls`, e.g. `betas`.
+
+    Returns:
+        The optimizer. Raises `ValueError` when `model` has no trainable MFT scores.
     """
     scores = _score_tensors(model)
     if not scores:

@@ -32,7 +32,11 @@ class OptimizerInBackward(torch.optim.Optimizer):
     Refuses gradient accumulation (`RuntimeError` at the second backward without a `step()` between, before any
     parameter is updated twice) and clipping (`ValueError` from `check_training_arguments`, which `Trainer` reaches
     through `optimizer.train()` before its first forward): train with `max_grad_norm=0` and
-    `gradient_accumulation_steps=1`, and call `step()` once per backward as with any optimizer."""
+    `gradient_accumulation_steps=1`, and call `step()` once per backward as with any optimizer.
+
+    Args:
+        optimizer: The optimizer to split into one per parameter (e.g. `create_mft_optimizer(model)`).
+    """
 
     def __init__(self, optimizer: torch.optim.Optimizer):
         self.optimizers = {}
