@@ -60,7 +60,7 @@ def test_the_installed_wheel_runs_the_readme_usage_block(dist, tmp_path):
                               capture_output=True, text=True, check=True).stdout.strip()
     Path(own_site, "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)], check=True)
-    usage = README.read_text().split("## Usage", 1)[1]
+    usage = README.read_text().split("## Quickstart", 1)[1]
     code = re.search(r"```python\n(.*?)```", usage, re.S).group(1)
     script = tmp_path / "usage.py"
     script.write_text(code + "\nimport peft_mft\nprint(peft_mft.__file__, peft_mft.__version__)\n")

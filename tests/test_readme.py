@@ -9,7 +9,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def usage_blocks() -> list[str]:
-    usage = README.read_text().split("## Usage", 1)[1].split("\n## ", 1)[0]
+    usage = README.read_text().split("## Quickstart", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```python\n(.*?)```", usage, re.S)
 
 
