@@ -3,7 +3,7 @@
     python -m benchmarks.sparse_sizes ADAPTER                       # embedded VLM, easy-vqa test, default thresholds
     python -m benchmarks.sparse_sizes ADAPTER --thresholds 0.001 0.01 0.05 --eval-samples 400 --out results/sparse
 
-For each threshold: the folder `peft-mft export --format sparse --threshold T` writes (bytes), the share of masks
+For each threshold: the folder `peft-mft export --format sparse --min-change T` writes (bytes), the share of masks
 kept, the largest |logit change| against the float32 adapter on the calibration batch `--max-drift` measures it on
 (`peft_mft.tools.sparse_threshold.random_calibration_inputs`) and exact-match accuracy on `--eval-samples` held-out
 questions, beside the float32 adapter's own accuracy and size (each accuracy with its binomial s.e.). Writes

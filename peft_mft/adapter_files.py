@@ -21,6 +21,7 @@ import functools
 import json
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Optional, Union
@@ -169,6 +170,16 @@ def check_torch_weights_file(path: PathLike) -> list[str]:
     return list(state_dict)
 
 
+def hub_id_hint(path: PathLike) -> str:
+    """For a missing local path that looks like a Hugging Face Hub id ('org/name'): why it is not fetched and how to
+    get it (the tools read local folders only, so they work offline); else ''."""
+    text = str(path)
+    if Path(path).exists() or not re.fullmatch(r"[\w.-]+/[\w.-]+", text):
+        return ""
+    return (f"; {text!r} looks like a Hugging Face Hub id, and peft-mft reads local folders only: download it first "
+            f"(huggingface-cli download {text} --local-dir {text.split('/')[-1]}) and pass that folder")
+
+
 def _listing(folder: Path) -> list[str]:
     return sorted(entry.name for entry in folder.iterdir()) if folder.is_dir() else []
 
@@ -182,7 +193,7 @@ def read_adapter_config(folder: PathLike) -> MFTConfig:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise AdapterFileError(f"{folder}: no such adapter folder.")
+        raise AdapterFileError(f"{folder}: no such adapter folder{hub_id_hint(folder)}.")
     config_file = folder / CONFIG_NAME
     if not config_file.is_file():
         raise AdapterFileError(

@@ -95,7 +95,7 @@ def poison(folder, value: float) -> None:
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 @pytest.mark.parametrize(
     "command",
-    [["export", "--format", "sparse", "--threshold", "0.01"], ["export", "--format", "fp16"],
+    [["export", "--format", "sparse", "--min-change", "0.01"], ["export", "--format", "fp16"],
      ["export", "--format", "int8"], ["harden", "--sparsity", "0.1"]],
 )
 def test_soft_adapter_with_nonfinite_scores_is_refused_before_writing(capsys, tmp_path, soft_adapter, value, command):
@@ -322,7 +322,7 @@ def test_an_output_under_a_file_is_refused_before_any_work(capsys, tmp_path, sof
     out = tmp_path / "a-file" / "out"
     argv = {"harden": ["harden", soft_adapter, out, "--sparsity", "0.1"],
             "export": ["export", soft_adapter, out, "--format", "fp16"],
-            "merge": ["merge", tmp_path / "no-base-needed", soft_adapter, out]}[command]
+            "merge": ["merge", soft_adapter, out, "--base", tmp_path / "no-base-needed"]}[command]
     code, _, err = run_cli(capsys, *argv)
     assert code == 2 and "a-file' is a file, not a folder" in err, err
 

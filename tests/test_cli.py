@@ -69,7 +69,7 @@ def test_analyze_prints_the_hand_computed_table(capsys, adapter):
 
 
 def test_analyze_json_matches_the_api(capsys, adapter):
-    code, out, _ = run(capsys, "analyze", adapter, "--json", "--threshold", "0.3")
+    code, out, _ = run(capsys, "analyze", adapter, "--json", "--near-zero", "0.3")
     assert code == 0
     assert json.loads(out) == json.loads(json.dumps(analyze_masks(adapter, near_zero_threshold=0.3).to_dict()))
 
@@ -109,7 +109,7 @@ def test_merge_writes_a_plain_model_equal_to_the_masked_one(capsys, tmp_path):
     torch.manual_seed(2)
     model = get_peft_model(make_llama(), MFTConfig(init_weights=False))
     model.save_pretrained(tmp_path / "adapter")
-    code, out, err = run(capsys, "merge", tmp_path / "base", tmp_path / "adapter", tmp_path / "merged")
+    code, out, err = run(capsys, "merge", tmp_path / "adapter", tmp_path / "merged", "--base", tmp_path / "base")
     assert code == 0 and "Unloading and merging model" in err
     merged = LlamaForCausalLM.from_pretrained(tmp_path / "merged")
     with safe_open(tmp_path / "merged" / "model.safetensors", "pt") as saved:
@@ -126,9 +126,9 @@ def test_merge_writes_a_plain_model_equal_to_the_masked_one(capsys, tmp_path):
 def test_merge_keeps_or_sets_the_dtype(capsys, tmp_path):
     make_llama().to(torch.bfloat16).save_pretrained(tmp_path / "base")
     get_peft_model(make_llama(), MFTConfig(init_weights=False)).save_pretrained(tmp_path / "adapter")
-    assert run(capsys, "merge", tmp_path / "base", tmp_path / "adapter", tmp_path / "auto")[0] == 0
+    assert run(capsys, "merge", tmp_path / "adapter", tmp_path / "auto", "--base", tmp_path / "base")[0] == 0
     assert LlamaForCausalLM.from_pretrained(tmp_path / "auto").dtype == torch.bfloat16
-    argv = ("merge", tmp_path / "base", tmp_path / "adapter", tmp_path / "fp32", "--dtype", "float32")
+    argv = ("merge", tmp_path / "adapter", tmp_path / "fp32", "--base", tmp_path / "base", "--dtype", "float32")
     assert run(capsys, *argv)[0] == 0
     assert LlamaForCausalLM.from_pretrained(tmp_path / "fp32").dtype == torch.float32
 
@@ -140,18 +140,17 @@ def test_bad_input_exits_2_with_one_line(capsys, adapter, tmp_path):
     assert_bad_input(capsys, ["analyze", tmp_path / "lora"], "not an MFT one")
     assert_bad_input(capsys, ["compare", adapter, missing], "no such adapter folder")
     assert_bad_input(capsys, ["harden", tmp_path / "lora", "--sparsity", "0.1", tmp_path / "out"], "not an MFT one")
-    assert_bad_input(capsys, ["harden", adapter, "--sparsity", "1.5", tmp_path / "out"], "must be in [0, 1)")
-    assert_bad_input(capsys, ["merge", missing, adapter, tmp_path / "out"], "base model folder")
+    assert_bad_input(capsys, ["merge", adapter, tmp_path / "out", "--base", missing], "base model folder")
     make_llama().save_pretrained(tmp_path / "base")
-    assert_bad_input(capsys, ["merge", tmp_path / "base", tmp_path / "lora", tmp_path / "out"], "not an MFT one")
+    assert_bad_input(capsys, ["merge", tmp_path / "lora", tmp_path / "out", "--base", tmp_path / "base"], "not an MFT one")
     assert not (tmp_path / "out").exists()
 
 
 def test_merge_shape_mismatch_exits_2_naming_module_and_shapes(capsys, adapter, tmp_path):
     wider = LlamaForCausalLM(LlamaConfig(**(make_llama().config.to_dict() | {"intermediate_size": 24})))
     wider.save_pretrained(tmp_path / "wider")
-    assert_bad_input(capsys, ["merge", tmp_path / "wider", adapter, tmp_path / "out"], "gate_proj")
-    err_line = run(capsys, "merge", tmp_path / "wider", adapter, tmp_path / "out")[2].splitlines()[-1]
+    assert_bad_input(capsys, ["merge", adapter, tmp_path / "out", "--base", tmp_path / "wider"], "gate_proj")
+    err_line = run(capsys, "merge", adapter, tmp_path / "out", "--base", tmp_path / "wider")[2].splitlines()[-1]
     assert "32" in err_line and "24" in err_line
 
 
@@ -178,7 +177,7 @@ def test_bad_arguments_exit_2(capsys, adapter, tmp_path):
 
 def test_merged_model_loads_like_the_adapter_on_its_base(capsys, adapter, tmp_path):
     make_llama().save_pretrained(tmp_path / "base")
-    assert run(capsys, "merge", tmp_path / "base", adapter, tmp_path / "merged")[0] == 0
+    assert run(capsys, "merge", adapter, tmp_path / "merged", "--base", tmp_path / "base")[0] == 0
     with_adapter = PeftModel.from_pretrained(make_llama(), adapter)
     merged = LlamaForCausalLM.from_pretrained(tmp_path / "merged")
     weight = merged.model.layers[0].self_attn.q_proj.weight
@@ -234,3 +233,44 @@ def test_a_bug_exits_1_with_a_traceback_from_the_command(tmp_path):
     result = subprocess.run([sys.executable, "-c", script, "analyze", str(tmp_path)], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 1 and "Traceback" in result.stderr and "ZeroDivisionError" in result.stderr
+
+
+def test_version_and_help_for_every_argument(capsys):
+    import peft_mft
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"peft-mft {peft_mft.__version__}"
+    from peft_mft.tools.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command").choices
+    for name, sub in subparsers.items():
+        for action in sub._actions:
+            assert action.help, f"peft-mft {name} {action.option_strings or action.dest} has no help"
+
+
+def test_one_meaning_per_flag_across_commands():
+    from peft_mft.tools.cli import build_parser
+
+    subparsers = next(a for a in build_parser()._actions if a.dest == "command").choices
+    actions = {(name, flag): action for name, sub in subparsers.items() for action in sub._actions
+               for flag in action.option_strings}
+    assert not any(flag == "--threshold" for _, flag in actions)  # it meant a mask level in one verb, a cut in another
+    assert actions["analyze", "--near-zero"].default == actions["compare", "--near-zero"].default
+    assert all("base model folder" in actions[verb, "--base"].help for verb in ("merge", "export"))
+
+
+@pytest.mark.parametrize("value, says", [("5", "did you mean 5%?"), ("1.5", "must be in [0, 1), got 1.5"),
+                                         ("120%", "must be in [0, 1), got 120%")])
+def test_a_sparsity_outside_0_1_is_refused_with_a_hint(capsys, adapter, tmp_path, value, says):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["harden", str(adapter), str(tmp_path / "out"), "--sparsity", value])
+    assert exit_info.value.code == 2 and says in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_a_hub_id_is_refused_with_how_to_download_it(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert_bad_input(capsys, ["analyze", "someone/mft-adapter"], "looks like a Hugging Face Hub id")
+    assert_bad_input(capsys, ["merge", "someone/mft-adapter", "out", "--base", "org/base-model"],
+                     "huggingface-cli download org/base-model")

@@ -176,5 +176,5 @@ def test_merge_of_a_compact_folder_names_load_compact_adapter(tmp_path, capsys):
     _, folder = _trained_adapter(tmp_path, "hard")
     export_compact_adapter(folder, tmp_path / "bits", "hard-bits")
     make_llava().save_pretrained(tmp_path / "base")
-    assert main(["merge", str(tmp_path / "base"), str(tmp_path / "bits"), str(tmp_path / "merged")]) == 2
+    assert main(["merge", str(tmp_path / "bits"), str(tmp_path / "merged"), "--base", str(tmp_path / "base")]) == 2
     assert "load_compact_adapter" in capsys.readouterr().err and not (tmp_path / "merged").exists()

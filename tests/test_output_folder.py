@@ -35,7 +35,7 @@ def project(tmp_path, capsys):
 def test_output_containing_the_input_is_refused_and_nothing_changes(capsys, project):
     before = tree(project)
     assert_bad_input(capsys, ["harden", project / "soft", "--sparsity", "1%", project], "contains the input")
-    assert_bad_input(capsys, ["merge", project / "base", project / "soft", project], "contains the input")
+    assert_bad_input(capsys, ["merge", project / "soft", project, "--base", project / "base"], "contains the input")
     assert_bad_input(capsys, ["export", project / "soft", "--format", "fp16", project], "contains the input")
     assert tree(project) == before
 
@@ -44,8 +44,8 @@ def test_output_equal_to_or_inside_an_input_is_refused(capsys, project):
     before = tree(project)
     assert_bad_input(capsys, ["export", project / "soft", "--format", "int8", project / "soft"], "is the input")
     assert_bad_input(capsys, ["harden", project / "soft", "--sparsity", "1%", project / "soft" / "hard"], "inside")
-    assert_bad_input(capsys, ["merge", project / "base", project / "soft", project / "base"], "is the input")
-    assert_bad_input(capsys, ["merge", project / "base", project / "soft", project / "soft"], "is the input")
+    assert_bad_input(capsys, ["merge", project / "soft", project / "base", "--base", project / "base"], "is the input")
+    assert_bad_input(capsys, ["merge", project / "soft", project / "soft", "--base", project / "base"], "is the input")
     assert tree(project) == before
     with pytest.raises(OutputFolderError, match="is the input"):
         export_compact_adapter(project / "soft", project / "soft", "soft-int8", overwrite=True)  # never, even so
@@ -58,7 +58,7 @@ def test_non_empty_folder_of_something_else_needs_overwrite(capsys, project, tmp
     before = tree(tmp_path / "mine")
     for argv in (["harden", project / "soft", "--sparsity", "1%"], ["export", project / "soft", "--format", "fp16"]):
         assert_bad_input(capsys, [*argv, tmp_path / "mine"], "not an earlier output")
-    assert_bad_input(capsys, ["merge", project / "base", project / "soft", tmp_path / "mine"], "--overwrite")
+    assert_bad_input(capsys, ["merge", project / "soft", tmp_path / "mine", "--base", project / "base"], "--overwrite")
     assert tree(tmp_path / "mine") == before
     for call in (
         lambda: harden_adapter(project / "soft", 0.01, tmp_path / "mine"),
@@ -104,5 +104,5 @@ def test_earlier_output_is_replaced_keeping_files_the_user_added(capsys, project
 
 def test_empty_existing_folder_is_used(capsys, project, tmp_path):
     (tmp_path / "empty").mkdir()
-    assert run(capsys, "merge", project / "base", project / "soft", tmp_path / "empty")[0] == 0
+    assert run(capsys, "merge", project / "soft", tmp_path / "empty", "--base", project / "base")[0] == 0
     assert (tmp_path / "empty" / "config.json").is_file()

@@ -94,10 +94,10 @@ def test_cli_writes_the_budget_and_the_measured_drift(trained, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    ([], "exactly one of --threshold T or --max-drift X"),
-    (["--threshold", "0.1", "--max-drift", "0.1"], "exactly one of"),
+    ([], "exactly one of --min-change X or --max-drift X"),
+    (["--min-change", "0.1", "--max-drift", "0.1"], "exactly one of"),
     (["--max-drift", "0.1"], "give its folder with --base"),
-    (["--threshold", "-1"], "needs a threshold >= 0"),
+    (["--min-change", "-1"], "needs a threshold >= 0"),
 ])
 def test_cli_names_what_is_missing(trained, capsys, args, message):
     _, tmp_path = trained
@@ -107,5 +107,5 @@ def test_cli_names_what_is_missing(trained, capsys, args, message):
 
 def test_threshold_for_another_format_is_refused(trained, capsys):
     _, tmp_path = trained
-    assert cli(["export", str(tmp_path / "adapter"), str(tmp_path / "x"), "--format", "fp16", "--threshold", "1"]) == 2
+    assert cli(["export", str(tmp_path / "adapter"), str(tmp_path / "x"), "--format", "fp16", "--min-change", "1"]) == 2
     assert "apply to --format sparse only" in capsys.readouterr().err

@@ -33,6 +33,15 @@ def _fraction(text: str) -> float:
     return float(value)
 
 
+def _sparsity(text: str) -> float:
+    """`_fraction`, in [0, 1); a number >= 1 written without '%' gets the hint that it may be a percentage."""
+    value = _fraction(text)
+    if not 0 <= value < 1:
+        hint = f"; did you mean {text}%?" if value >= 1 and not text.endswith("%") else ""
+        raise argparse.ArgumentTypeError(f"the fraction zeroed must be in [0, 1), got {text}{hint}")
+    return value
+
+
 # ---- analyze ---------------------------------------------------------------------------------------------------------
 
 
@@ -103,7 +112,7 @@ def _analyze(args) -> int:
                            overwrite=args.overwrite)
     elif args.overwrite:
         raise MFTInputError("--overwrite applies to --plot only.")
-    analysis = analyze_masks(args.adapter, near_zero_threshold=args.threshold, bins=args.bins, progress=True)
+    analysis = analyze_masks(args.adapter, near_zero_threshold=args.near_zero, bins=args.bins, progress=True)
     if args.json:
         print(json.dumps(analysis.to_dict(), indent=2))
     else:
@@ -142,7 +151,7 @@ def _number(value: float) -> str:
 
 
 def _compare(args) -> int:
-    comparison = compare_masks(args.adapter_a, args.adapter_b, near_zero_threshold=args.threshold, progress=True)
+    comparison = compare_masks(args.adapter_a, args.adapter_b, near_zero_threshold=args.near_zero, progress=True)
     if args.json:
         print(json.dumps(comparison.to_dict(), indent=2))
     else:
@@ -182,11 +191,11 @@ _FORMAT_ALIASES = {
 
 
 def _sparse_threshold(args) -> tuple[float, dict]:
-    """`--threshold`, or the threshold `--max-drift` allows on the base model `--base` (and what was measured)."""
-    if (args.threshold is None) == (args.max_drift is None):
-        raise MFTInputError("--format sparse needs exactly one of --threshold T or --max-drift X (with --base).")
-    if args.threshold is not None:
-        return args.threshold, None
+    """`--min-change`, or the one `--max-drift` allows on the base model `--base` (and what was measured)."""
+    if (args.min_change is None) == (args.max_drift is None):
+        raise MFTInputError("--format sparse needs exactly one of --min-change X or --max-drift X (with --base).")
+    if args.min_change is not None:
+        return args.min_change, None
     if args.base is None:
         raise MFTInputError("--max-drift measures the drift on the base model: give its folder with --base.")
     if not args.max_drift > 0:
@@ -206,8 +215,8 @@ def _export(args) -> int:
 
     fmt = _FORMAT_ALIASES.get(args.format, args.format)
     threshold, drift = _sparse_threshold(args) if fmt == "soft-sparse" else (None, None)
-    if fmt != "soft-sparse" and (args.threshold is not None or args.max_drift is not None):
-        raise MFTInputError(f"--threshold and --max-drift apply to --format sparse only, not {fmt}.")
+    if fmt != "soft-sparse" and (args.min_change is not None or args.max_drift is not None):
+        raise MFTInputError(f"--min-change and --max-drift apply to --format sparse only, not {fmt}.")
     result = export_compact_adapter(args.adapter, args.output, fmt, overwrite=args.overwrite, threshold=threshold,
                                     drift=drift)
     print(
@@ -233,11 +242,18 @@ def _add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="peft-mft",
         description="Inspect and ship Mask Fine-Tuning (MFT) adapters saved with PeftModel.save_pretrained.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     analyze = commands.add_parser(
@@ -256,9 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     analyze.add_argument("--json", action="store_true", help="print the statistics as JSON instead of a table")
     analyze.add_argument(
-        "--threshold", type=float, default=NEAR_ZERO_THRESHOLD, help="near zero: M < this (default: %(default)s)"
+        "--near-zero", type=float, default=NEAR_ZERO_THRESHOLD, metavar="X",
+        help="a mask counts as near zero (switched off) when M < X (default: %(default)s)",
     )
-    analyze.add_argument("--bins", type=int, default=50, help="histogram bins (default 50)")
+    analyze.add_argument("--bins", type=int, default=50, help="histogram bins (default: %(default)s)")
     analyze.set_defaults(run=_analyze)
 
     compare = commands.add_parser(
@@ -267,10 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Overlap of the near-zero sets (Jaccard) and correlation of the masks of two adapters of the same "
         "base model (two tasks, two seeds).",
     )
-    compare.add_argument("adapter_a", metavar="ADAPTER_A")
-    compare.add_argument("adapter_b", metavar="ADAPTER_B")
+    compare.add_argument("adapter_a", metavar="ADAPTER_A", help="first adapter folder")
+    compare.add_argument("adapter_b", metavar="ADAPTER_B", help="second adapter folder, of the same base model")
     compare.add_argument("--json", action="store_true", help="print the comparison as JSON instead of a table")
-    compare.add_argument("--threshold", type=float, default=NEAR_ZERO_THRESHOLD, help="near zero means M < this")
+    compare.add_argument("--near-zero", type=float, default=NEAR_ZERO_THRESHOLD, metavar="X",
+                         help="a mask counts as near zero when M < X (default: %(default)s)")
     compare.set_defaults(run=_compare)
 
     harden = commands.add_parser(
@@ -281,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     harden.add_argument("adapter", metavar="ADAPTER", help="soft-mask (S-MFT) adapter folder")
     harden.add_argument(
-        "--sparsity", type=_fraction, required=True, metavar="X", help="fraction zeroed per matrix: 0.0005 or 0.05%%"
+        "--sparsity", type=_sparsity, required=True, metavar="X",
+        help="fraction zeroed per matrix, in [0, 1): 0.0005 or 0.05%%",
     )
     harden.add_argument("output", metavar="OUT", help="new adapter folder (see --overwrite)")
     _add_overwrite_argument(harden)
@@ -293,8 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Apply an MFT adapter to its base model and write the merged model (safetensors) with the base's "
         "tokenizer files, ready for inference or upload.",
     )
-    merge.add_argument("base", metavar="BASE", help="base model folder (written by save_pretrained)")
     merge.add_argument("adapter", metavar="ADAPTER", help="MFT adapter folder")
+    merge.add_argument("--base", required=True, metavar="BASE", help="base model folder (written by save_pretrained)")
     merge.add_argument("output", metavar="OUT", help="output folder (see --overwrite)")
     _add_overwrite_argument(merge)
     merge.add_argument(
@@ -321,12 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="compact format; fp16, int8, sparse, bits and indices are short for soft-fp16, soft-int8, soft-sparse, "
         "hard-bits, hard-indices",
     )
-    export.add_argument("--threshold", type=float, default=None,
-                        help="sparse: store only masks that moved more than this from the initial mask")
+    export.add_argument("--min-change", type=float, default=None, metavar="X",
+                        help="sparse: store only masks that moved more than X from the initial mask")
     export.add_argument("--max-drift", type=float, default=None,
                         help="sparse: the largest threshold whose largest |logit change| on a calibration batch of "
                         f"{CALIBRATION_DESCRIPTION} stays within this (needs --base)")
-    export.add_argument("--base", default=None, help="sparse with --max-drift: the base model folder")
+    export.add_argument("--base", default=None, metavar="BASE",
+                        help="sparse with --max-drift: the base model folder (written by save_pretrained)")
     export.add_argument("output", metavar="OUT", help="output folder (see --overwrite)")
     _add_overwrite_argument(export)
     export.set_defaults(run=_export)

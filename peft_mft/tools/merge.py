@@ -9,7 +9,7 @@ from typing import Union
 import torch
 import transformers
 
-from ..adapter_files import load_adapter
+from ..adapter_files import hub_id_hint, load_adapter
 from ..errors import MFTInputError
 from .output_folder import check_output_folder, command_output
 
@@ -24,7 +24,7 @@ def load_base_model(base: PathLike, dtype: str = "auto") -> torch.nn.Module:
     dtype, else 'float32', 'bfloat16' or 'float16'. `MFTInputError` names a missing folder or an unknown class."""
     base_dir = Path(base)
     if not (base_dir / "config.json").is_file():
-        what = "has no config.json" if base_dir.is_dir() else "does not exist"
+        what = "has no config.json" if base_dir.is_dir() else f"does not exist{hub_id_hint(base)}"
         raise MFTInputError(f"base model folder {base} {what}; give a folder written by save_pretrained.")
     config = transformers.AutoConfig.from_pretrained(base)
     architectures = getattr(config, "architectures", None) or []
