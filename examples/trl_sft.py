@@ -17,20 +17,28 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 import peft_mft
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    from harness.cli import DefaultsOnce
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=DefaultsOnce)
     p.add_argument("--model", default=None, help="model folder or Hub id (default: the embedded SmolLM2-135M)")
     p.add_argument("--data", required=True, help="training JSON Lines: {'text': ...} or {'messages': [...]}")
     p.add_argument("--4bit", dest="four_bit", action="store_true", help="load the base in bitsandbytes NF4")
-    p.add_argument("--targets", choices=("attn", "mlp", "both"), default="both")
-    p.add_argument("--mask-type", choices=("soft", "hard"), default="soft")
+    p.add_argument("--targets", choices=("attn", "mlp", "both"), default="both",
+                   help="language-model projections to mask (plus a VLM's projector)")
+    p.add_argument("--method", choices=("mft", "mft-hard"), default="mft",
+                   help="mft: soft masks; mft-hard: hard masks (as examples.llava.train names them)")
     p.add_argument("--lr", type=float, default=2e-5,
                    help="learning rate, as for LoRA (SFTConfig's default; MFTConfig.score_scale makes it move masks)")
-    p.add_argument("--max-steps", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-length", type=int, default=512)
-    p.add_argument("--output-dir", default="outputs/trl-sft")
-    args = p.parse_args(argv)
+    p.add_argument("--max-steps", type=int, default=100, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per device per step")
+    p.add_argument("--max-length", type=int, default=512, help="tokens per training sequence")
+    p.add_argument("--output-dir", default="outputs/trl-sft", help="folder the adapter is saved in")
+    return p
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
 
     from datasets import load_dataset
     from trl import SFTConfig, SFTTrainer
@@ -53,7 +61,8 @@ def main(argv=None) -> None:
     trainer = SFTTrainer(
         model=model, args=config, train_dataset=load_dataset("json", data_files=args.data, split="train"),
         processing_class=AutoTokenizer.from_pretrained(source),
-        peft_config=peft_mft.MFTConfig(mask_type=args.mask_type, targets=args.targets),
+        peft_config=peft_mft.MFTConfig(mask_type="hard" if args.method == "mft-hard" else "soft",
+                                       targets=args.targets),
         callbacks=[peft_mft.Float32ScoresCallback(), peft_mft.Standard4bitLayoutCallback()],
     )
     trainer.train()

@@ -24,17 +24,29 @@ TRAIN_COMMAND = "the examples' training script"
 IS_METRICS_FILE = json_report_with("method", "train_loss", "trainable_parameters")
 
 
+class DefaultsOnce(argparse.HelpFormatter):
+    """Appends '(default: X)' to a help text that does not state its default already, and only where X is a value:
+    not for flags (on/off) or options whose default is None (their help says what None means)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        no_value = action.default is None or isinstance(action.default, bool) or action.default == argparse.SUPPRESS
+        if "default" in text or no_value or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser(description: str, model_help: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=description, formatter_class=DefaultsOnce)
     p.add_argument("--model", default=None, help=model_help)
     d = p.add_argument_group("data (LLaVA JSON; default: easy-vqa converted, its test split held out)")
     d.add_argument("--data", default=None, help="training JSON/JSONL: [{'image': ..., 'conversations': [...]}]")
     d.add_argument("--image-folder", default=None,
                    help="folder the 'image' paths are relative to (default: the JSON's)")
     d.add_argument("--eval-data", default=None, help="held-out JSON in the same format, for exact-match accuracy")
-    d.add_argument("--eval-image-folder", default=None)
+    d.add_argument("--eval-image-folder", default=None, help="folder --eval-data's images are relative to")
     d.add_argument("--train-samples", type=int, default=None, help="use only the first N training records")
-    d.add_argument("--eval-samples", type=int, default=500, help="evaluate on the first N held-out records (0: all)")
+    d.add_argument("--eval-samples", type=int, default=500, help="held-out records evaluated, the first N (0: all)")
     d.add_argument("--curve-data", default=None,
                    help="validation JSON scored every --curve-every steps; --eval-data is then also scored at the "
                         "best validation point")
@@ -44,24 +56,25 @@ def build_parser(description: str, model_help: str) -> argparse.ArgumentParser:
     d.add_argument("--max-length", type=int, default=1024, help="tokens per training sequence")
     d.add_argument("--chat-template", default=None, help="Jinja chat template file (default: the model's)")
     t = p.add_argument_group("training (transformers.Trainer)")
-    t.add_argument("--output-dir", default="outputs/run")
-    t.add_argument("--max-steps", type=int, default=200)
-    t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--grad-accum", type=int, default=1)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--lr-scheduler", default="cosine")
-    t.add_argument("--warmup-ratio", type=float, default=0.03)
-    t.add_argument("--logging-steps", type=int, default=10)
+    t.add_argument("--output-dir", default="outputs/run", help="folder for the adapter, checkpoints and predictions")
+    t.add_argument("--max-steps", type=int, default=200, help="optimizer steps")
+    t.add_argument("--batch-size", type=int, default=8, help="records per device per step")
+    t.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
+    t.add_argument("--seed", type=int, default=0, help="seed of the model's initialisation, data order and dropout")
+    t.add_argument("--lr-scheduler", default="cosine", help="transformers learning-rate schedule")
+    t.add_argument("--warmup-ratio", type=float, default=0.03, help="share of the steps spent warming up")
+    t.add_argument("--logging-steps", type=int, default=10, help="steps between logged training losses")
     t.add_argument("--save-steps", type=int, default=None, help="write a Trainer checkpoint every N steps")
     t.add_argument("--save-total-limit", type=int, default=None, help="checkpoints kept (default: all)")
     t.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint under --output-dir/trainer, with the validation curve, "
                         "step times and peak memory measured so far (a checkpoint of another run is refused)")
-    t.add_argument("--eval-batch-size", type=int, default=16)
+    t.add_argument("--eval-batch-size", type=int, default=16, help="questions per generation batch")
     t.add_argument("--max-new-tokens", type=int, default=None, help="default: longest reference answer + 4")
     t.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="dtype of the frozen weights")
     t.add_argument("--bf16", action="store_true", help="bf16 autocast (Trainer mixed precision)")
-    t.add_argument("--gradient-checkpointing", action="store_true")
+    t.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute activations in the backward (less memory, ~30%% more time)")
     t.add_argument("--no-merge-check", dest="check_merged", action="store_false",
                    help="skip evaluating the merged model")
     t.add_argument("--metrics-json", default=None,

@@ -32,7 +32,7 @@ METHODS = ("mft", "mft-ste", "mft-hard", "lora", "qlora", "full")
 INTERNAL_METHODS = ("projector",)
 # MFT methods: the score step per Adam step (the optimizer's rate times the adapter's score_scale), as in the records
 DEFAULT_LR = {"mft": DEFAULT_SCORE_STEP, "mft-ste": DEFAULT_SCORE_STEP, "mft-hard": DEFAULT_HARD_SCORE_STEP,
-              "lora": 2e-4, "qlora": 2e-4, "full": 2e-5, "projector": 1e-3}
+              "lora": 1e-3, "qlora": 1e-3, "full": 3e-5, "projector": 1e-3}  # LoRA/full: RESULTS.md's picks
 
 
 @dataclass
@@ -79,11 +79,15 @@ def parse_layers(text: str | None) -> list[int] | None:
 
 def add_method_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("method")
-    g.add_argument("--method", choices=METHODS, default="mft")
+    g.add_argument("--method", choices=METHODS, default="mft",
+                   help="mft: soft masks M = sigmoid(S/T) / M0 (M0 its initial value); mft-ste: the same with a "
+                        "straight-through backward; mft-hard: hard masks zeroing --sparsity of each matrix; lora, "
+                        "qlora (LoRA on an NF4 base), full (every language-model and projector weight)")
     g.add_argument("--lr", type=float, default=None,
-                   help="learning rate; default per method: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()
-                                                                       if k in METHODS))
-    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (LoRA/full; never on MFT scores)")
+                   help="learning rate (MFT: the score step per Adam step); default per method, validated on the "
+                        "embedded model: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items() if k in METHODS))
+    g.add_argument("--weight-decay", type=float, default=0.0,
+                   help="AdamW weight decay (LoRA/full; never on MFT scores)")
     g.add_argument("--targets", choices=("attn", "mlp", "both"), default="both",
                    help="language-model projections to mask/adapt (plus the multimodal projector)")
     g.add_argument("--layers", type=parse_layers, default=None, help="decoder layers, e.g. 8-11 (default: all)")
@@ -91,14 +95,14 @@ def add_method_args(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--init-score", type=float, default=None,
                    help="soft masks: initial score S0 (default: the preset MFTConfig picks for the base model)")
     m.add_argument("--temperature", type=float, default=None,
-                   help="soft masks: T in M = sigmoid(S/T) (default: from the same preset)")
+                   help="soft masks: T in M = sigmoid(S/T) / M0 (default: from the same preset)")
     m.add_argument("--no-normalize-soft-mask", dest="normalize_soft_mask", action="store_false",
                    help="paper-literal M = sigmoid(S/T) instead of dividing by its initial value")
     m.add_argument("--sparsity", type=float, default=0.01, help="mft-hard: fraction of each matrix zeroed")
     lo = parser.add_argument_group("LoRA / QLoRA")
-    lo.add_argument("--lora-r", type=int, default=16)
-    lo.add_argument("--lora-alpha", type=int, default=32)
-    lo.add_argument("--lora-dropout", type=float, default=0.05)
+    lo.add_argument("--lora-r", type=int, default=16, help="LoRA rank")
+    lo.add_argument("--lora-alpha", type=int, default=32, help="LoRA scaling numerator (the update is alpha / r)")
+    lo.add_argument("--lora-dropout", type=float, default=0.05, help="dropout on the LoRA input")
     lo.add_argument("--lora-target-modules", default=None,
                     help="full-match regex of module names (default: the modules MFT masks for --targets)")
 

@@ -494,3 +494,26 @@ def test_a_template_error_other_than_the_content_style_is_not_swallowed(workdir)
         VLMProcessor(tokenizer, ImagePreprocessor(height=16, width=16),
                      image_token_id=tokenizer.convert_tokens_to_ids("<image>"), num_image_tokens=4,
                      chat_template=EMBEDDED_CHAT_TEMPLATE)
+
+
+def _example_parsers():
+    from examples.trl_sft import build_parser as trl_parser
+    from harness.cli import build_parser
+
+    return {"examples.llava.train / tinyllava.train": build_parser("description", "model help"),
+            "examples.trl_sft": trl_parser()}
+
+
+def test_every_example_option_has_help_and_its_default_once():
+    for script, parser in _example_parsers().items():
+        bare = [action.option_strings for action in parser._actions if action.option_strings and not action.help]
+        assert bare == [], f"{script}: options without help"
+        text = " ".join(parser.format_help().split())
+        assert not re.search(r"\(default: (None|True|False)\)", text), script
+        assert not re.search(r"\(default: [^)]*\) \(default:", text), script
+
+
+def test_the_same_option_has_the_same_name_in_every_example():
+    parsers = list(_example_parsers().values())
+    methods = [next(a for a in p._actions if "--method" in a.option_strings).choices for p in parsers]
+    assert set(methods[1]) <= set(methods[0])  # mft / mft-hard as examples.llava.train names them
