@@ -23,6 +23,7 @@ from peft_mft.tools.output_file import json_report_with
 
 from .timing import load_average, machine_description, summarize, time_interleaved
 
+
 # SmolLM2-135M: q/o 576x576, k/v 192x576, gate/up 1536x576, down 576x1536 (out x in), and how many of each shape
 # one decoder layer holds.
 DEFAULT_SHAPES = ("576x576", "192x576", "1536x576", "576x1536")

@@ -31,6 +31,7 @@ from .timing import PhaseMarks, load_average, machine_description, release_check
 from .train_step import load_variant_model, training_records
 from .variants import parse_variant, prepare_variant
 
+
 PHASES = ("forward", "backward", "clip", "optimizer")
 MAX_GRAD_NORM = 1.0  # the Trainer's default, as harness.training.TrainConfig uses it
 OPERATORS_KEPT = 40  # per variant, by self time

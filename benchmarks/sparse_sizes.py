@@ -29,6 +29,7 @@ from peft_mft.tools.export import COMPACT_WEIGHTS_NAME, export_compact_adapter, 
 from peft_mft.tools.output_file import json_report_with
 from peft_mft.tools.sparse_threshold import random_calibration_inputs
 
+
 DEFAULT_THRESHOLDS = (0.001, 0.003, 0.01, 0.02, 0.05, 0.1, 0.2)
 
 

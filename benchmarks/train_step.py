@@ -50,6 +50,7 @@ from peft_mft.tools.output_file import json_report_with
 from .timing import PhaseMarks, load_average, machine_description, release_checkpoint_pages, summarize, synchronize
 from .variants import Variant, parse_variant, prepare_variant
 
+
 MAIN_VARIANTS = ("full", "mft", "mft-ste", "mft-hard", "lora-r8", "lora-r64", "qlora-r8", "mft+4bit-base")
 MEMORY_VARIANTS = (
     "full+gc", "mft+gc", "mft+sgd", "mft+adamw8bit", "mft+paged-adamw8bit", "mft+adafactor", "mft+bf16-base",

@@ -36,6 +36,7 @@ from torch import nn
 from harness.methods import MethodArgs, PreparedModel, prepare_model
 from peft_mft.training.optimizer_in_backward import OptimizerInBackward
 
+
 MFT_METHODS = ("mft", "mft-ste", "mft-hard")
 OPTIMIZER_OPTIONS = ("adamw8bit", "paged-adamw8bit", "sgd", "adafactor")
 OPTIONS = OPTIMIZER_OPTIONS + ("bf16-base", "4bit-base", "gc", "step-in-backward", "answer-logits")

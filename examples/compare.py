@@ -44,6 +44,7 @@ from peft_mft.tools.output_file import json_report_with
 
 from .results_plan import STEPS, validated_hyperparameters
 
+
 FULL = {"steps": STEPS, "batch_size": 8, "eval_samples": 200}  # the length the hyperparameters were validated at
 QUICK = {"steps": 2, "batch_size": 2, "eval_samples": 8}
 QUICK_STAGE1_STEPS = 4  # used only when the full stage-1 projector is not cached yet

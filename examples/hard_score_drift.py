@@ -13,12 +13,12 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 from safetensors import safe_open
 
 from harness.embedded import embedded_llava_checkpoint
 from peft_mft.layer import initial_hard_scores
 from peft_mft.mask import num_zeroed
+
 
 ADAPTER_PREFIX = "base_model.model.model."
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from harness.evaluation import correctness_text
 from harness.statistics import binomial_se, paired_comparison
 
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "examples" / "results"
 RUNS_FILE = RESULTS_DIR / "runs.jsonl"

@@ -20,13 +20,52 @@ from harness.evaluation import correctness_from_text
 from harness.statistics import binomial_se, mcnemar_exact, paired_comparison, t_critical
 
 from .results_plan import (
-    BATCH_SIZE, CURVE_EVERY, FULL_LRS, GRID_LRS, GRID_STEPS, HEADLINE_REFERENCE, LAYER_THIRDS, LOGGING_STEPS,
-    LONG_EXTRA_SEED_GROUPS, LONG_SEEDS, LORA_LRS, MASK_THRESHOLDS, MAX_ATTEMPTS, MFT_INIT_T, MFT_LRS, MIN_LEVEL_SHARE,
-    MORE_SEEDS, REFERENCE_SPARSITY, REPORT_FILE, RESULTS_DIR, ROOT, SEEDS, STEPS, TABLE1_GROUPS, TEST_QUESTIONS,
-    VAL_QUESTIONS, Plan, accuracy, finished, given_up, grid_specs, hard_levels, hard_long_specs, hard_specs,
-    last_failures, layer_specs, long_spec, main_specs, pending, plan, recorded_answers, retired, run_key, slug, spec,
-    sweep_specs, accuracy_at,
+    BATCH_SIZE,
+    CURVE_EVERY,
+    FULL_LRS,
+    GRID_LRS,
+    GRID_STEPS,
+    HEADLINE_REFERENCE,
+    LOGGING_STEPS,
+    LONG_EXTRA_SEED_GROUPS,
+    LONG_SEEDS,
+    LORA_LRS,
+    MASK_THRESHOLDS,
+    MAX_ATTEMPTS,
+    MFT_INIT_T,
+    MFT_LRS,
+    MIN_LEVEL_SHARE,
+    MORE_SEEDS,
+    REPORT_FILE,
+    RESULTS_DIR,
+    SEEDS,
+    STEPS,
+    TABLE1_GROUPS,
+    TEST_QUESTIONS,
+    VAL_QUESTIONS,
+    Plan,
+    accuracy,
+    accuracy_at,
+    finished,
+    given_up,
+    grid_specs,
+    hard_levels,
+    hard_long_specs,
+    hard_specs,
+    last_failures,
+    layer_specs,
+    long_spec,
+    main_specs,
+    pending,
+    plan,
+    recorded_answers,
+    retired,
+    run_key,
+    slug,
+    spec,
+    sweep_specs,
 )
+
 
 CURVES_PNG = RESULTS_DIR / "curves.png"
 SECOND_LOOK_CONFIDENCE = 0.975  # a comparison tested again after more seeds spends 2.5% more, not 5% (Bonferroni)
@@ -390,7 +429,7 @@ def pick_sentence(what: str, picked: float, deciding: list[dict], runs: dict[str
 def hard_long_section(planned: Plan, runs: dict[str, dict], all_runs: list[dict]) -> list[str]:
     """Markdown: H-MFT at the levels read off the long S-MFT masks, its learning-rate checks, and any long H-MFT test
     run the plan no longer holds (its lr came from an earlier check), so no measurement drops out of the report."""
-    lines = ["", f"## Long runs: S-MFT vs H-MFT at the levels its masks suggest (test accuracy, %)", ""]
+    lines = ["", "## Long runs: S-MFT vs H-MFT at the levels its masks suggest (test accuracy, %)", ""]
     if not planned.long_levels:
         lines.append("pending: needs the mask analysis of a long S-MFT Both run." if planned.long_analysis is None else
                      f"Not run: fewer than {100 * MIN_LEVEL_SHARE:g}% of the long S-MFT Both masks fall below any "
@@ -446,7 +485,7 @@ def layer_section(planned: Plan, runs: dict[str, dict]) -> list[str]:
     """Markdown: S-MFT Both on all decoder layers against one third of them (seed 0)."""
     lines = ["", f"## Layer ranges (S-MFT Both, {planned.long_steps} steps, seed 0, test accuracy %)", "",
              "The projector is masked in every row; the rows differ in which decoder layers are. One seed each, so "
-             f"each cell carries its binomial s.e. and no gap is called clear.", "",
+             "each cell carries its binomial s.e. and no gap is called clear.", "",
              "| layers | trained scores | test acc at best val | test acc at end | steps to best |",
              "|---|---|---|---|---|"]
     rows = [("all", long_spec(planned.pick, "mft", "both", 0, planned.long_steps))]
@@ -577,7 +616,7 @@ def write_report(all_runs: list[dict]) -> str:
         "",
         f"## Short runs ({STEPS} steps): Table 1 analogue (test accuracy, %)",
         "",
-        f"Too short for the masks to move (see the mask table below); kept as the record of the sweeps that picked "
+        "Too short for the masks to move (see the mask table below); kept as the record of the sweeps that picked "
         "the hyperparameters.",
         "",
         "| method | hyperparameters (picked on validation) | test acc | merged acc | final train loss | trainable | "

@@ -23,11 +23,31 @@ import time
 from pathlib import Path
 
 from .results_plan import (
-    LOGGING_STEPS, OUTPUTS, REPORT_FILE, ROOT, TEST_QUESTIONS, VAL_QUESTIONS, analyse_adapter, answers_from_outputs,
-    answers_in_result, answers_record, append_record, finished, given_up, last_failures, layer_range, load_runs,
-    pending, plan, recorded_answers, rerun_record, run_key, slug,
+    LOGGING_STEPS,
+    OUTPUTS,
+    REPORT_FILE,
+    ROOT,
+    TEST_QUESTIONS,
+    VAL_QUESTIONS,
+    analyse_adapter,
+    answers_from_outputs,
+    answers_in_result,
+    answers_record,
+    append_record,
+    finished,
+    given_up,
+    last_failures,
+    layer_range,
+    load_runs,
+    pending,
+    plan,
+    recorded_answers,
+    rerun_record,
+    run_key,
+    slug,
 )
 from .results_report import write_report
+
 
 CHECKPOINT_EVERY = 80  # optimizer steps; a multiple of CURVE_EVERY and LOGGING_STEPS (the resumed loss needs it)
 

@@ -5,6 +5,7 @@ peak-memory measurement. Both import it (``from harness import ...``), so every 
 
 import logging
 
+
 # bitsandbytes warns at import that an optional accelerated CPU kernel package ("kernels") is absent; it falls back
 # to its own kernels, so the warning is noise in every example's output.
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
@@ -14,6 +15,7 @@ from .evaluation import evaluate_vqa, normalize_answer
 from .methods import METHODS, MethodArgs, PreparedModel, add_method_args, prepare_model
 from .models import LoadedVLM, load_llava
 from .training import TrainConfig, train_and_evaluate
+
 
 __all__ = [
     "DataFormatError",

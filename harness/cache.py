@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+
 CACHE_ENV = "PEFT_MFT_CACHE"
 
 

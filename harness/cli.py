@@ -18,6 +18,7 @@ from .methods import MethodArgs, add_method_args, prepare_model
 from .models import LoadedVLM
 from .training import TrainConfig, train_and_evaluate
 
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TRAIN_COMMAND = "the examples' training script"
 # fields every metrics file of `run` holds: how an earlier --metrics-json is told from a file of the user's

@@ -24,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .images import ImagePreprocessor
 
+
 IMAGE_PLACEHOLDER = "<image>"
 IGNORE_INDEX = -100
 ROLE_NAMES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .cache import cache_dir
 
+
 COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
 SHAPES = ("circle", "rectangle", "triangle")
 CAPTION_PROMPT = "Describe the image briefly."

@@ -28,6 +28,7 @@ from .easyvqa import prepare_easy_vqa
 from .images import ImagePreprocessor
 from .vision_efficientnet import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLiteVisionConfig
 
+
 logger = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from .data import LlavaCollator, Record, VLMProcessor
 
+
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 HALF = (0.5, 0.5, 0.5)

@@ -28,6 +28,7 @@ from torch import nn
 from peft_mft import MFTConfig, create_mft_optimizer
 from peft_mft.training.optim import DEFAULT_HARD_SCORE_STEP, DEFAULT_SCORE_STEP
 
+
 METHODS = ("mft", "mft-ste", "mft-hard", "lora", "qlora", "full")
 INTERNAL_METHODS = ("projector",)
 # MFT methods: the score step per Adam step (the optimizer's rate times the adapter's score_scale), as in the records

@@ -12,6 +12,7 @@ from . import vision_efficientnet  # noqa: F401  (registers the EfficientNet-Lit
 from .data import VLMProcessor
 from .images import ImagePreprocessor, _read_optional_json
 
+
 # Never quantised / never masked / never LoRA-adapted: the vision side, and the output head.
 VISION_MODULES = ("vision_tower",)
 # transformers 5 matches these from the start of the module name, as regexes, or as suffixes.

@@ -26,6 +26,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from peft_mft.training.trainer import AtomicCheckpointTrainer, staging_name
 
+
 BEST_STATE_PREFIX = "curve-best-step-"
 
 

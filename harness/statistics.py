@@ -15,6 +15,7 @@ import math
 import statistics
 from dataclasses import dataclass
 
+
 _INTEGRATION_STEPS = 4000  # Simpson steps for the t density; the quantile is then exact to ~1e-6
 
 

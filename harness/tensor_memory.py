@@ -29,6 +29,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from transformers import TrainerCallback
 
+
 CATEGORIES = ("frozen_weights", "trainable", "gradients", "optimizer_state", "activations_and_temporaries")
 
 

@@ -30,8 +30,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .cache import cache_dir
-from .images import ImagePreprocessor, PREPROCESSOR_FILE
+from .images import PREPROCESSOR_FILE, ImagePreprocessor
 from .models import LoadedVLM, load_llava
+
 
 # TinyLLaVA Factory's "phi" / "qwen2_base" conversation format.
 TINYLLAVA_SYSTEM = (
@@ -218,11 +219,9 @@ def load_tinyllava(source: str, **kwargs) -> LoadedVLM:
 def export_tinyllava_checkpoint(llava_folder: str | Path, destination: str | Path) -> Path:
     """Write a LLaVA checkpoint (2-layer GELU projector) in TinyLLaVA Factory's layout into `destination`, which must
     be absent or an empty folder."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer, LlavaForConditionalGeneration
 
     from . import vision_efficientnet  # noqa: F401
-
-    from transformers import LlavaForConditionalGeneration
 
     src, dest = Path(llava_folder), Path(destination)
     config = AutoConfig.from_pretrained(src)

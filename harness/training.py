@@ -25,6 +25,7 @@ from .precision import bf16_kernels, emulation_reason, fast_bf16
 from .run_state import ResumingTrainer, RunState, resume_point, training_loss
 from .tensor_memory import TensorMemoryCallback
 
+
 logger = logging.getLogger(__name__)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 

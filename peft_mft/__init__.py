@@ -25,6 +25,7 @@ from .training.callbacks import FiniteScoresCallback, Float32ScoresCallback, Sta
 from .training.optim import create_mft_optimizer
 from .training.optimizer_in_backward import OptimizerInBackward
 
+
 try:
     __version__ = version("peft-mft")
 except PackageNotFoundError:  # imported from a source tree that was not installed

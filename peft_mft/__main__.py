@@ -4,4 +4,5 @@ import sys
 
 from .tools.cli import main
 
+
 sys.exit(main())

@@ -37,6 +37,7 @@ from .config import PEFT_TYPE_MFT, MFTConfig
 from .errors import AdapterFileError, NonFiniteScoresError, describe_modules
 from .finite import local_scores
 
+
 PathLike = Union[str, os.PathLike]
 
 SCORES_SUFFIX = ".mft_scores"  # `MFTLayer.mft_scores`: saved keys end with it, model keys add ".<adapter name>"

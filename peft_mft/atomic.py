@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Collection, Iterator, Union
 
+
 PathLike = Union[str, os.PathLike]
 
 STAGING_MARKER = ".saving-"

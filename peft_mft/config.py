@@ -22,6 +22,7 @@ from .mask import MaskSpec
 from .peft_type import add_peft_type_member
 from .targets import targets_regex
 
+
 PEFT_TYPE_MFT = add_peft_type_member("MFT")
 
 # (init_score, temperature) that the paper tuned per backbone (docs/method.md); larger models reuse these values.

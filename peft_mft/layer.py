@@ -7,11 +7,10 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features, check_adapters_to_merge
 from peft.utils import quantization_extra_repr, resolve_quantization_backend
 from peft.utils.integrations import gather_params_ctx
+from torch import nn
 
 from .bnb_layout import restore_standard_4bit_layout
 from .config import MFTConfig

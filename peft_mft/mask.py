@@ -21,6 +21,7 @@ from typing import Callable, Literal, NamedTuple, Optional, Union
 import torch
 import torch.nn.functional as F
 
+
 WeightSource = Union[torch.Tensor, Callable[[], torch.Tensor]]
 
 

@@ -10,12 +10,11 @@ import warnings
 from typing import Optional
 
 import torch
-from torch import nn
-
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_target_module_exists
 from peft.utils import get_quantization_kwargs, resolve_quantization_backend
 from peft.utils.error import NoMatchingPeftModuleError
 from peft.utils.quantization_utils import ForwardOnlyQuantizationBackend
+from torch import nn
 
 from .adapter_files import check_finite_state_dict, check_scores_fit_model
 from .config import MFTConfig, preset_for_model
@@ -29,6 +28,7 @@ from .targets import (
     layer_index,
     targets_regex,
 )
+
 
 logger = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from .layer import MFTLayer
 
+
 SAMPLE_SIZE = 256  # entries of P kept per layer and adapter
 CHECK_AT = (8, 32)  # training forward passes after the first at which the sample is compared
 # A sampled mask that moved less than this over CHECK_AT passes has not learned; one optimizer step at the default

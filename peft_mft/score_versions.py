@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+
 _optimizer_steps = 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from typing import Literal, Optional
 
+
 Targets = Literal["attn", "mlp", "both"]
 
 # Projection names across llama / mistral / qwen2 / gemma (q, k, v, o; gate, up, down), phi (dense; fc1, fc2) and

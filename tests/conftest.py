@@ -16,6 +16,7 @@ from transformers import (
 
 import peft_mft  # noqa: F401  (registers the MFT PEFT type)
 
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 VOCAB = 64

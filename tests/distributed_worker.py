@@ -18,10 +18,12 @@ import torch
 from peft import get_peft_model
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, TrainingArguments
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script by torchrun
 
 from peft_mft import FiniteScoresCallback, MFTConfig, create_mft_optimizer, save_adapter  # noqa: E402
 from peft_mft.training.trainer import AtomicCheckpointTrainer  # noqa: E402
+
 
 GLOBAL_BATCH, STEPS, VOCAB = 4, 3, 64
 DEEPSPEED_CONFIG = Path(__file__).resolve().parents[1] / "docs" / "deepspeed_zero3.json"

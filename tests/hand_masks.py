@@ -14,6 +14,7 @@ from peft_mft import MFTConfig
 
 from .conftest import make_llama
 
+
 HIGH = 10.0
 # Entries per module of make_llama() (hidden 16, 2 heads of 8, 1 kv head, intermediate 32), per layer.
 NUMEL = {"q": 16 * 16, "k": 8 * 16, "v": 8 * 16, "o": 16 * 16, "gate": 32 * 16, "up": 32 * 16, "down": 16 * 32}

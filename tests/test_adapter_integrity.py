@@ -14,6 +14,7 @@ from peft_mft.tools.cli import main
 from .conftest import make_llama
 from .test_reliability import logits, trained_like
 
+
 WEIGHTS = "adapter_model.safetensors"
 
 

@@ -16,6 +16,7 @@ from harness.training import StepTimer
 
 from .examples.tiny import make_dataset, save_tiny_llava
 
+
 COMMITTED = Path(__file__).resolve().parents[1] / "benchmarks" / "results"  # reports the scripts wrote earlier
 
 pytestmark = pytest.mark.filterwarnings("ignore")

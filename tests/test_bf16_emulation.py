@@ -13,6 +13,7 @@ from harness import precision
 from harness.precision import EmulatedBF16
 from peft_mft.mask import MaskSpec, masked_linear
 
+
 # the matrix products torch runs forward and backward for the cases below, named as the dispatcher names them
 PRODUCTS = {"mm", "addmm", "bmm", "baddbmm", "addbmm", "convolution", "convolution_backward"}
 

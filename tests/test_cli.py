@@ -19,6 +19,7 @@ from .conftest import make_llama, text_inputs
 from .examples.tiny import make_tokenizer
 from .hand_masks import MOVED_SCORES, TOTAL_NUMEL, hand_masked_llama
 
+
 COMMANDS = ("analyze", "compare", "harden", "merge", "export")
 
 

@@ -12,6 +12,7 @@ from peft_mft.mask import MaskSpec, masked_linear, masked_weight_reference
 
 from .conftest import make_llama, text_inputs
 
+
 SPECS = {
     "soft": MaskSpec("soft", temperature=1.3, normalizer=0.9),
     "soft-ste": MaskSpec("soft", temperature=1.3, straight_through=True),

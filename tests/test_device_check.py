@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "device_check.sh"
 
 

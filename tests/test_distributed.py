@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from . import distributed_worker as worker
 
+
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(worker.__file__)
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None

@@ -11,6 +11,7 @@ from peft.config import PeftConfig
 
 import peft_mft
 
+
 ROOT = Path(__file__).resolve().parents[1]
 PUBLIC = [name for name in peft_mft.__all__ if name != "__version__"]
 

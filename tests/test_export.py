@@ -9,6 +9,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from peft_mft import AdapterFileError, MFTConfig
+from peft_mft.layer import MFTLayer
 from peft_mft.tools.export import (
     COMPACT_META_NAME,
     COMPACT_WEIGHTS_NAME,
@@ -17,7 +18,6 @@ from peft_mft.tools.export import (
     pack_bits,
     unpack_bits,
 )
-from peft_mft.layer import MFTLayer
 
 from .conftest import llava_inputs, make_llava
 

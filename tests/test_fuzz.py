@@ -20,6 +20,7 @@ from torch import nn
 
 from peft_mft import MFTConfig, MFTLayer, save_adapter
 
+
 PROJECTIONS = ("q_proj", "up_proj", "down_proj")
 # Merged vs masked forward: the merge multiplies in float32 and rounds once, the masked forward may round the mask
 # to the base dtype first, so low-precision bases differ by a few units in the last place.

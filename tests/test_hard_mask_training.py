@@ -7,9 +7,9 @@ from peft import get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from peft_mft import MFTConfig, create_mft_optimizer
+from peft_mft.config import DEFAULT_HARD_SCORE_SCALE, DEFAULT_SOFT_SCORE_SCALE
 from peft_mft.layer import MFTLayer
 from peft_mft.mask import MaskSpec, masked_linear, masked_weight_reference
-from peft_mft.config import DEFAULT_HARD_SCORE_SCALE, DEFAULT_SOFT_SCORE_SCALE
 from peft_mft.training.optim import DEFAULT_HARD_SCORE_STEP, DEFAULT_SCORE_STEP
 from tests.conftest import _text_config_kwargs, make_llama, text_inputs
 

@@ -3,6 +3,7 @@
 import ast
 from pathlib import Path
 
+
 PACKAGE = Path(__file__).resolve().parents[1] / "peft_mft"
 
 

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from peft_mft.mask import MaskSpec, hard_mask_threshold, masked_linear, masked_weight_reference, num_zeroed
 
+
 SPECS = {
     "soft": MaskSpec("soft", temperature=1.3, normalizer=0.9),
     "soft-ste": MaskSpec("soft", temperature=1.3, straight_through=True),

@@ -10,6 +10,7 @@ from peft_mft import MFTConfig, merged_weights
 from peft_mft.errors import QuantizedMergeError
 from tests.conftest import make_llama, text_inputs
 
+
 bnb = pytest.importorskip("bitsandbytes")
 
 

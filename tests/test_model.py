@@ -3,7 +3,7 @@
 
 import pytest
 import torch
-from peft import PeftConfig, PeftModel, get_peft_model
+from peft import PeftModel, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.error import NoMatchingPeftModuleError
 from safetensors.torch import load_file
@@ -13,6 +13,7 @@ from peft_mft import MFTConfig, MFTLayer, create_mft_optimizer
 from peft_mft.mask import MaskSpec
 
 from .conftest import llava_inputs, make_llama, make_llava, make_qwen2, text_inputs
+
 
 LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

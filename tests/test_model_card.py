@@ -8,9 +8,9 @@ from huggingface_hub import ModelCard
 from peft import get_peft_model
 
 from peft_mft import MFTConfig
+from peft_mft.adapter_files import save_adapter
 from peft_mft.tools.analysis import format_share
 from peft_mft.tools.harden import harden_adapter
-from peft_mft.adapter_files import save_adapter
 from peft_mft.tools.model_card import SECTION_START, push_to_hub, write_model_card
 
 from .conftest import make_llama, make_llava

@@ -17,6 +17,7 @@ from peft_mft.tools.output_file import (
 from .hand_masks import hand_masked_llama
 from .test_cli import assert_bad_input, run
 
+
 COMMAND = "python -m benchmarks.example"
 
 

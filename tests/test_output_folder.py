@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from peft_mft.tools.merge import merge_to_folder
 from peft_mft.tools.export import export_compact_adapter
 from peft_mft.tools.harden import harden_adapter
+from peft_mft.tools.merge import merge_to_folder
 from peft_mft.tools.output_folder import OUTPUT_MARKER_NAME, OutputFolderError
 
 from .conftest import make_llama

@@ -11,8 +11,10 @@ import venv
 import zipfile
 from pathlib import Path
 
-import peft_mft
 import pytest
+
+import peft_mft
+
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

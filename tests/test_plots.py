@@ -9,6 +9,7 @@ from peft_mft.tools.analysis import analyze_masks
 from .conftest import make_llava
 from .hand_masks import TOTAL_NUMEL, hand_masked_llama
 
+
 pytest.importorskip("matplotlib")
 
 from peft_mft.tools.plots import (  # noqa: E402  (needs matplotlib)
@@ -17,6 +18,7 @@ from peft_mft.tools.plots import (  # noqa: E402  (needs matplotlib)
     plot_near_zero_by_projection,
     save_mask_plots,
 )
+
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

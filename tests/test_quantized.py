@@ -8,6 +8,7 @@ from torch import nn
 
 from peft_mft import MFTConfig, create_mft_optimizer
 
+
 bnb = pytest.importorskip("bitsandbytes")
 
 

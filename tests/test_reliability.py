@@ -37,6 +37,7 @@ from peft_mft.training.trainer import AtomicCheckpointTrainer
 
 from .conftest import _text_config_kwargs, make_llama, text_inputs
 
+
 REPO = Path(__file__).resolve().parents[1]
 FIRST_MODULE = "model.layers.0.self_attn.q_proj"
 

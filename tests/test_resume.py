@@ -11,6 +11,7 @@ from peft_mft.training.trainer import AtomicCheckpointTrainer
 
 from .conftest import _text_config_kwargs, text_inputs
 
+
 TOTAL_STEPS, CHECKPOINT_STEP = 4, 2
 
 

@@ -16,6 +16,7 @@ from peft_mft import MFTConfig, MFTLayer, create_mft_optimizer
 
 from .conftest import _text_config_kwargs, make_llama, text_inputs
 
+
 LEGACY = Path(__file__).parent / "fixtures" / "legacy-0.1.0"
 
 

@@ -10,7 +10,11 @@ from peft_mft import MFTConfig
 from peft_mft.layer import MFTLayer
 from peft_mft.tools.cli import main as cli
 from peft_mft.tools.export import (
-    COMPACT_META_NAME, COMPACT_WEIGHTS_NAME, export_compact_adapter, load_compact_adapter, read_compact_masks,
+    COMPACT_META_NAME,
+    COMPACT_WEIGHTS_NAME,
+    export_compact_adapter,
+    load_compact_adapter,
+    read_compact_masks,
 )
 from peft_mft.tools.sparse_threshold import choose_sparse_threshold
 

@@ -5,11 +5,12 @@ import warnings
 
 import pytest
 from peft import get_peft_model
-from transformers import AutoConfig, AutoModelForCausalLM, LlavaConfig, LlavaForConditionalGeneration, CLIPVisionConfig
+from transformers import AutoConfig, AutoModelForCausalLM, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
 
 from peft_mft import MFTConfig, MFTLayer
 
 from .conftest import IMAGE_TOKEN_ID
+
 
 TINY = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
             num_key_value_heads=1, head_dim=8, pad_token_id=0, bos_token_id=1, eos_token_id=2)

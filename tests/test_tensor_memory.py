@@ -10,6 +10,7 @@ from transformers import Trainer, TrainingArguments
 from harness.tensor_memory import CATEGORIES, TensorMemory, TensorMemoryCallback
 from peft_mft import MFTConfig, OptimizerInBackward, create_mft_optimizer
 
+
 WIDTH, DEPTH, BATCH = 256, 3, 2  # weights dominate: 3 x 256 x 256 floats against 2 x 256 activations per layer
 
 

@@ -15,6 +15,7 @@ from transformers.integrations import peft as transformers_peft
 from peft_mft import MFTConfig, MFTLayer
 from tests.conftest import make_llama, text_inputs
 
+
 API_WORKS = Version(peft_version) >= Version(transformers_peft.MIN_PEFT_VERSION)
 
 

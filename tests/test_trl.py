@@ -9,11 +9,13 @@ from transformers import BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
 
 from peft_mft import Float32ScoresCallback, MFTConfig, MFTLayer
 
+
 trl = pytest.importorskip("trl")
 pytest.importorskip("bitsandbytes")
 from datasets import Dataset  # noqa: E402  (trl's own dependency)
 
 from tests.examples.tiny import make_tokenizer  # noqa: E402
+
 
 TEXTS = ["what color is the shape ? red", "what color is the shape ? blue", "is there a circle in the image ? yes",
          "is there a rectangle in the image ? no"] * 4

@@ -12,6 +12,7 @@ from peft_mft import MFTConfig, MFTLayer, create_mft_optimizer
 
 from .vlm_families import FAMILIES, tiny_vlm
 
+
 ATTN = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"}
 MLP = {"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}
 CROSS_ATTN = {"cross_attn.q_proj", "cross_attn.k_proj", "cross_attn.v_proj", "cross_attn.o_proj"}

@@ -27,6 +27,7 @@ from ..layer import MFTLayer
 from ..mask import MaskSpec
 from ..targets import layer_index, projection_order, projection_type
 
+
 # The paper gives no number for its "near-zero" masks (docs/method.md); we count M < 0.1 (a connection kept at under a tenth
 # of its strength) and make it a parameter everywhere.
 NEAR_ZERO_THRESHOLD = 0.1

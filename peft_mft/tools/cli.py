@@ -18,6 +18,7 @@ from .analysis import NEAR_ZERO_THRESHOLD, MaskAnalysis, MaskComparison, analyze
 from .output_file import check_output_files, png_metadata, png_written_by
 from .report import PROJECTION_HEADER, method_line, projection_cells
 
+
 EXIT_BAD_INPUT = 2
 
 

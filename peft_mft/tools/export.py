@@ -46,12 +46,17 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..adapter_files import (
-    COMPACT_MARKER_NAME, SCORES_SUFFIX, AdapterFolder, check_declared_keys, check_safetensors_file,
+    COMPACT_MARKER_NAME,
+    SCORES_SUFFIX,
+    AdapterFolder,
+    check_declared_keys,
+    check_safetensors_file,
 )
 from ..config import MFTConfig
 from ..errors import AdapterFileError, MFTInputError
 from ..mask import MaskSpec, num_zeroed
 from .output_folder import check_output_folder, command_output
+
 
 PathLike = Union[str, os.PathLike]
 

@@ -13,6 +13,7 @@ from ..adapter_files import hub_id_hint, load_adapter
 from ..errors import MFTInputError
 from .output_folder import check_output_folder, command_output
 
+
 PathLike = Union[str, os.PathLike]
 
 # Files whose presence means the base folder holds a tokenizer or processor for the merged model to carry.

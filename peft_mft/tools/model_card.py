@@ -18,6 +18,7 @@ from ..config import MFTConfig
 from .analysis import MaskAnalysis, analyze_masks, format_share
 from .report import PROJECTION_HEADER, method_line, projection_cells
 
+
 CARD_NAME = "README.md"
 SECTION_START = "<!-- peft-mft: start of the MFT adapter section, rewritten on every save -->"
 SECTION_END = "<!-- peft-mft: end of the MFT adapter section -->"

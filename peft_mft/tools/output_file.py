@@ -21,6 +21,7 @@ from typing import Callable, Optional, Sequence, Union
 from ..errors import MFTInputError
 from .output_folder import relation_to_input
 
+
 PathLike = Union[str, os.PathLike]
 Recogniser = Callable[[Path], bool]
 

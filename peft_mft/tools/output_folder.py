@@ -22,8 +22,9 @@ import os
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
-from ..errors import MFTInputError
 from ..atomic import atomic_directory
+from ..errors import MFTInputError
+
 
 PathLike = Union[str, os.PathLike]
 

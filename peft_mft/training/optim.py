@@ -9,6 +9,7 @@ from torch import nn
 
 from ..layer import MFTLayer
 
+
 # The step a score takes per optimizer step with the default rates, in score units: soft masks learn at about 0.1
 # (the paper's rate), hard masks at about 0.01 (a typical |W| / mean |W| score moves ~1% per Adam step, so the ranking
 # changes gradually). The optimizer's rate is this divided by the adapter's `score_scale`.

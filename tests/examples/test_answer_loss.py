@@ -12,6 +12,7 @@ from harness.models import load_llava
 
 from .tiny import make_dataset, save_tiny_llava
 
+
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 

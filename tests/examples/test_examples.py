@@ -21,6 +21,7 @@ from harness.tinyllava import convert_tinyllava_checkpoint, export_tinyllava_che
 
 from .tiny import make_dataset, make_tokenizer, save_tiny_llava, save_tiny_tinyllava
 
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytestmark = pytest.mark.filterwarnings("ignore")
 

@@ -148,7 +148,7 @@ def test_report_is_written_from_records(tmp_path, monkeypatch):
 def test_progress_names_the_pending_runs_in_the_runners_order_and_not_the_finished_ones(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "REPORT_FILE", tmp_path / "RESULTS.md")
     first, second, third = rp.sweep_specs()[:3]
-    line = next(l for l in report.write_report([_ok(second, 0.42)]).splitlines() if l.startswith("- Progress:"))
+    line = next(text for text in report.write_report([_ok(second, 0.42)]).splitlines() if text.startswith("- Progress:"))
     assert line.startswith(f"- Progress: 1 of {len(rp.plan([_ok(second, 0.42)]).specs)} planned runs finished")
     assert f"`{rp.slug(second)}`" not in line
     assert line.index(f"`{rp.slug(first)}`") < line.index(f"`{rp.slug(third)}`")

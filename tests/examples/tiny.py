@@ -25,6 +25,7 @@ from harness.embedded import EMBEDDED_CHAT_TEMPLATE
 from harness.images import CLIP_MEAN, CLIP_STD, ImagePreprocessor
 from harness.tinyllava import TINYLLAVA_SYSTEM
 
+
 SPECIALS = ["<pad>", "[UNK]", "<|im_start|>", "<|im_end|>", "<image>", "<s>"]
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
 SHAPES = ("circle", "rectangle")
