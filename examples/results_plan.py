@@ -103,6 +103,8 @@ def slug(spec: dict) -> str:
         parts.insert(3, f"sp{spec['sparsity']:.6g}")
     if "layers" in spec:
         parts.append(f"layers-{spec['layers']}")
+    if "score_scale" in spec:
+        parts.append(f"scale{spec['score_scale']:g}-{spec['optimizer']}")
     return "_".join(parts)
 
 
@@ -551,8 +553,32 @@ def plan(all_runs: list[dict], compute_analysis: bool = True) -> Plan:
     check, hard = hard_long_specs(steps, out.long_levels, out.hard_pick)
     later = [s for s in headline_specs(pick, steps) if s != pilot] + grid_specs() + side_specs(pick, steps) + check
     out.specs += (later + hard[:len(out.long_levels)] + layer_specs(pick, steps) + hard[len(out.long_levels):]
-                  + more_seed_specs(pick, steps, runs))
+                  + more_seed_specs(pick, steps, runs) + dropin_specs(pick, steps))
     return out
+
+
+# Phase D (drop-in): S-MFT Both with MFTConfig's default score_scale, at the long runs' length, seeds `SEEDS`, trained
+# through the AdamW `transformers.Trainer` builds itself at the learning rates pipelines use, each paired by seed with
+# the recipe (create_mft_optimizer, a score step of 0.1) on the same build. (label, optimizer, lr); the recipe's lr is
+# the pick's score step.
+DROPIN_SCORE_SCALE = 4096.0
+DROPIN_RECIPE = "recipe (create_mft_optimizer)"
+DROPIN_VARIANTS = ((DROPIN_RECIPE, "mft", None), ("Trainer's default rate (5e-5)", "trainer", 5e-5),
+                   ("LoRA's habitual rate (2e-4)", "trainer", 2e-4), ("TRL's default rate (2e-5)", "trainer", 2e-5))
+
+
+def dropin_spec(pick: dict, optimizer: str, lr: float | None, seed: int, steps: int) -> dict:
+    """A phase-D run: a long S-MFT Both run with `score_scale` recorded and the optimizer it trains through."""
+    s = long_spec(pick, "mft", "both", seed, steps)
+    s.update(phase="D", score_scale=DROPIN_SCORE_SCALE, optimizer=optimizer)
+    if lr is not None:
+        s["lr"] = lr
+    return s
+
+
+def dropin_specs(pick: dict, steps: int) -> list[dict]:
+    """Every phase-D run, seed by seed (each seed's pairs complete before the next seed starts)."""
+    return [dropin_spec(pick, optimizer, lr, seed, steps) for seed in SEEDS for _, optimizer, lr in DROPIN_VARIANTS]
 
 
 TABLE1_GROUPS = (("S-MFT Attn", "mft", "attn"), ("S-MFT MLP", "mft", "mlp"), ("S-MFT Both", "mft", "both"),

@@ -22,6 +22,9 @@ from harness.statistics import binomial_se, mcnemar_exact, paired_comparison, t_
 from .results_plan import (
     BATCH_SIZE,
     CURVE_EVERY,
+    DROPIN_RECIPE,
+    DROPIN_SCORE_SCALE,
+    DROPIN_VARIANTS,
     FULL_LRS,
     GRID_LRS,
     GRID_STEPS,
@@ -46,6 +49,7 @@ from .results_plan import (
     Plan,
     accuracy,
     accuracy_at,
+    dropin_spec,
     finished,
     given_up,
     grid_specs,
@@ -502,6 +506,36 @@ def layer_section(planned: Plan, runs: dict[str, dict]) -> list[str]:
     return lines
 
 
+def dropin_section(planned: Plan, runs: dict[str, dict], all_runs: list[dict]) -> list[str]:
+    """Markdown: phase D, S-MFT Both trained through the optimizer Trainer builds at pipelines' rates, paired by seed
+    with the recipe; each pair on the same model build (the build column says which)."""
+    steps = planned.long_steps
+    lines = ["", f"## Drop-in learning rates (S-MFT Both, score_scale {DROPIN_SCORE_SCALE:g}, {steps} steps)", "",
+             "S-MFT Both as a user who swaps LoraConfig for MFTConfig trains it: the AdamW `transformers.Trainer` "
+             "builds itself (no weight decay), at the rates pipelines use; against the recipe, "
+             "`create_mft_optimizer` at a score step of "
+             f"{planned.pick['mft']['lr']:g}. Same schedule, batch and data as the long runs above.", "",
+             "| training | optimizer learning rate | test acc at best val | test acc at end | steps to best | builds |",
+             "|---|---|---|---|---|---|"]
+    by_label = {}
+    for label, optimizer, lr in DROPIN_VARIANTS:
+        specs = [dropin_spec(planned.pick, optimizer, lr, seed, steps) for seed in SEEDS]
+        by_label[label] = _runs_by_seed(runs, specs)
+        rate = f"{planned.pick['mft']['lr'] / DROPIN_SCORE_SCALE:.3g} (score step {planned.pick['mft']['lr']:g})" \
+            if lr is None else f"{lr:g}"
+        results = [run["result"] for run in by_label[label].values()]
+        if not results:
+            lines.append(f"| {label} | {rate} | pending | | | |")
+            continue
+        builds = sorted({run.get("model_build", {}).get("sha256", "?") for run in by_label[label].values()})
+        lines.append(f"| {label} | {rate} | {_cell([r['best_checkpoint']['accuracy'] for r in results], TEST_QUESTIONS)}"
+                     f" | {_cell([r['accuracy'] for r in results], TEST_QUESTIONS)} | "
+                     f"{statistics.median(r['best_checkpoint']['step'] for r in results):g} | {', '.join(builds)} |")
+    if len(by_label[DROPIN_RECIPE]) >= 2:
+        lines += paired_long_tables(by_label, DROPIN_RECIPE, all_runs)
+    return lines
+
+
 def long_sections(planned: Plan, runs: dict[str, dict], all_runs: list[dict]) -> list[str]:
     """Everything phase L produced so far, and the curves PNG."""
     if not planned.long_steps:
@@ -510,6 +544,7 @@ def long_sections(planned: Plan, runs: dict[str, dict], all_runs: list[dict]) ->
     lines = long_table(planned, runs, all_runs) + grid_section(runs, planned.pick)
     lines += hard_long_section(planned, runs, all_runs)
     lines += layer_section(planned, runs)
+    lines += dropin_section(planned, runs, all_runs)
     if planned.long_analysis:
         seed = json.loads(planned.long_analysis["source_key"])["seed"]
         lines += mask_table(planned.long_analysis,

@@ -79,6 +79,8 @@ def command(s: dict, metrics: Path) -> list[str]:
         cmd += ["--sparsity", repr(s["sparsity"])]
     if "layers" in s:
         cmd += ["--layers", layer_range(s["layers"], embedded_num_layers())]
+    if "score_scale" in s:  # phase D; earlier runs trained the scores themselves (score_scale 1)
+        cmd += ["--score-scale", repr(s["score_scale"]), "--optimizer", s["optimizer"]]
     if s.get("curve_every"):
         # Merging was checked on every method at 32 steps (Table 1); a long run spends its time on the curve.
         cmd += ["--curve-data", str(data["val"]), "--curve-image-folder", str(data["image_folder"]),

@@ -54,6 +54,10 @@ class MethodArgs:
     lora_target_modules: str | None = None  # regex override
     gradient_checkpointing: bool = False
     mft_on_4bit_base: bool = False  # MFT on a bitsandbytes 4-bit base (the benchmarks' "4bit-base" variants)
+    score_scale: float | None = None  # MFT: MFTConfig.score_scale (None: the library's default)
+    # MFT: "mft": create_mft_optimizer, `lr` the score step per Adam step; "trainer": the AdamW Trainer builds itself,
+    # `lr` its learning rate (a user who only swaps LoraConfig for MFTConfig)
+    optimizer: str = "mft"
 
     @classmethod
     def from_namespace(cls, ns: argparse.Namespace) -> "MethodArgs":
@@ -100,6 +104,12 @@ def add_method_args(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--no-normalize-soft-mask", dest="normalize_soft_mask", action="store_false",
                    help="paper-literal M = sigmoid(S/T) instead of dividing by its initial value")
     m.add_argument("--sparsity", type=float, default=0.01, help="mft-hard: fraction of each matrix zeroed")
+    m.add_argument("--score-scale", type=float, default=None,
+                   help="MFTConfig.score_scale: an optimizer step lr moves a score by score_scale * lr (default: "
+                        "the library's, 4096 soft, 256 hard)")
+    m.add_argument("--optimizer", choices=("mft", "trainer"), default="mft",
+                   help="mft: peft_mft.create_mft_optimizer, --lr the score step per Adam step; trainer: the AdamW "
+                        "transformers.Trainer builds itself, --lr its learning rate (LoRA's drop-in path)")
     lo = parser.add_argument_group("LoRA / QLoRA")
     lo.add_argument("--lora-r", type=int, default=16, help="LoRA rank")
     lo.add_argument("--lora-alpha", type=int, default=32, help="LoRA scaling numerator (the update is alpha / r)")
@@ -111,11 +121,12 @@ def add_method_args(parser: argparse.ArgumentParser) -> None:
 @dataclass
 class PreparedModel:
     model: nn.Module
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | None  # None: the Trainer builds its own (--optimizer trainer)
     method: str
     trainable_parameters: int
     lr: float
     is_peft: bool
+    weight_decay: float = 0.0  # the Trainer-built optimizer's (optimizer None)
 
 
 def _vision_tower(model: nn.Module) -> nn.Module:
@@ -188,6 +199,7 @@ def mft_config(method: str, args: MethodArgs) -> MFTConfig:
         sparsity=args.sparsity if hard else None,
         targets=args.targets,
         layers_to_transform=args.layers,
+        score_scale=args.score_scale,
     )
 
 
@@ -241,10 +253,12 @@ def prepare_model(model: nn.Module, method: str, args: MethodArgs | None = None)
 
     if any(p.requires_grad for p in _vision_tower(model).parameters()):
         raise AssertionError("the vision tower must stay frozen")
-    if method.startswith("mft"):
+    if method.startswith("mft") and args.optimizer == "trainer":
+        optimizer = None  # transformers.Trainer builds AdamW at `lr` with `weight_decay`, as for any model
+    elif method.startswith("mft"):
         optimizer = create_mft_optimizer(model, lr=lr / model.peft_config["default"].score_scale)
     else:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=args.weight_decay)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return PreparedModel(model, optimizer, method, trainable, lr, is_peft)
+    return PreparedModel(model, optimizer, method, trainable, lr, is_peft, args.weight_decay)

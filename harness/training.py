@@ -176,6 +176,7 @@ def train_and_evaluate(
         lr_scheduler_type=config.lr_scheduler,
         warmup_steps=config.warmup_ratio,
         max_grad_norm=config.max_grad_norm,
+        weight_decay=prepared.weight_decay,
         logging_steps=config.logging_steps,
         save_strategy="steps" if config.save_steps else "no",
         save_steps=config.save_steps or 500,

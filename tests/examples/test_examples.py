@@ -100,6 +100,18 @@ def test_llava_script_runs_every_method(workdir, method, tmp_path):
     _check_result(result, method, tmp_path)
 
 
+def test_llava_script_trains_mft_with_the_optimizer_trainer_builds(workdir, tmp_path):
+    """--optimizer trainer: no create_mft_optimizer, Trainer's own AdamW at a LoRA learning rate (the drop-in path)."""
+    from safetensors.torch import load_file
+
+    from examples.llava.train import main
+
+    result = main(_script_args(workdir, workdir["llava"], "mft", tmp_path) + ["--optimizer", "trainer", "--lr", "5e-5"])
+    _check_result(result, "mft", tmp_path)
+    scores = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert all(tensor.abs().max() > 0 for key, tensor in scores.items() if key.endswith("mft_scores"))  # P left 0
+
+
 def test_llava_script_as_the_results_runner_calls_it(workdir, tmp_path):
     """bf16 autocast, a validation curve and tensor memory of the second step, as examples.run_results runs it."""
     from examples.llava.train import main

@@ -385,7 +385,9 @@ def test_headline_comparisons_within_the_noise_get_more_seeds(tmp_path, monkeypa
     planned = rp.plan(runs, compute_analysis=False)
     more = [s for s in planned.specs if s["seed"] in rp.MORE_SEEDS]
     assert [(s["method"], s["seed"]) for s in more] == [("mft", 3), ("lora", 3), ("mft", 4), ("lora", 4)]
-    assert planned.specs[-len(more):] == more and all(s["steps"] == steps and s["split"] == "test" for s in more)
+    # the last Table 1 runs (only phase D, another experiment, comes after them)
+    table1 = [s for s in planned.specs if s["phase"] != "D"]
+    assert table1[-len(more):] == more and all(s["steps"] == steps and s["split"] == "test" for s in more)
     # every comparison clear: no more seeds
     clear = {"lora": (0.90, 0.81, 0.86), "full": (0.70, 0.60, 0.65)}
     all_clear = [_long_ok(s, clear.get(s["method"], accuracy["mft"])[s["seed"]]) for s in headline]
@@ -529,3 +531,28 @@ def test_report_counts_the_runs_whose_record_marks_how_they_trained(tmp_path, mo
     marked["result"][field] = value
     assert none_marked in report.write_report([plain])
     assert one_marked in report.write_report([plain, marked])
+
+
+def test_drop_in_runs_are_planned_apart_from_the_recipe_runs_and_paired_with_their_own_recipe(tmp_path, monkeypatch):
+    runs, pick, steps = _with_pilot(tmp_path, monkeypatch)
+    planned = rp.plan(runs, compute_analysis=False).specs
+    dropin = [s for s in planned if s["phase"] == "D"]
+    assert len(dropin) == len(rp.SEEDS) * len(rp.DROPIN_VARIANTS)
+    headline = rp.long_spec(pick, "mft", "both", 0, steps)
+    recipe = rp.dropin_spec(pick, "mft", None, 0, steps)
+    # the same hyperparameters as a headline S-MFT Both run, but not the same run: the scores are scaled now
+    assert recipe["lr"] == headline["lr"] and rp.run_key(recipe) != rp.run_key(headline)
+    assert len({rp.slug(s) for s in planned}) == len(planned)
+    trainer_default = rp.dropin_spec(pick, "trainer", 5e-5, 0, steps)
+    monkeypatch.setattr("harness.easyvqa.prepare_easy_vqa",
+                        lambda: {"val": "v.json", "test": "t.json", "image_folder": "img"})
+    command = runner.command(trainer_default, tmp_path / "m.json")
+    assert command[command.index("--optimizer") + 1] == "trainer" and command[command.index("--lr") + 1] == "5e-05"
+    assert command[command.index("--score-scale") + 1] == "4096.0"
+    assert "--score-scale" not in runner.command(headline, tmp_path / "m.json")  # earlier runs: unscaled scores
+    for seed, accuracy in ((0, 0.80), (1, 0.82)):
+        runs += [_long_ok(rp.dropin_spec(pick, "mft", None, seed, steps), accuracy),
+                 _long_ok(rp.dropin_spec(pick, "trainer", 5e-5, seed, steps), accuracy - 0.01)]
+    text = report.write_report(runs)
+    assert "## Drop-in learning rates" in text and "| LoRA's habitual rate (2e-4) | 0.0002 | pending |" in text
+    assert "minus recipe (create_mft_optimizer)'s" in text and "| Trainer's default rate (5e-5) | -1.0 | -1.0 |" in text
