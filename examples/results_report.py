@@ -84,8 +84,13 @@ def model_builds_line(runs: dict[str, dict]) -> str:
                 else "not recorded (runs before 2026-12-02)")
         counts[name] = counts.get(name, 0) + 1
     caveat = ". Runs of one seed compared across builds start from slightly different projectors."
+    leaky = sum(1 for run in runs.values() if (run.get("model_build") or {}).get("assembly", 1) < 2)
+    leak = (f" {leaky} of these runs used a build whose stage 1 aligned the projector on captions that included the "
+            "held-back validation images (assembly version 1; fixed in version 2): their validation accuracy, and the "
+            "choices made on it (learning rates, best checkpoints), rest on images stage 1 had seen; no test image "
+            "was seen." if leaky else "")
     return "; ".join(f"{name}: {count} run{'s' * (count != 1)}" for name, count in sorted(counts.items())) + (
-        caveat if len(counts) > 1 else ".")
+        caveat if len(counts) > 1 else ".") + leak
 
 
 def progress_line(specs: list[dict], all_runs: list[dict], pick: dict | None) -> str:

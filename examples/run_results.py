@@ -95,10 +95,11 @@ def command(s: dict, metrics: Path) -> list[str]:
 def model_build() -> dict:
     """Which build of the embedded model the runs use: stage 1 on CPU is not bit-reproducible, so a machine that
     rebuilt the cache trains from slightly different projector weights (README). The weights' SHA-256 (first 12 hex
-    digits) and stage 1's final loss go into every run record."""
+    digits), stage 1's final loss and the assembly version (2 and later: stage 1 without the validation images'
+    captions) go into every run record."""
     import hashlib
 
-    from harness.embedded import embedded_llava_checkpoint
+    from harness.embedded import ASSEMBLY_VERSION, embedded_llava_checkpoint
 
     folder = Path(embedded_llava_checkpoint())
     digest = hashlib.sha256()
@@ -106,7 +107,8 @@ def model_build() -> dict:
         for block in iter(lambda: f.read(1 << 24), b""):
             digest.update(block)
     stage1 = json.loads((folder / "stage1.json").read_text())
-    return {"sha256": digest.hexdigest()[:12], "stage1_train_loss": stage1.get("train_loss")}
+    return {"sha256": digest.hexdigest()[:12], "stage1_train_loss": stage1.get("train_loss"),
+            "assembly": ASSEMBLY_VERSION}
 
 
 def execute(s: dict, runs: list[dict], build: dict | None = None) -> dict | None:

@@ -4,8 +4,9 @@
   multi-turn records of at most ``questions_per_record`` questions (the LLaVA instruction format);
 - ``val.json``: the questions of those held-back train images, one per record: for choosing hyperparameters;
 - ``test.json``: the test split, one question per record, shuffled once (held out: evaluation only);
-- ``captions.json``: one caption per train image ("A blue circle."), derived from the train questions, for the
-  stage-1 projector alignment (LLaVA aligns its projector on image-caption pairs before instruction tuning).
+- ``captions.json``: one caption per training image ("A blue circle."; none of the held-back images), derived from
+  its questions, for the stage-1 projector alignment (LLaVA aligns its projector on image-caption pairs before
+  instruction tuning).
 
 The files reference the images inside the installed ``easy_vqa`` package; ``image_folder`` is that data folder.
 """
@@ -26,7 +27,7 @@ SHAPES = ("circle", "rectangle", "triangle")
 CAPTION_PROMPT = "Describe the image briefly."
 # Questions go in as they are: LLaVA-1.5's "Answer the question using a single word or phrase." would add 11
 # tokens to every 20-token question, and every easy-vqa answer is one word anyway.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4  # 4: no captions of the held-back validation images
 
 
 def easy_vqa_data_folder() -> Path:
@@ -70,13 +71,15 @@ def _single_question(rid: str, image: str, q: str, a: str) -> dict:
 
 
 def prepare_easy_vqa(
-    questions_per_record: int = 4, val_images: int = 200, destination: Path | None = None
+    questions_per_record: int = 4, val_images: int = 200, destination: Path | None = None, source: Path | None = None
 ) -> dict[str, Path]:
-    """Write train/val/test/captions JSON (once; reused if present). Returns their paths and the image folder."""
-    folder = easy_vqa_data_folder()
+    """Write train/val/test/captions JSON (once; reused if present) from the easy-vqa data folder `source` (default:
+    the installed package's). Returns their paths and the image folder."""
+    folder = source or easy_vqa_data_folder()
     dest = destination or cache_dir("easy_vqa", f"v{FORMAT_VERSION}-q{questions_per_record}-val{val_images}")
     paths = {name: dest / f"{name}.json" for name in ("train", "val", "test", "captions")}
     if not all(p.is_file() for p in paths.values()):
+        dest.mkdir(parents=True, exist_ok=True)
         by_image = defaultdict(list)
         for q, a, image_id in _load_split(folder, "train"):
             by_image[image_id].append((q, a))
@@ -85,13 +88,13 @@ def prepare_easy_vqa(
         for image_id in sorted(by_image):
             qas = by_image[image_id]
             image = f"train/images/{image_id}.png"
+            if image_id in held_back:  # validation images stay unseen by training, stage 1 included
+                val += [_single_question(f"val-{image_id}-{k}", image, q, a) for k, (q, a) in enumerate(qas)]
+                continue
             caption = infer_caption(qas)
             if caption:
                 captions.append({"id": f"caption-{image_id}", "image": image, "conversations": [
                     {"from": "human", "value": f"<image>\n{CAPTION_PROMPT}"}, {"from": "gpt", "value": caption}]})
-            if image_id in held_back:
-                val += [_single_question(f"val-{image_id}-{k}", image, q, a) for k, (q, a) in enumerate(qas)]
-                continue
             for start in range(0, len(qas), questions_per_record):
                 conv = []
                 for k, (q, a) in enumerate(qas[start : start + questions_per_record]):

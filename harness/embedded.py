@@ -38,7 +38,7 @@ EMBEDDED_CHAT_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-ASSEMBLY_VERSION = 1
+ASSEMBLY_VERSION = 2  # 2: stage 1 without the captions of the held-back validation images
 
 
 def smollm2_package_folder() -> Path:

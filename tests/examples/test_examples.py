@@ -530,3 +530,20 @@ def test_the_same_option_has_the_same_name_in_every_example():
     parsers = list(_example_parsers().values())
     methods = [next(a for a in p._actions if "--method" in a.option_strings).choices for p in parsers]
     assert set(methods[1]) <= set(methods[0])  # mft / mft-hard as examples.llava.train names them
+
+
+def test_stage_one_captions_leave_out_the_held_back_validation_images(tmp_path):
+    from harness.easyvqa import prepare_easy_vqa
+
+    source = tmp_path / "easy_vqa"
+    questions = [[f"what color is the {shape}?", "blue", image] for image, shape in enumerate(["circle"] * 6)]
+    questions += [["what shape is this?", "circle", image] for image in range(6)]
+    for split in ("train", "test"):
+        (source / split).mkdir(parents=True)
+        (source / split / "questions.json").write_text(json.dumps(questions))
+    files = prepare_easy_vqa(questions_per_record=2, val_images=2, destination=tmp_path / "out", source=source)
+    validation = {record["image"] for record in json.loads(files["val"].read_text())}
+    captioned = {record["image"] for record in json.loads(files["captions"].read_text())}
+    trained = {record["image"] for record in json.loads(files["train"].read_text())}
+    assert validation == {"train/images/4.png", "train/images/5.png"}
+    assert captioned == trained and not captioned & validation

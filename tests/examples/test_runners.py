@@ -473,6 +473,9 @@ def test_the_report_counts_runs_per_model_build():
     line = report.model_builds_line(rp.finished([first, second, third]))
     assert "weights abc123def456 (stage-1 loss 1.1483): 1 run." in line
     assert "not recorded (runs before 2026-12-02): 2 runs" in line and "slightly different projectors" in line
+    assert "3 of these runs used a build whose stage 1 aligned the projector on captions that included" in line
+    fixed = {**second, "model_build": {**second["model_build"], "assembly": 2}}
+    assert "2 of these runs used a build" in report.model_builds_line(rp.finished([first, fixed, third]))
 
 
 def _analysis(seed, shares):
