@@ -92,26 +92,58 @@ def markdown(report: dict, lora_bytes: dict[str, int]) -> str:
 def write_png(report: dict, lora_bytes: dict[str, int], path: Path) -> None:
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(6.5, 4.2), layout="constrained")
+    figure = Figure(figsize=(6.5, 4.4), layout="constrained")
     ax = figure.subplots()
     rows = report["rows"]
-    ax.plot([r["bytes"] / 2**20 for r in rows], [100 * r["accuracy"] for r in rows], "o-", label="soft-sparse")
+    ax.plot([r["bytes"] / 2**20 for r in rows], [100 * r["accuracy"] for r in rows], "o-",
+            label="S-MFT exported as soft-sparse (label: --min-change X;\nmasks that moved less load as initial)")
     for r in rows:
-        ax.annotate(f"{r['threshold']:g}", (r["bytes"] / 2**20, 100 * r["accuracy"]), fontsize=7)
+        ax.annotate(f"{r['threshold']:g}", (r["bytes"] / 2**20, 100 * r["accuracy"]), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
     base, se = 100 * report["float32_accuracy"], 100 * report["float32_accuracy_se"]
-    ax.axhspan(base - se, base + se, color="grey", alpha=0.25, label="float32 adapter ± 1 s.e.")
-    for name, size in lora_bytes.items():
-        ax.axvline(size / 2**20, linestyle="--", linewidth=0.8, label=name)
+    float32_mib = report["scores_bytes"] / 2**20
+    ax.axhspan(base - se, base + se, color="grey", alpha=0.25,
+               label=f"S-MFT float32 adapter ({float32_mib:.0f} MiB): accuracy ± 1 binomial s.e.")
+    for (name, size), style in zip(sorted(lora_bytes.items(), key=lambda item: item[1]), ("--", ":", "-.")):
+        ax.axvline(size / 2**20, linestyle=style, color="tab:red", linewidth=1.0,
+                   label=f"{name.replace('lora-r', 'LoRA r ')} adapter size ({size / 2**20:.1f} MiB)")
     ax.set_xscale("log")
-    ax.set_xlabel("adapter size (MiB, log)")
-    ax.set_ylabel("test exact-match accuracy (%)")
-    ax.legend(fontsize=7)
+    from matplotlib.ticker import ScalarFormatter
+
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(ScalarFormatter())
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.set_xlabel("adapter size on disk (MiB, log scale)")
+    ax.set_ylabel(f"test exact-match accuracy (%, {report['eval_questions']} questions)")
+    ax.set_title("Compact S-MFT adapters: size against accuracy")
+    ax.legend(fontsize=7, loc="upper left")
     figure.savefig(path, dpi=110, format="png")
+
+
+def lora_sizes_of(report: dict) -> dict[str, int]:
+    """The LoRA sizes a stored report was drawn with (`--lora-bytes` in its command)."""
+    words = report.get("command", "").split()
+    sizes = {}
+    for word in words[words.index("--lora-bytes") + 1:] if "--lora-bytes" in words else []:
+        name, _, size = word.partition("=")
+        if not size.isdigit():
+            break
+        sizes[name] = int(size)
+    return sizes
+
+
+def replot(folder: Path) -> Path:
+    """Draw `folder`'s sparse_sizes.png again from its sparse_sizes.json (no model run)."""
+    report = json.loads((folder / "sparse_sizes.json").read_text())
+    write_png(report, lora_sizes_of(report), folder / "sparse_sizes.png")
+    return folder / "sparse_sizes.png"
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("adapter", help="trained S-MFT adapter folder (float32 scores)")
+    p.add_argument("adapter", nargs="?", help="trained S-MFT adapter folder (float32 scores)")
+    p.add_argument("--replot", metavar="FOLDER", default=None,
+                   help="only draw FOLDER's sparse_sizes.png again from its sparse_sizes.json (no model run)")
     p.add_argument("--model", default=None, help="base LLaVA folder (default: the embedded VLM)")
     p.add_argument("--eval-data", default=None, help="held-out LLaVA JSON (default: easy-vqa test)")
     p.add_argument("--image-folder", default=None)
@@ -121,6 +153,11 @@ def main(argv=None) -> dict:
                    help="LoRA adapter sizes to draw beside the curve, e.g. lora-r16=19800000")
     p.add_argument("--out", default="benchmarks/results/sparse")
     args = p.parse_args(argv)
+    if args.replot:
+        print(replot(Path(args.replot)))
+        return json.loads((Path(args.replot) / "sparse_sizes.json").read_text())
+    if args.adapter is None:
+        p.error("give the adapter folder (or --replot FOLDER)")
     from harness.data import load_llava_json
 
     out = Path(args.out)

@@ -362,3 +362,16 @@ def test_a_report_path_holding_a_users_file_is_refused_before_any_work(tmp_path,
     assert exit_info.value.code == 2
     assert f"{users}' exists and is not an earlier output of python -m benchmarks.{script}" in capsys.readouterr().err
     assert users.read_text() == "the user's own file" and [p.name for p in users.parent.iterdir()] == [planted]
+
+
+def test_sparse_sizes_figure_is_drawn_again_from_its_json(tmp_path):
+    from benchmarks.sparse_sizes import lora_sizes_of, main
+
+    report = {"eval_questions": 400, "scores_bytes": 400 * 2**20, "float32_accuracy": 0.9, "float32_accuracy_se": 0.015,
+              "rows": [{"threshold": 0.01, "bytes": 17 * 2**20, "accuracy": 0.91},
+                       {"threshold": 0.1, "bytes": 3 * 2**20, "accuracy": 0.895}],
+              "command": "python -m benchmarks.sparse_sizes a --lora-bytes lora-r8=9926312 lora-r16=19792424 --out x"}
+    assert lora_sizes_of(report) == {"lora-r8": 9926312, "lora-r16": 19792424}
+    (tmp_path / "sparse_sizes.json").write_text(json.dumps(report))
+    assert main(["--replot", str(tmp_path)]) == report
+    assert (tmp_path / "sparse_sizes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
