@@ -520,7 +520,8 @@ def dropin_section(planned: Plan, runs: dict[str, dict], all_runs: list[dict]) -
              "builds itself (no weight decay), at the rates pipelines use; against the recipe, "
              "`create_mft_optimizer` at a score step of "
              f"{planned.pick['mft']['lr']:g}. Same schedule, batch and data as the long runs above.", "",
-             "| training | optimizer learning rate | test acc at best val | test acc at end | steps to best | builds |",
+             "| training | optimizer learning rate | test acc at best val | test acc at end | steps to best | "
+             "builds |",
              "|---|---|---|---|---|---|"]
     by_label = {}
     for label, optimizer, lr in DROPIN_VARIANTS:
@@ -533,8 +534,8 @@ def dropin_section(planned: Plan, runs: dict[str, dict], all_runs: list[dict]) -
             lines.append(f"| {label} | {rate} | pending | | | |")
             continue
         builds = sorted({run.get("model_build", {}).get("sha256", "?") for run in by_label[label].values()})
-        lines.append(f"| {label} | {rate} | {_cell([r['best_checkpoint']['accuracy'] for r in results], TEST_QUESTIONS)}"
-                     f" | {_cell([r['accuracy'] for r in results], TEST_QUESTIONS)} | "
+        at_best = _cell([r["best_checkpoint"]["accuracy"] for r in results], TEST_QUESTIONS)
+        lines.append(f"| {label} | {rate} | {at_best} | {_cell([r['accuracy'] for r in results], TEST_QUESTIONS)} | "
                      f"{statistics.median(r['best_checkpoint']['step'] for r in results):g} | {', '.join(builds)} |")
     if len(by_label[DROPIN_RECIPE]) >= 2:
         lines += paired_long_tables(by_label, DROPIN_RECIPE, all_runs)

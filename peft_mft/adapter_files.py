@@ -118,7 +118,9 @@ def check_adapter_folder(folder: PathLike, require_weights: bool = True) -> None
     weights = folder / SAFETENSORS_WEIGHTS_NAME
     for name in (SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME):
         if os.path.lexists(folder / name) and not (folder / name).is_file():
-            raise AdapterFileError(f"{folder / name} cannot be read as a weight file: {describe_non_file(folder / name)}.")
+            raise AdapterFileError(
+                f"{folder / name} cannot be read as a weight file: {describe_non_file(folder / name)}."
+            )
     if weights.is_file():
         check_safetensors_file(weights)
         return
@@ -151,8 +153,8 @@ def load_torch_weights(path: PathLike) -> object:
 
 def check_torch_weights_file(path: PathLike) -> list[str]:
     """Open a `torch.save` state dict with `torch.load(weights_only=True)` (no code run; `load_torch_weights`); return
-    its tensor names. Raises `AdapterFileError` naming the file if it is truncated or corrupted, holds objects other than
-    tensors, or is not a dict of tensors."""
+    its tensor names. Raises `AdapterFileError` naming the file if it is truncated or corrupted, holds objects other
+    than tensors, or is not a dict of tensors."""
     path = Path(path)
     try:
         state_dict = load_torch_weights(path)
@@ -222,7 +224,8 @@ def saved_under_modules_to_save(key: str, modules_to_save) -> bool:
 def check_declared_keys(weights: Path, config: MFTConfig, keys: list[str]) -> None:
     """`AdapterFileError` naming the tensors of a saved weight file that are neither scores nor `modules_to_save`
     weights: loading, merging or exporting them would replace base-model weights."""
-    foreign = [key for key in keys if not is_scores_key(key) and not saved_under_modules_to_save(key, config.modules_to_save)]
+    foreign = [key for key in keys
+               if not is_scores_key(key) and not saved_under_modules_to_save(key, config.modules_to_save)]
     if foreign:
         more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
         raise AdapterFileError(
@@ -283,8 +286,8 @@ class AdapterFolder:
         check_scores_dtype({module_name: tensor}, self.config, f" ({self.weights})")
         if not torch.isfinite(tensor).all():
             raise NonFiniteScoresError(
-                f"The MFT scores of {module_name!r} in {self.weights} hold NaN or inf; the adapter is broken (diverged "
-                "training or a corrupted file). Use an earlier checkpoint."
+                f"The MFT scores of {module_name!r} in {self.weights} hold NaN or inf; the adapter is broken "
+                "(diverged training or a corrupted file). Use an earlier checkpoint."
             )
         return tensor.float()
 
@@ -448,8 +451,9 @@ def check_scores_fit_model(
     """Check an adapter state dict (keys already remapped by PEFT to `model`'s) before it is loaded into `model`.
 
     Every MFT layer of `adapter_name` must get scores, no scores may be left over for layers this model does not
-    mask, no tensor may name a base-model weight (only scores and `modules_to_save` weights load), each score tensor must have its layer's shape (out_features, in_features; DeepSpeed ZeRO-3's `ds_shape`
-    where parameters are partitioned) and hold no NaN/inf. Raises `AdapterFileError` (`NonFiniteScoresError` for
+    mask, no tensor may name a base-model weight (only scores and `modules_to_save` weights load), each score tensor
+    must have its layer's shape (out_features, in_features; DeepSpeed ZeRO-3's `ds_shape` where parameters are
+    partitioned) and hold no NaN/inf. Raises `AdapterFileError` (`NonFiniteScoresError` for
     NaN/inf) naming the modules, both shapes, and the folder when the config was read from one.
     """
     peft_prefix, suffix = STATE_DICT_PREFIX, f"{SCORES_SUFFIX}.{adapter_name}"

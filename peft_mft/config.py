@@ -313,8 +313,8 @@ class MFTConfig(PeftConfig):
                 "hard masks start from P = S0 / score_scale and rank |P|. So an optimizer step lr moves a score by "
                 f"score_scale * lr: a learning-rate multiplier that works with any optimizer and trainer. None: "
                 f"{DEFAULT_SOFT_SCORE_SCALE:g} for soft masks, {DEFAULT_HARD_SCORE_SCALE:g} for hard ones, which let "
-                "the default learning rates of transformers.Trainer (5e-5) and TRL (2e-5) train masks. Adapters saved before this field "
-                "existed load with 1 (P is S)."
+                "the default learning rates of transformers.Trainer (5e-5) and TRL (2e-5) train masks. Adapters "
+                "saved before this field existed load with 1 (P is S)."
             )
         },
     )
@@ -424,7 +424,8 @@ class MFTConfig(PeftConfig):
             raise ValueError(
                 f"MFTConfig.init_score={self.init_score} / MFTConfig.temperature={self.temperature} = "
                 f"{self.init_score / self.temperature:.4g} saturates the float32 sigmoid, so M starts at exactly "
-                f"{'1' if self.init_score > 0 else '0'} and every score gradient is exactly 0: the masks cannot train. "
+                f"{'1' if self.init_score > 0 else '0'} and every score gradient is exactly 0: the masks cannot "
+                "train. "
                 f"Keep |init_score / temperature| <= {SATURATED_INIT_RATIO:g} (the paper's presets use 3 to 8), or "
                 "set straight_through=True."
             )
@@ -451,8 +452,8 @@ class MFTConfig(PeftConfig):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
-        """PEFT's config loading (also what `PeftModel.from_pretrained` and `load_adapter` call); a local folder is read
-        by `read_local`, then `CONFIG_LOADED_HOOKS` run (the folder checks of `peft_mft.adapter_files`)."""
+        """PEFT's config loading (also what `PeftModel.from_pretrained` and `load_adapter` call); a local folder is
+        read by `read_local`, then `CONFIG_LOADED_HOOKS` run (the folder checks of `peft_mft.adapter_files`)."""
         folder = os.path.join(pretrained_model_name_or_path, subfolder or "")
         if not os.path.isfile(os.path.join(folder, CONFIG_NAME)):
             return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)

@@ -1,8 +1,8 @@
 """Tiny Llama MFT adapters whose masks are set by hand, so that mask statistics can be checked against numbers
 computed here with `math` (not with the library's tensor code).
 
-Soft masks with `temperature=1`, `normalize_soft_mask=False` and scores stored unscaled: `M = sigmoid(S)`. Every score is `HIGH` (M ~ 1) except
-the entries listed in `HAND_SCORES`.
+Soft masks with `temperature=1`, `normalize_soft_mask=False` and scores stored unscaled: `M = sigmoid(S)`. Every
+score is `HIGH` (M ~ 1) except the entries listed in `HAND_SCORES`.
 """
 
 import math

@@ -367,7 +367,8 @@ def test_a_report_path_holding_a_users_file_is_refused_before_any_work(tmp_path,
 def test_sparse_sizes_figure_is_drawn_again_from_its_json(tmp_path):
     from benchmarks.sparse_sizes import lora_sizes_of, main
 
-    report = {"eval_questions": 400, "scores_bytes": 400 * 2**20, "float32_accuracy": 0.9, "float32_accuracy_se": 0.015,
+    report = {"eval_questions": 400, "scores_bytes": 400 * 2**20, "float32_accuracy": 0.9,
+              "float32_accuracy_se": 0.015,
               "rows": [{"threshold": 0.01, "bytes": 17 * 2**20, "accuracy": 0.91},
                        {"threshold": 0.1, "bytes": 3 * 2**20, "accuracy": 0.895}],
               "command": "python -m benchmarks.sparse_sizes a --lora-bytes lora-r8=9926312 lora-r16=19792424 --out x"}

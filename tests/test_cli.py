@@ -143,7 +143,8 @@ def test_bad_input_exits_2_with_one_line(capsys, adapter, tmp_path):
     assert_bad_input(capsys, ["harden", tmp_path / "lora", "--sparsity", "0.1", tmp_path / "out"], "not an MFT one")
     assert_bad_input(capsys, ["merge", adapter, tmp_path / "out", "--base", missing], "base model folder")
     make_llama().save_pretrained(tmp_path / "base")
-    assert_bad_input(capsys, ["merge", tmp_path / "lora", tmp_path / "out", "--base", tmp_path / "base"], "not an MFT one")
+    assert_bad_input(capsys, ["merge", tmp_path / "lora", tmp_path / "out", "--base", tmp_path / "base"],
+                     "not an MFT one")
     assert not (tmp_path / "out").exists()
 
 

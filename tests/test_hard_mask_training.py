@@ -42,7 +42,8 @@ def test_the_optimizer_gives_hard_and_soft_scores_their_own_default_rates():
     (group,) = create_mft_optimizer(model).param_groups
     assert group["lr"] == DEFAULT_HARD_SCORE_STEP / DEFAULT_HARD_SCORE_SCALE == 0.01 / 256
     soft = get_peft_model(make_llama(), MFTConfig(init_score=3.0, temperature=0.5))
-    assert create_mft_optimizer(soft).param_groups[0]["lr"] == DEFAULT_SCORE_STEP / DEFAULT_SOFT_SCORE_SCALE == 0.1 / 4096
+    soft_lr = create_mft_optimizer(soft).param_groups[0]["lr"]
+    assert soft_lr == DEFAULT_SCORE_STEP / DEFAULT_SOFT_SCORE_SCALE == 0.1 / 4096
     assert create_mft_optimizer(model, lr=0.5).param_groups[0]["lr"] == 0.5
 
 

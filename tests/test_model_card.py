@@ -128,7 +128,8 @@ def _snippet(folder) -> str:
 
 @pytest.mark.parametrize(
     "make, task_type, peft_class",
-    [(make_llama, "CAUSAL_LM", "PeftModelForCausalLM"), (make_llama, None, "PeftModel"), (make_llava, None, "PeftModel")],
+    [(make_llama, "CAUSAL_LM", "PeftModelForCausalLM"), (make_llama, None, "PeftModel"),
+     (make_llava, None, "PeftModel")],
     ids=["causal-lm", "llama-without-task-type", "llava"],
 )
 def test_the_cards_loading_snippet_runs_as_written_in_a_fresh_interpreter(tmp_path, make, task_type, peft_class):

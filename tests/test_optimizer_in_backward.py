@@ -131,4 +131,5 @@ def test_trainer_asking_for_clipping_or_accumulation_is_refused_before_training(
     dataset = [{"input_ids": row, "labels": row} for row in text_inputs(batch=8)]
     with pytest.raises(ValueError, match=message):
         Trainer(model=model, args=args, train_dataset=dataset, optimizers=(optimizer, None)).train()
-    assert all(torch.equal(p, torch.zeros_like(p)) for p in optimizer.optimizers)  # nothing was updated (P of init is 0)
+    # nothing was updated: the trained tensor of a fresh soft adapter is 0
+    assert all(torch.equal(p, torch.zeros_like(p)) for p in optimizer.optimizers)

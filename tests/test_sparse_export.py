@@ -111,5 +111,6 @@ def test_cli_names_what_is_missing(trained, capsys, args, message):
 
 def test_threshold_for_another_format_is_refused(trained, capsys):
     _, tmp_path = trained
-    assert cli(["export", str(tmp_path / "adapter"), str(tmp_path / "x"), "--format", "fp16", "--min-change", "1"]) == 2
+    argv = ["export", str(tmp_path / "adapter"), str(tmp_path / "x"), "--format", "fp16", "--min-change", "1"]
+    assert cli(argv) == 2
     assert "apply to --format sparse only" in capsys.readouterr().err

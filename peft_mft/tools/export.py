@@ -24,9 +24,9 @@ values), and not the optimizer state. Keep the `save_pretrained` folder to go on
 Folder layout: `adapter_config.json` (the unchanged `MFTConfig`), `mft_compact.json` (format, version, per-layer
 shapes and the measured mask error) and `mft_compact.safetensors` (the packed masks; other saved tensors such as
 `modules_to_save` are copied unchanged). `PeftModel.from_pretrained` does not read this folder (it has no
-`adapter_model.safetensors`, and it refuses the folder naming `load_compact_adapter`); `load_compact_adapter(base_model,
-folder)` does, and returns an ordinary MFT `PeftModel`
-whose float32 scores reproduce the stored masks, so forward, `merge_and_unload()` and `generate` work as usual.
+`adapter_model.safetensors`, and it refuses the folder naming `load_compact_adapter`);
+`load_compact_adapter(base_model, folder)` does, and returns an ordinary MFT `PeftModel` whose float32 scores reproduce
+the stored masks, so forward, `merge_and_unload()` and `generate` work as usual.
 """
 
 from __future__ import annotations
@@ -171,7 +171,8 @@ _LAYER_TENSORS = {
     "soft-fp16": {".mask_delta_fp16": ((torch.float16,), "matrix")},
     "soft-int8": {".mask_uint8": ((torch.uint8,), "matrix"), ".row_min": ((torch.float32,), "rows"),
                   ".row_step": ((torch.float32,), "rows")},
-    "soft-sparse": {".kept_per_row": ((torch.int32,), "rows"), ".kept_columns": ((torch.uint16, torch.int32), "entries"),
+    "soft-sparse": {".kept_per_row": ((torch.int32,), "rows"),
+                    ".kept_columns": ((torch.uint16, torch.int32), "entries"),
                     ".kept_delta_fp16": ((torch.float16,), "entries")},
     "hard-bits": {".keep_bits": ((torch.uint8,), "bytes")},
     "hard-indices": {".zeroed_per_row": ((torch.int32,), "rows"),
@@ -185,8 +186,8 @@ def check_layer_tensors(tensors: dict[str, torch.Tensor], fmt: str, prefix: str,
     non-negative and summing to the entries stored, columns in [0, in) and strictly increasing within each row, float
     values finite."""
     def bad(problem: str) -> AdapterFileError:
-        return AdapterFileError(f"{where}: layer {prefix!r} ({fmt}, shape {tuple(shape)}): {problem}; the file was not "
-                                "written by `peft-mft export` or was changed since. Export the adapter again.")
+        return AdapterFileError(f"{where}: layer {prefix!r} ({fmt}, shape {tuple(shape)}): {problem}; the file was "
+                                "not written by `peft-mft export` or was changed since. Export the adapter again.")
 
     rows, columns_total = shape
     per_row_key = next((prefix + s for s in (".kept_per_row", ".zeroed_per_row") if s in _LAYER_TENSORS[fmt]), None)
@@ -353,7 +354,8 @@ def read_compact_masks(folder: PathLike) -> tuple[MFTConfig, dict, dict[str, tor
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise AdapterFileError(f"{meta_path} is not valid JSON: {exc}.") from exc
     fmt = meta.get("format") if isinstance(meta, dict) else None
-    if not isinstance(meta, dict) or meta.get("format_version") != COMPACT_FORMAT_VERSION or fmt not in COMPACT_FORMATS:
+    known = isinstance(meta, dict) and meta.get("format_version") == COMPACT_FORMAT_VERSION
+    if not known or fmt not in COMPACT_FORMATS:
         raise MFTInputError(f"{meta_path}: format {fmt!r} version {meta.get('format_version')!r} is not one this "
                          f"peft_mft reads ({sorted(COMPACT_FORMATS)}, version {COMPACT_FORMAT_VERSION}).")
     layers = meta.get("layers")

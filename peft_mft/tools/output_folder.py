@@ -109,7 +109,9 @@ def check_output_folder(
         raise OutputFolderError(f"output {str(output)!r} is a file, not a folder; choose a folder path.")
     blocking = next((parent for parent in out.absolute().parents if parent.exists() and not parent.is_dir()), None)
     if blocking is not None:
-        raise OutputFolderError(f"output {str(output)!r} cannot be created: {str(blocking)!r} is a file, not a folder.")
+        raise OutputFolderError(
+            f"output {str(output)!r} cannot be created: {str(blocking)!r} is a file, not a folder."
+        )
     unwritable = first_unwritable(out)
     if unwritable is not None:
         raise OutputFolderError(

@@ -106,7 +106,8 @@ def test_llava_script_trains_mft_with_the_optimizer_trainer_builds(workdir, tmp_
 
     from examples.llava.train import main
 
-    result = main(_script_args(workdir, workdir["llava"], "mft", tmp_path) + ["--optimizer", "trainer", "--lr", "5e-5"])
+    args = _script_args(workdir, workdir["llava"], "mft", tmp_path) + ["--optimizer", "trainer", "--lr", "5e-5"]
+    result = main(args)
     _check_result(result, "mft", tmp_path)
     scores = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
     assert all(tensor.abs().max() > 0 for key, tensor in scores.items() if key.endswith("mft_scores"))  # P left 0

@@ -148,7 +148,8 @@ def test_report_is_written_from_records(tmp_path, monkeypatch):
 def test_progress_names_the_pending_runs_in_the_runners_order_and_not_the_finished_ones(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "REPORT_FILE", tmp_path / "RESULTS.md")
     first, second, third = rp.sweep_specs()[:3]
-    line = next(text for text in report.write_report([_ok(second, 0.42)]).splitlines() if text.startswith("- Progress:"))
+    lines = report.write_report([_ok(second, 0.42)]).splitlines()
+    line = next(text for text in lines if text.startswith("- Progress:"))
     assert line.startswith(f"- Progress: 1 of {len(rp.plan([_ok(second, 0.42)]).specs)} planned runs finished")
     assert f"`{rp.slug(second)}`" not in line
     assert line.index(f"`{rp.slug(first)}`") < line.index(f"`{rp.slug(third)}`")
@@ -558,4 +559,5 @@ def test_drop_in_runs_are_planned_apart_from_the_recipe_runs_and_paired_with_the
                  _long_ok(rp.dropin_spec(pick, "trainer", 5e-5, seed, steps), accuracy - 0.01)]
     text = report.write_report(runs)
     assert "## Drop-in learning rates" in text and "| LoRA's habitual rate (2e-4) | 0.0002 | pending |" in text
-    assert "minus recipe (create_mft_optimizer)'s" in text and "| Trainer's default rate (5e-5) | -1.0 | -1.0 |" in text
+    assert "minus recipe (create_mft_optimizer)'s" in text
+    assert "| Trainer's default rate (5e-5) | -1.0 | -1.0 |" in text
