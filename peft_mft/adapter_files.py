@@ -284,11 +284,8 @@ class AdapterFolder:
                 "(out_features, in_features) matrix."
             )
         check_scores_dtype({module_name: tensor}, self.config, f" ({self.weights})")
-        if not torch.isfinite(tensor).all():
-            raise NonFiniteScoresError(
-                f"The MFT scores of {module_name!r} in {self.weights} hold NaN or inf; the adapter is broken "
-                "(diverged training or a corrupted file). Use an earlier checkpoint."
-            )
+        check_finite_state_dict({self.score_keys[module_name]: tensor}, action="read the adapter",
+                                source=f" (in {self.weights})")
         return tensor.float()
 
     def read_all(self) -> dict[str, torch.Tensor]:
