@@ -1,9 +1,9 @@
 """Mask Fine-Tuning (MFT) as a PEFT adapter type: `import peft_mft` registers it with PEFT.
 
-Layout: the tuner (`config`, `mask`, `layer`, `model`, `targets`, `bnb_layout`), adapter folders (`adapter_files`,
-`atomic`), merged weights for weight sync (`merged_weights`), hard-threshold bookkeeping (`score_versions`),
-numerical checks (`finite`), errors (`errors`); `peft_mft.training` (optimizers, Trainer helpers) and
-`peft_mft.tools` (analysis, model card, harden, export, merge, the `peft-mft` command line).
+Layout: the tuner (`config`, `mask`, `layer`, `model`, `targets`, `bnb_layout`), adapter folders (`weight_files`,
+`adapter_files`, `atomic`), merged weights for weight sync (`merged_weights`), numerical checks (`finite`), errors
+(`errors`); `peft_mft.training` (optimizers, Trainer helpers) and `peft_mft.tools` (analysis, model card, harden,
+export, merge, the `peft-mft` command line), which load only when used.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -11,16 +11,15 @@ from importlib.metadata import PackageNotFoundError, version
 from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
 from peft.utils import register_peft_method
 
-from .adapter_files import check_loaded_config, load_adapter, save_adapter
+from .adapter_files import load_adapter, save_adapter
 from .atomic import atomic_directory
 from .bnb_layout import restore_standard_4bit_layouts
-from .config import CONFIG_LOADED_HOOKS, CONFIG_SAVED_HOOKS, PEFT_TYPE_MFT, MFTConfig
+from .config import PEFT_TYPE_MFT, MFTConfig
 from .errors import AdapterFileError, MFTInputError, NonFiniteScoresError
 from .finite import check_finite_scores
 from .layer import MFTLayer
 from .merged_weights import merged_weights
 from .model import MFTModel
-from .tools.model_card import write_model_card
 from .training.callbacks import FiniteScoresCallback, Float32ScoresCallback, Standard4bitLayoutCallback
 from .training.optim import create_mft_optimizer
 from .training.optimizer_in_backward import OptimizerInBackward
@@ -54,8 +53,3 @@ __all__ = [
 
 if PEFT_TYPE_MFT not in PEFT_TYPE_TO_TUNER_MAPPING:
     register_peft_method(name="mft", config_cls=MFTConfig, model_cls=MFTModel, prefix="mft_")
-# The checks before PEFT reads an adapter's weights, and the model card after it saved them (see config.py).
-if check_loaded_config not in CONFIG_LOADED_HOOKS:
-    CONFIG_LOADED_HOOKS.append(check_loaded_config)
-if write_model_card not in CONFIG_SAVED_HOOKS:
-    CONFIG_SAVED_HOOKS.append(write_model_card)

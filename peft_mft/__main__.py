@@ -2,7 +2,7 @@
 
 import sys
 
-from .tools.cli import main
+from peft_mft_cli import main
 
 
 sys.exit(main())

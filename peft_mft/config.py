@@ -11,7 +11,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Optional, Union
+from typing import Literal, Optional, Union
 
 import torch
 from peft.config import PeftConfig
@@ -21,6 +21,7 @@ from .errors import AdapterFileError, MFTInputError
 from .mask import MaskSpec
 from .peft_type import add_peft_type_member
 from .targets import targets_regex
+from .weight_files import check_finite_weight_file, check_folder_files
 
 
 PEFT_TYPE_MFT = add_peft_type_member("MFT")
@@ -130,14 +131,6 @@ def check_sparsity(sparsity) -> float:
             f"MFTConfig.sparsity is the fraction of weights zeroed and must be in [0, 1), got {sparsity!r}."
         )
     return float(sparsity)
-
-
-# PEFT gives a tuner no hook of its own around loading and saving an adapter folder, but it always reads and writes
-# it through the config: `from_pretrained` before the weights are read, `save_pretrained` after they are written.
-# peft_mft/__init__.py installs the folder checks (peft_mft.adapter_files.check_loaded_config) and the model card
-# (peft_mft.tools.model_card.write_model_card) here; the config itself does no I/O beyond its JSON.
-CONFIG_LOADED_HOOKS: list[Callable[["MFTConfig", str], None]] = []  # (config, local folder)
-CONFIG_SAVED_HOOKS: list[Callable[[str], None]] = []  # (folder)
 
 
 # The type of each MFTConfig field that is not PEFT's; None is allowed except for `_REQUIRED_FIELDS`.
@@ -452,14 +445,18 @@ class MFTConfig(PeftConfig):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
-        """PEFT's config loading (also what `PeftModel.from_pretrained` and `load_adapter` call); a local folder is
-        read by `read_local`, then `CONFIG_LOADED_HOOKS` run (the folder checks of `peft_mft.adapter_files`)."""
+        """PEFT's config loading (also what `PeftModel.from_pretrained` and `load_adapter` call). A local folder is
+        read by `read_local` and its files checked before PEFT reads the weights: a compact export, a truncated or
+        pickle-only weight file, weights saved for other mask settings or scores holding NaN/inf are refused there,
+        naming the file, instead of failing later or being looked up on the Hub."""
         folder = os.path.join(pretrained_model_name_or_path, subfolder or "")
         if not os.path.isfile(os.path.join(folder, CONFIG_NAME)):
             return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
         config = cls.read_local(folder, **kwargs)
-        for hook in CONFIG_LOADED_HOOKS:
-            hook(config, folder)
+        check_folder_files(config, folder)
+        check_finite_weight_file(folder, action=f"load the MFT adapter in {folder}")
+        # Not a field (never saved): PEFT hands the tuner only this config, and the state-dict checks name the folder.
+        config._loaded_from = os.path.abspath(folder)
         return config
 
     @classmethod
@@ -475,13 +472,6 @@ class MFTConfig(PeftConfig):
         except (ValueError, TypeError) as exc:
             raise AdapterFileError(f"{config_file}: {exc}") from exc
         return config
-
-    def save_pretrained(self, save_directory: str, **kwargs) -> None:
-        """Save `adapter_config.json`, then run `CONFIG_SAVED_HOOKS` (the MFT section of the model card, which PEFT's
-        `PeftModel.save_pretrained` reaches after the weights are written)."""
-        super().save_pretrained(save_directory, **kwargs)
-        for hook in CONFIG_SAVED_HOOKS:
-            hook(save_directory)
 
     @classmethod
     def from_preset(cls, name: str, **kwargs) -> "MFTConfig":

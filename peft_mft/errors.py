@@ -17,6 +17,15 @@ class AdapterFileError(MFTInputError):
 class NonFiniteScoresError(MFTInputError):
     """MFT scores hold NaN or inf; the message names the modules."""
 
+    @classmethod
+    def of_adapter(cls, modules: list[str], action: str, source: str = "") -> "NonFiniteScoresError":
+        """The refusal to `action` ("load MFT adapter 'default'") an adapter whose scores of `modules` hold NaN/inf;
+        `source` (' (in <file>)') says where they were read."""
+        return cls(
+            f"Cannot {action}: the MFT scores of {describe_modules(modules)}{source} hold NaN or inf; the adapter is "
+            "broken (diverged training or a corrupted file). Use an earlier checkpoint."
+        )
+
 
 class QuantizedMergeError(TypeError):
     """Merging MFT masks into a quantized layer, which MFT refuses: re-quantizing `W * M` is lossy."""

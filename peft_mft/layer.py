@@ -11,12 +11,19 @@ from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features, check
 from peft.utils import quantization_extra_repr, resolve_quantization_backend
 from peft.utils.integrations import gather_params_ctx
 from torch import nn
+from torch.utils.weak import WeakTensorKeyDictionary
 
 from .bnb_layout import restore_standard_4bit_layout
 from .config import MFTConfig
 from .errors import QuantizedMergeError
 from .mask import HardThreshold, MaskSpec, hard_mask_threshold, masked_linear, masked_weight_reference
-from .score_versions import score_version
+
+
+def score_version(scores: torch.Tensor) -> tuple:
+    """A key that changes whenever `scores` is written in place through the parameter or replaced: the tensor object,
+    its version counter, storage, device and dtype. Writes through `.data` bump none of these (bitsandbytes'
+    optimizers write so); `MFTLayer` drops its thresholds once gradients reach the scores, before any step."""
+    return (id(scores), scores._version, scores.data_ptr(), str(scores.device), scores.dtype)
 
 
 def initial_hard_scores(weight: torch.Tensor, score_scale: float = 1.0) -> torch.Tensor:
@@ -68,6 +75,8 @@ class MFTLayer(BaseTunerLayer):
         self.scores_follow_base_dtype: set[str] = set()
         # adapter -> (score_version of the scores it was selected from, threshold): see `hard_threshold`
         self._hard_thresholds: dict[str, tuple[tuple, Optional[HardThreshold]]] = {}
+        # the score tensors whose accumulated gradient drops their adapter's threshold (`hard_threshold`)
+        self._forget_on_gradient = WeakTensorKeyDictionary()
 
     def get_base_weight(self) -> torch.Tensor:
         """The base weight, dequantized for quantized bases (a 4-bit one first gets its standard layout back, see
@@ -126,18 +135,32 @@ class MFTLayer(BaseTunerLayer):
 
     def hard_threshold(self, adapter_name: str) -> Optional[HardThreshold]:
         """The hard mask's threshold over `adapter_name`'s current scores, selected again only when the scores may
-        have changed (`peft_mft.score_versions`): once per optimizer step in training, once in all of `generate`.
+        have changed: after a write through the parameter, or once gradients reached them (an optimizer step may
+        follow, and some write through `.data`). So once per training forward, once in all of `generate`.
         None for soft masks, and under `torch.compile` (the masked linear then selects in the traced graph)."""
         spec = self.mft_mask_spec[adapter_name]
         if spec.mask_type != "hard" or torch.compiler.is_compiling():
             return None
         scores = self.mft_scores[adapter_name]
+        self._forget_when_gradient_arrives(adapter_name, scores)
         version = score_version(scores)
         cached = self._hard_thresholds.get(adapter_name)
         if cached is None or cached[0] != version:
             cached = (version, hard_mask_threshold(scores, spec.sparsity))
             self._hard_thresholds[adapter_name] = cached
         return cached[1]
+
+    def _forget_when_gradient_arrives(self, adapter_name: str, scores: torch.Tensor) -> None:
+        """Hook `scores` (once per tensor) so that its accumulated gradient drops `adapter_name`'s threshold."""
+        if not scores.requires_grad or scores in self._forget_on_gradient:
+            return
+        self._forget_on_gradient[scores] = adapter_name
+        thresholds = self._hard_thresholds  # not `self`: the hook must not keep the layer alive
+
+        def forget(_: torch.Tensor) -> None:
+            thresholds.pop(adapter_name, None)
+
+        scores.register_post_accumulate_grad_hook(forget)
 
     def forget_hard_thresholds(self) -> None:
         """Select every hard mask's threshold again at the next forward (after writing scores through `.data`)."""

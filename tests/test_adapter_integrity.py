@@ -9,7 +9,7 @@ from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 
 from peft_mft import AdapterFileError, MFTConfig
-from peft_mft.tools.cli import main
+from peft_mft_cli import main
 
 from .conftest import make_llama
 from .test_reliability import logits, trained_like

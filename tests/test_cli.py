@@ -12,7 +12,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from peft_mft import MFTConfig, MFTLayer
 from peft_mft.tools.analysis import analyze_masks, format_share
-from peft_mft.tools.cli import main
+from peft_mft_cli import main
 from peft_mft.tools.export import load_compact_adapter
 
 from .conftest import make_llama, text_inputs
@@ -231,7 +231,8 @@ def test_a_bug_is_not_reported_as_bad_input(capsys, adapter, monkeypatch):
 
 
 def test_a_bug_exits_1_with_a_traceback_from_the_command(tmp_path):
-    script = "import sys, peft_mft.tools.cli as c; c.analyze_masks = lambda *a, **k: 1 / 0; sys.exit(c.main(sys.argv[1:]))"
+    script = ("import sys, peft_mft.tools.cli as c, peft_mft_cli; c.analyze_masks = lambda *a, **k: 1 / 0; "
+              "sys.exit(peft_mft_cli.main(sys.argv[1:]))")
     result = subprocess.run([sys.executable, "-c", script, "analyze", str(tmp_path)], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 1 and "Traceback" in result.stderr and "ZeroDivisionError" in result.stderr
@@ -243,7 +244,7 @@ def test_version_and_help_for_every_argument(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
     assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"peft-mft {peft_mft.__version__}"
-    from peft_mft.tools.cli import build_parser
+    from peft_mft_cli import build_parser
 
     parser = build_parser()
     subparsers = next(a for a in parser._actions if a.dest == "command").choices
@@ -253,7 +254,7 @@ def test_version_and_help_for_every_argument(capsys):
 
 
 def test_one_meaning_per_flag_across_commands():
-    from peft_mft.tools.cli import build_parser
+    from peft_mft_cli import build_parser
 
     subparsers = next(a for a in build_parser()._actions if a.dest == "command").choices
     actions = {(name, flag): action for name, sub in subparsers.items() for action in sub._actions
@@ -276,3 +277,36 @@ def test_a_hub_id_is_refused_with_how_to_download_it(capsys, tmp_path, monkeypat
     assert_bad_input(capsys, ["analyze", "someone/mft-adapter"], "looks like a Hugging Face Hub id")
     assert_bad_input(capsys, ["merge", "someone/mft-adapter", "out", "--base", "org/base-model"],
                      "huggingface-cli download org/base-model")
+
+
+def test_help_imports_neither_torch_nor_peft_and_prints_no_warning():
+    """`peft-mft --help` answers before any heavy import (torch alone takes seconds on a small machine), and without
+    a third-party warning."""
+    script = ("import sys, peft_mft_cli\ntry:\n    peft_mft_cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+              "print(sorted(m for m in ('torch', 'peft', 'transformers', 'peft_mft') if m in sys.modules))")
+    for argv in (["--help"], ["export", "--help"], ["--version"], ["harden", "x", "y", "--sparsity", "5"]):
+        run = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=120)
+        assert run.stdout.strip().splitlines()[-1] == "[]", (argv, run.stdout[-300:])
+        assert "warn" not in run.stderr.lower(), (argv, run.stderr[-500:])
+
+
+def test_the_help_shows_the_librarys_own_values():
+    import peft_mft_cli
+    from peft_mft.tools.analysis import NEAR_ZERO_THRESHOLD
+    from peft_mft.tools.export import COMPACT_FORMATS
+    from peft_mft.tools.sparse_threshold import CALIBRATION_DESCRIPTION
+
+    assert peft_mft_cli.NEAR_ZERO_THRESHOLD == NEAR_ZERO_THRESHOLD
+    assert set(peft_mft_cli.COMPACT_FORMATS) == set(COMPACT_FORMATS) >= set(peft_mft_cli.FORMAT_ALIASES.values())
+    assert peft_mft_cli.CALIBRATION_DESCRIPTION == CALIBRATION_DESCRIPTION
+
+
+def test_card_writes_the_mft_section_into_peft_s_card(tmp_path, capsys):
+    from .hand_masks import hand_masked_llama
+
+    hand_masked_llama().save_pretrained(tmp_path)
+    assert "Mask Fine-Tuning" not in (tmp_path / "README.md").read_text()  # save_pretrained alone: PEFT's card
+    assert main(["card", str(tmp_path)]) == 0
+    text = (tmp_path / "README.md").read_text()
+    assert "## Mask Fine-Tuning (MFT) adapter" in text and "### Framework versions" in text
+    assert main(["card", str(tmp_path / "missing")]) == 2 and "no such adapter folder" in capsys.readouterr().err

@@ -171,7 +171,7 @@ def test_interrupted_export_leaves_the_previous_export_intact(tmp_path, monkeypa
 
 
 def test_merge_of_a_compact_folder_names_load_compact_adapter(tmp_path, capsys):
-    from peft_mft.tools.cli import main
+    from peft_mft_cli import main
 
     _, folder = _trained_adapter(tmp_path, "hard")
     export_compact_adapter(folder, tmp_path / "bits", "hard-bits")

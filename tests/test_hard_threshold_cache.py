@@ -95,3 +95,24 @@ def test_writes_through_data_are_seen_after_forget_hard_thresholds():
     fresh.load_state_dict(model.state_dict())
     after = _logits(model, ids)
     assert not torch.equal(after, before) and torch.equal(after, _logits(fresh, ids))
+
+
+def test_an_optimizer_writing_through_data_is_followed_without_any_process_wide_hook():
+    """bitsandbytes' optimizers write scores through `.data` (no version bump): the threshold selected before the
+    step must not outlive it, and importing peft_mft installs no optimizer hook of torch's to see that."""
+    import bitsandbytes as bnb
+    from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
+
+    assert not _global_optimizer_post_hooks and not _global_optimizer_pre_hooks
+    model, ids = _hard_model(), text_inputs()
+    scores = [p for n, p in model.named_parameters() if "mft_scores" in n]
+    optimizer = bnb.optim.AdamW8bit(scores, lr=0.5, min_8bit_size=1)
+    for _ in range(2):
+        model(input_ids=ids, labels=ids).loss.backward()
+        versions = [s._version for s in scores]
+        optimizer.step()
+        optimizer.zero_grad()
+        assert [s._version for s in scores] == versions  # the step is invisible to the version counters
+        fresh = _hard_model()
+        fresh.load_state_dict(model.state_dict())
+        assert torch.equal(_logits(model, ids), _logits(fresh, ids))

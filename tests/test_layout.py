@@ -1,6 +1,8 @@
 """The package's own structure: no module of peft_mft imports another in a cycle (deferred imports included)."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 
@@ -100,3 +102,55 @@ def test_benchmarks_and_examples_share_the_harness_and_not_each_other():
     assert "harness" in _imported_top_level_packages(root / "benchmarks")
     assert not {"examples", "benchmarks"} & _imported_top_level_packages(root / "harness")
     assert not {"examples", "benchmarks", "harness"} & _imported_top_level_packages(PACKAGE)
+
+
+_IMPORT_CHECK = """
+import sys
+import torch
+import torch.nn.modules.module as module
+from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
+
+def global_hooks():
+    return [len(getattr(module, name) or ()) for name in dir(module) if name.startswith("_global_") and "hook" in name]
+
+before = global_hooks()
+import peft
+from peft.config import PeftConfig
+from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+peft_hooks = global_hooks()
+import peft_mft
+assert "MFT" in PEFT_TYPE_TO_TUNER_MAPPING
+assert global_hooks() == peft_hooks, (before, peft_hooks, global_hooks())
+assert not _global_optimizer_post_hooks and not _global_optimizer_pre_hooks
+assert peft_mft.MFTConfig.save_pretrained is PeftConfig.save_pretrained  # no save hook: saving is PEFT's
+tools = sorted(name for name in sys.modules if name.startswith("peft_mft.tools"))
+assert not tools, tools
+"""
+
+
+def test_import_peft_mft_registers_the_peft_type_and_nothing_else():
+    """No optimizer or module hooks for the whole process, no save hook, and the tools load only when used."""
+    run = subprocess.run([sys.executable, "-c", _IMPORT_CHECK], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
+def _self_times(argument: str) -> dict[str, int]:
+    """{module: own import time in microseconds} of `python -X importtime -c argument`."""
+    run = subprocess.run([sys.executable, "-X", "importtime", "-c", argument], capture_output=True, text=True,
+                         timeout=300, check=True)
+    times = {}
+    for line in run.stderr.splitlines():
+        fields = line.removeprefix("import time:").split("|")
+        if line.startswith("import time:") and fields[0].strip().isdigit():
+            times[fields[2].strip()] = int(fields[0])
+    return times
+
+
+def test_import_peft_mft_costs_little_beyond_import_peft():
+    """Measured in one process, so that the machine's load scales both: what `import peft_mft` imports beyond what
+    `import peft` does takes under 10% of `import peft`'s own time."""
+    peft_modules = set(_self_times("import peft"))
+    times = _self_times("import peft_mft")
+    extra = sum(t for name, t in times.items() if name not in peft_modules)
+    peft = sum(t for name, t in times.items() if name in peft_modules)
+    assert extra < 0.1 * peft, (extra, peft)

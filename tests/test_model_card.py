@@ -1,4 +1,5 @@
-"""The README model card written by save_pretrained: method, masked modules, (init, T) or sparsity, mask statistics."""
+"""The README model card `write_model_card` adds to a saved adapter: method, masked modules, (init, T) or sparsity,
+mask statistics."""
 
 from pathlib import Path
 
@@ -21,8 +22,13 @@ def card_of(folder):
     return ModelCard.load(folder / "README.md")
 
 
-def test_save_pretrained_card_states_method_modules_init_t_and_statistics(tmp_path):
-    hand_masked_llama().save_pretrained(tmp_path)
+def save_with_card(model, folder):
+    model.save_pretrained(folder)
+    write_model_card(folder)
+
+
+def test_card_states_method_modules_init_t_and_statistics(tmp_path):
+    save_with_card(hand_masked_llama(), tmp_path)
     card = card_of(tmp_path)
     text = card.text
     assert "## Mask Fine-Tuning (MFT) adapter" in text and "arXiv 2512.23073" in text
@@ -40,30 +46,30 @@ def test_save_pretrained_card_states_method_modules_init_t_and_statistics(tmp_pa
 
 
 def test_normalised_soft_card_states_m0(tmp_path):
-    get_peft_model(make_llama(), MFTConfig.from_preset("tinyllama-1.1b")).save_pretrained(tmp_path)
+    save_with_card(get_peft_model(make_llama(), MFTConfig.from_preset("tinyllama-1.1b")), tmp_path)
     text = card_of(tmp_path).text
     assert "`M0 = sigmoid(init_score / T) = 0.9975`" in text and "init_score = 3, T = 0.5" in text
 
 
 def test_hard_adapter_card_states_sparsity(tmp_path):
-    get_peft_model(make_llama(), MFTConfig(mask_type="hard", sparsity=0.0005)).save_pretrained(tmp_path)
+    save_with_card(get_peft_model(make_llama(), MFTConfig(mask_type="hard", sparsity=0.0005)), tmp_path)
     text = card_of(tmp_path).text
     assert "hard (H-MFT): in each weight matrix the 0.05% of entries with the smallest `|S|` are zeroed" in text
     assert "Suggested H-MFT sparsity" not in text
 
 
 def test_vlm_card_names_the_projector(tmp_path):
-    get_peft_model(make_llava(), MFTConfig()).save_pretrained(tmp_path)
+    save_with_card(get_peft_model(make_llava(), MFTConfig()), tmp_path)
     text = card_of(tmp_path).text
     assert "in layers 0-1; the multimodal projector" in text and "| projector | 2 |" in text
 
 
 def test_saving_again_replaces_the_section(tmp_path):
     model = hand_masked_llama()
-    model.save_pretrained(tmp_path)
+    save_with_card(model, tmp_path)
     with torch.no_grad():
         model.base_model.model.model.layers[0].mlp.up_proj.mft_scores["default"][0, :8] = -10.0
-    model.save_pretrained(tmp_path)
+    save_with_card(model, tmp_path)
     text = card_of(tmp_path).text
     assert text.count(SECTION_START) == 1 and text.count("### Framework versions") == 1
     assert "| up | 2 | 1,024 | " in text and f"| {format_share(8 / 1024)} |" in text
@@ -78,14 +84,14 @@ def test_a_config_saved_alone_gets_no_card(tmp_path):
 def test_every_saved_adapter_folder_gets_a_card(tmp_path):
     model = hand_masked_llama()
     model.add_adapter("other", MFTConfig(mask_type="hard", sparsity=0.25))
-    model.save_pretrained(tmp_path)
+    save_with_card(model, tmp_path)
     assert "init_score = 10" in card_of(tmp_path).text
     assert "(sparsity = 0.25)" in card_of(tmp_path / "other").text
 
 
-def test_atomic_save_and_harden_write_cards(tmp_path):
+def test_harden_writes_a_card_and_a_plain_save_leaves_peft_s_card_alone(tmp_path):
     save_adapter(hand_masked_llama(), tmp_path / "soft")
-    assert "init_score = 10" in card_of(tmp_path / "soft").text
+    assert "Mask Fine-Tuning" not in card_of(tmp_path / "soft").text  # no analysis of every score on every save
     harden_adapter(tmp_path / "soft", 0.01, tmp_path / "hard")
     text = card_of(tmp_path / "hard").text
     assert "hard (H-MFT): in each weight matrix the 1% of entries" in text
@@ -115,7 +121,7 @@ def test_push_to_hub_uploads_the_folder_with_its_card(tmp_path, monkeypatch):
 
 
 def test_card_states_the_near_zero_threshold(tmp_path):
-    hand_masked_llama().save_pretrained(tmp_path)
+    save_with_card(hand_masked_llama(), tmp_path)
     assert "Near zero: `M < 0.1`." in card_of(tmp_path).text
 
 
@@ -139,7 +145,7 @@ def test_the_cards_loading_snippet_runs_as_written_in_a_fresh_interpreter(tmp_pa
     base = make()
     base.save_pretrained(tmp_path / "base")
     config = MFTConfig(init_weights=False, task_type=task_type)
-    get_peft_model(type(base).from_pretrained(tmp_path / "base"), config).save_pretrained(tmp_path / "adapter")
+    save_with_card(get_peft_model(type(base).from_pretrained(tmp_path / "base"), config), tmp_path / "adapter")
     assert "pip install peft-mft" in (tmp_path / "adapter" / "README.md").read_text()
     snippet = _snippet(tmp_path / "adapter")
     assert str(tmp_path / "base") in snippet

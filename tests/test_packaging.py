@@ -21,7 +21,7 @@ README = ROOT / "README.md"
 
 
 # What the sdist is made from; the build runs on a copy, so it writes nothing (build/, *.egg-info) into the checkout.
-PACKAGE_FILES = ("peft_mft", "setup.cfg", "pyproject.toml", "README.md", "LICENSE")
+PACKAGE_FILES = ("peft_mft", "peft_mft_cli.py", "setup.cfg", "pyproject.toml", "README.md", "LICENSE")
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +43,7 @@ def test_the_wheel_and_sdist_hold_the_package_with_its_type_marker(dist):
     (sdist,) = dist.glob("peft_mft-*.tar.gz")
     names = zipfile.ZipFile(wheel).namelist()
     assert "peft_mft/py.typed" in names and "peft_mft/mask.py" in names and "peft_mft/tools/cli.py" in names
+    assert "peft_mft_cli.py" in names  # the command line's parser, outside the package so --help imports no torch
     assert not [n for n in names if n.startswith(("tests/", "harness/", "examples/", "benchmarks/"))]
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
     assert f"Version: {peft_mft.__version__}" in metadata
@@ -71,3 +72,5 @@ def test_the_installed_wheel_runs_the_readme_usage_block(dist, tmp_path):
     location, installed_version = run.stdout.split()[-2:]
     assert str(env) in location and installed_version == peft_mft.__version__
     assert (tmp_path / "mft-adapter" / "adapter_model.safetensors").is_file()
+    command = subprocess.run([str(env / "bin" / "peft-mft"), "--version"], capture_output=True, text=True)
+    assert command.returncode == 0 and command.stdout.strip() == f"peft-mft {peft_mft.__version__}", command.stderr

@@ -8,7 +8,7 @@ from peft import get_peft_model
 
 from peft_mft import MFTConfig
 from peft_mft.layer import MFTLayer
-from peft_mft.tools.cli import main as cli
+from peft_mft_cli import main as cli
 from peft_mft.tools.export import (
     COMPACT_META_NAME,
     COMPACT_WEIGHTS_NAME,

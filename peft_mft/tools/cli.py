@@ -1,46 +1,21 @@
-"""`peft-mft`: the command line for saved MFT adapters (analyse, compare, harden, merge, export).
+"""What each `peft-mft` command does (`run_<command>(args)`); the parser and entry point are `peft_mft_cli`, which
+imports this module only once the arguments are parsed.
 
-Every command reads local folders only. Bad input (a missing folder, a folder that is not an MFT adapter, shapes that
-do not fit) ends with exit code 2 and a one-line reason on stderr, as argparse does for bad arguments.
+Every command reads local folders only; bad input raises `MFTInputError`, which the entry point turns into exit code
+2 and a one-line reason on stderr.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
-from decimal import Decimal, InvalidOperation
-from typing import Optional, Sequence
+from typing import Sequence
 
 from ..errors import MFTInputError
-from .analysis import NEAR_ZERO_THRESHOLD, MaskAnalysis, MaskComparison, analyze_masks, compare_masks, format_share
+from .analysis import MaskAnalysis, MaskComparison, analyze_masks, compare_masks, format_share
 from .output_file import check_output_files, png_metadata, png_written_by
 from .report import PROJECTION_HEADER, method_line, projection_cells
-
-
-EXIT_BAD_INPUT = 2
-
-
-def _fraction(text: str) -> float:
-    """'0.0005' or '0.05%' -> 0.0005; the percentage is divided in decimal, so '0.7%' is 0.007 exactly as written
-    (float division gives 0.006999999999999999)."""
-    try:
-        value = Decimal(text[:-1]) / 100 if text.endswith("%") else Decimal(text)
-    except InvalidOperation:
-        raise argparse.ArgumentTypeError(f"expected a fraction (0.0005) or a percentage (0.05%), got {text!r}")
-    if not value.is_finite():
-        raise argparse.ArgumentTypeError(f"expected a finite fraction, got {text!r}")
-    return float(value)
-
-
-def _sparsity(text: str) -> float:
-    """`_fraction`, in [0, 1); a number >= 1 written without '%' gets the hint that it may be a percentage."""
-    value = _fraction(text)
-    if not 0 <= value < 1:
-        hint = f"; did you mean {text}%?" if value >= 1 and not text.endswith("%") else ""
-        raise argparse.ArgumentTypeError(f"the fraction zeroed must be in [0, 1), got {text}{hint}")
-    return value
 
 
 # ---- analyze ---------------------------------------------------------------------------------------------------------
@@ -107,7 +82,7 @@ def format_analysis(analysis: MaskAnalysis, source: str) -> str:
 ANALYZE_COMMAND = "peft-mft analyze"
 
 
-def _analyze(args) -> int:
+def run_analyze(args) -> int:
     if args.plot:  # before the analysis, which reads every score
         check_output_files([args.plot], ANALYZE_COMMAND, png_written_by(ANALYZE_COMMAND), inputs=[args.adapter],
                            overwrite=args.overwrite)
@@ -151,7 +126,7 @@ def _number(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.4f}"
 
 
-def _compare(args) -> int:
+def run_compare(args) -> int:
     comparison = compare_masks(args.adapter_a, args.adapter_b, near_zero_threshold=args.near_zero, progress=True)
     if args.json:
         print(json.dumps(comparison.to_dict(), indent=2))
@@ -163,7 +138,7 @@ def _compare(args) -> int:
 # ---- harden ----------------------------------------------------------------------------------------------------------
 
 
-def _harden(args) -> int:
+def run_harden(args) -> int:
     from .harden import harden_adapter
 
     harden_adapter(args.adapter, args.sparsity, args.output, progress=True, overwrite=args.overwrite)
@@ -175,7 +150,7 @@ def _harden(args) -> int:
 # ---- merge -----------------------------------------------------------------------------------------------------------
 
 
-def _merge(args) -> int:
+def run_merge(args) -> int:
     from .merge import merge_to_folder
 
     merge_to_folder(args.base, args.adapter, args.output, dtype=args.dtype, overwrite=args.overwrite)
@@ -184,12 +159,6 @@ def _merge(args) -> int:
 
 
 # ---- export ----------------------------------------------------------------------------------------------------------
-
-# The issue's short names for `peft_mft.tools.export.COMPACT_FORMATS`.
-_FORMAT_ALIASES = {
-    "fp16": "soft-fp16", "int8": "soft-int8", "sparse": "soft-sparse", "bits": "hard-bits", "indices": "hard-indices",
-}
-
 
 def _sparse_threshold(args) -> tuple[float, dict]:
     """`--min-change`, or the one `--max-drift` allows on the base model `--base` (and what was measured)."""
@@ -211,10 +180,10 @@ def _sparse_threshold(args) -> tuple[float, dict]:
     return choice.threshold, drift
 
 
-def _export(args) -> int:
+def run_export(args) -> int:
     from .export import export_compact_adapter
 
-    fmt = _FORMAT_ALIASES.get(args.format, args.format)
+    fmt = args.format
     threshold, drift = _sparse_threshold(args) if fmt == "soft-sparse" else (None, None)
     if fmt != "soft-sparse" and (args.min_change is not None or args.max_drift is not None):
         raise MFTInputError(f"--min-change and --max-drift apply to --format sparse only, not {fmt}.")
@@ -231,136 +200,13 @@ def _export(args) -> int:
     return 0
 
 
-# ---- entry point -----------------------------------------------------------------------------------------------------
+def run_card(args) -> int:
+    from ..adapter_files import read_adapter_config
+    from .model_card import write_model_card
 
-
-def _add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="write into a non-empty OUT that is not an earlier output of this command: same-named files are "
-        "replaced, all others kept (without it such an OUT is refused; OUT may never be or hold an input)",
-    )
-
-
-def _version() -> str:
-    from .. import __version__
-
-    return __version__
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="peft-mft",
-        description="Inspect and ship Mask Fine-Tuning (MFT) adapters saved with PeftModel.save_pretrained.",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    analyze = commands.add_parser(
-        "analyze",
-        help="mask statistics of an adapter",
-        description="Mask statistics per projection type and layer, histogram and suggested H-MFT sparsity of a saved "
-        "MFT adapter (no base model needed).",
-    )
-    analyze.add_argument("adapter", metavar="ADAPTER", help="adapter folder")
-    analyze.add_argument("--plot", metavar="OUT.png", help="also write the three plots to this PNG (needs matplotlib)")
-    analyze.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing OUT.png that is not an earlier plot of this command (without it such a file is "
-        "refused; a file of the adapter folder never is replaced)",
-    )
-    analyze.add_argument("--json", action="store_true", help="print the statistics as JSON instead of a table")
-    analyze.add_argument(
-        "--near-zero", type=float, default=NEAR_ZERO_THRESHOLD, metavar="X",
-        help="a mask counts as near zero (switched off) when M < X (default: %(default)s)",
-    )
-    analyze.add_argument("--bins", type=int, default=50, help="histogram bins (default: %(default)s)")
-    analyze.set_defaults(run=_analyze)
-
-    compare = commands.add_parser(
-        "compare",
-        help="compare the masks of two adapters",
-        description="Overlap of the near-zero sets (Jaccard) and correlation of the masks of two adapters of the same "
-        "base model (two tasks, two seeds).",
-    )
-    compare.add_argument("adapter_a", metavar="ADAPTER_A", help="first adapter folder")
-    compare.add_argument("adapter_b", metavar="ADAPTER_B", help="second adapter folder, of the same base model")
-    compare.add_argument("--json", action="store_true", help="print the comparison as JSON instead of a table")
-    compare.add_argument("--near-zero", type=float, default=NEAR_ZERO_THRESHOLD, metavar="X",
-                         help="a mask counts as near zero when M < X (default: %(default)s)")
-    compare.set_defaults(run=_compare)
-
-    harden = commands.add_parser(
-        "harden",
-        help="turn a soft-mask adapter into a hard-mask one",
-        description="Write an H-MFT adapter that zeroes, in each weight matrix, the fraction X of entries with the "
-        "smallest soft mask.",
-    )
-    harden.add_argument("adapter", metavar="ADAPTER", help="soft-mask (S-MFT) adapter folder")
-    harden.add_argument(
-        "--sparsity", type=_sparsity, required=True, metavar="X",
-        help="fraction zeroed per matrix, in [0, 1): 0.0005 or 0.05%%",
-    )
-    harden.add_argument("output", metavar="OUT", help="new adapter folder (see --overwrite)")
-    _add_overwrite_argument(harden)
-    harden.set_defaults(run=_harden)
-
-    merge = commands.add_parser(
-        "merge",
-        help="write a plain merged model",
-        description="Apply an MFT adapter to its base model and write the merged model (safetensors) with the base's "
-        "tokenizer files, ready for inference or upload.",
-    )
-    merge.add_argument("adapter", metavar="ADAPTER", help="MFT adapter folder")
-    merge.add_argument("--base", required=True, metavar="BASE", help="base model folder (written by save_pretrained)")
-    merge.add_argument("output", metavar="OUT", help="output folder (see --overwrite)")
-    _add_overwrite_argument(merge)
-    merge.add_argument(
-        "--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto", help="dtype to load and save in"
-    )
-    merge.set_defaults(run=_merge)
-
-    from .export import COMPACT_FORMATS
-    from .sparse_threshold import CALIBRATION_DESCRIPTION
-
-    export = commands.add_parser(
-        "export",
-        help="write a compact inference-only adapter",
-        description="Write the adapter's masks in a compact format for inference (peft_mft.tools.export): soft masks as "
-        "float16 deviations, per-row uint8 or only those that moved (sparse), hard masks bit-packed or as zeroed "
-        "indices. Training resumes only from "
-        "the float32 adapter.",
-    )
-    export.add_argument("adapter", metavar="ADAPTER", help="MFT adapter folder (float32 scores)")
-    export.add_argument(
-        "--format",
-        required=True,
-        choices=[*COMPACT_FORMATS, *_FORMAT_ALIASES],
-        help="compact format; fp16, int8, sparse, bits and indices are short for soft-fp16, soft-int8, soft-sparse, "
-        "hard-bits, hard-indices",
-    )
-    export.add_argument("--min-change", type=float, default=None, metavar="X",
-                        help="sparse: store only masks that moved more than X from the initial mask")
-    export.add_argument("--max-drift", type=float, default=None,
-                        help="sparse: the largest threshold whose largest |logit change| on a calibration batch of "
-                        f"{CALIBRATION_DESCRIPTION} stays within this (needs --base)")
-    export.add_argument("--base", default=None, metavar="BASE",
-                        help="sparse with --max-drift: the base model folder (written by save_pretrained)")
-    export.add_argument("output", metavar="OUT", help="output folder (see --overwrite)")
-    _add_overwrite_argument(export)
-    export.set_defaults(run=_export)
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run `peft-mft`; returns the exit code: 0, or 2 on bad input (`MFTInputError`, argparse) with a one-line reason
-    on stderr. Any other exception propagates (a traceback and exit code 1): it is a bug, not bad input."""
-    args = build_parser().parse_args(argv)
-    try:
-        return args.run(args)
-    except MFTInputError as exc:  # documented bad input; anything else is a bug and shows its traceback (exit 1)
-        reason = " ".join(str(exc).split())
-        print(f"peft-mft {args.command}: error: {reason}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    read_adapter_config(args.adapter)  # a missing or non-MFT folder is bad input, named
+    path = write_model_card(args.adapter)
+    if path is None:
+        raise MFTInputError(f"{args.adapter} holds no adapter weights to describe (adapter_model.safetensors or .bin).")
+    print(f"wrote {path}")
+    return 0

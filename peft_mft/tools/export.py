@@ -45,16 +45,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..adapter_files import (
-    COMPACT_MARKER_NAME,
-    SCORES_SUFFIX,
-    AdapterFolder,
-    check_declared_keys,
-    check_safetensors_file,
-)
+from ..adapter_files import AdapterFolder, check_declared_keys
 from ..config import MFTConfig
 from ..errors import AdapterFileError, MFTInputError
 from ..mask import MaskSpec, num_zeroed
+from ..weight_files import COMPACT_MARKER_NAME, SCORES_SUFFIX, check_safetensors_file
 from .output_folder import check_output_folder, command_output
 
 

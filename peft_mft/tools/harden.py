@@ -10,10 +10,12 @@ from typing import Union
 from peft.utils.constants import SAFETENSORS_WEIGHTS_NAME
 from safetensors.torch import save_file
 
-from ..adapter_files import AdapterFolder, mask_metadata
+from ..adapter_files import AdapterFolder
 from ..config import check_sparsity
 from ..errors import MFTInputError
+from ..weight_files import mask_metadata
 from .analysis import AdapterMasks, progress_bar
+from .model_card import write_model_card
 from .output_folder import check_output_folder, command_output
 
 
@@ -54,7 +56,7 @@ def harden_adapter(
         state_dict[adapter.score_keys[name]] = masks.mask(name).contiguous()
 
     with command_output(output_dir, [adapter_dir], "harden", overwrite, checked) as staging:
-        # Weights first: the config's save hook writes the model card, which reads the saved scores.
         save_file(state_dict, str(staging / SAFETENSORS_WEIGHTS_NAME), metadata=mask_metadata(config))
         config.save_pretrained(str(staging))
+        write_model_card(staging)
     return output_dir

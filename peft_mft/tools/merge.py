@@ -9,8 +9,9 @@ from typing import Union
 import torch
 import transformers
 
-from ..adapter_files import hub_id_hint, load_adapter
+from ..adapter_files import load_adapter
 from ..errors import MFTInputError
+from ..weight_files import hub_id_hint
 from .output_folder import check_output_folder, command_output
 
 

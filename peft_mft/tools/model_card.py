@@ -1,8 +1,9 @@
 """The README model card of a saved MFT adapter: method, masked modules, (init_score, T) or sparsity, mask statistics.
 
-`import peft_mft` installs `write_model_card` as `MFTConfig`'s save hook (`peft_mft.config.CONFIG_SAVED_HOOKS`), which
-PEFT reaches after it has saved the weights and its own card, so every `PeftModel.save_pretrained` writes it; `push_to_hub` here uploads it (transformers' own `push_to_hub` replaces the
-README). The MFT part sits between two HTML comments and is replaced, not duplicated, when the adapter is saved again.
+`write_model_card` adds the section to a folder `PeftModel.save_pretrained` wrote (PEFT's own card stays around it);
+it reads and analyses every score, so it runs when asked, not on every save: `peft-mft card FOLDER`, `push_to_hub`
+here (transformers' own `push_to_hub` replaces the README) and `peft-mft harden` write it. The MFT part sits between
+two HTML comments and is replaced, not duplicated, when it is written again.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
-from peft.utils.constants import SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
+from peft.utils.constants import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
 
 from ..config import MFTConfig
 from .analysis import MaskAnalysis, analyze_masks, format_share
@@ -135,14 +136,25 @@ def _replace_section(text: str, section: str) -> str:
 
 
 def write_model_card(folder: Union[str, os.PathLike]) -> Optional[Path]:
-    """Write or update `README.md` of a saved MFT adapter folder with its MFT section and tags.
+    """Write or update `README.md` of a saved MFT adapter folder with its MFT section and tags, and that of each
+    adapter subfolder (`save_pretrained` writes adapters other than "default" into one named after the adapter).
 
-    Reads the saved config and scores (no base model). A folder holding only `adapter_config.json` gets no card
-    (returns None); otherwise returns the card's path.
+    Reads the saved configs and scores (no base model). A folder holding only `adapter_config.json` gets no card;
+    returns the path of `folder`'s card, or None when it got none.
+
+    Args:
+        folder: A folder written by `PeftModel.save_pretrained` (or `peft_mft.save_adapter`).
     """
+    folder = Path(folder)
+    for sub in sorted(folder.iterdir()):
+        if sub.is_dir() and (sub / CONFIG_NAME).is_file():
+            _write_card(sub)
+    return _write_card(folder)
+
+
+def _write_card(folder: Path) -> Optional[Path]:
     from huggingface_hub import ModelCard
 
-    folder = Path(folder)
     if not any((folder / name).is_file() for name in (SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME)):
         return None
     section = mft_card_section(analyze_masks(folder))
@@ -169,7 +181,8 @@ def push_to_hub(
 
     Use this instead of `PeftModel.push_to_hub`: with transformers 5 that method (transformers' `PushToHubMixin`)
     replaces the README written by `save_pretrained` with the repo's existing card or a generic one, dropping PEFT's
-    and MFT's card. This saves with `model.save_pretrained(tmp, **save_kwargs)` and uploads the folder as it is.
+    and MFT's card. This saves with `model.save_pretrained(tmp, **save_kwargs)`, writes the MFT card
+    (`write_model_card`) and uploads the folder.
     """
     from huggingface_hub import HfApi
 
@@ -177,6 +190,7 @@ def push_to_hub(
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder, **save_kwargs)
+        write_model_card(folder)
         return api.upload_folder(
             repo_id=repo_id, folder_path=folder, commit_message=commit_message, revision=revision, create_pr=create_pr
         )
