@@ -14,8 +14,9 @@ largest total and the storages alive at that moment, and sorts them into categor
 
 Storages are sorted by identity, not by address, so a freed activation whose address a gradient reuses later stays an
 activation. Gradients are recognised as they reach their parameter (a tensor hook), so those an optimizer stepped in
-the backward frees at once (`OptimizerInBackward`) still count as gradients. Views share their base's storage and count once. Tensors made outside PyTorch's dispatcher (bitsandbytes'
-C kernels writing into preallocated buffers) are counted through the buffer PyTorch allocated for them.
+the backward frees at once (`OptimizerInBackward`) still count as gradients. Views share their base's storage and count
+once. Tensors made outside PyTorch's dispatcher (bitsandbytes' C kernels writing into preallocated buffers) are counted
+through the buffer PyTorch allocated for them.
 """
 
 from __future__ import annotations

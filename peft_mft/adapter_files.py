@@ -201,8 +201,9 @@ def load_adapter(
 
     `model` is a plain base model (the adapter is loaded as with `PeftModel.from_pretrained`) or a `PeftModel`
     (added as `adapter_name` with `load_adapter`; not activated). Errors name the file and the problem: a missing or
-    non-MFT folder, invalid config values, a truncated weight file or a .bin holding more than tensors, scores whose shapes do not fit this
-    base model (module and both shapes), or NaN/inf scores (module). `kwargs` go to PEFT's loader.
+    non-MFT folder, invalid config values, a truncated weight file or a .bin holding more than tensors, scores whose
+    shapes do not fit this base model (module and both shapes), or NaN/inf scores (module). `kwargs` go to PEFT's
+    loader.
 
     Args:
         model: A plain base model, or a `PeftModel` to add the adapter to.

@@ -56,7 +56,8 @@ class HardThreshold(NamedTuple):
 
 # CPU selection: torch.kthvalue is a single-threaded quickselect over a copy of the whole tensor (about 6 ms for a
 # 1536x576 matrix, a tenth of that layer's three GEMMs). A strided sample bounds the k-th value from above first, so
-# the exact selection runs on the ~1.5 k candidates below the bound. The stride is prime so that it visits every column.
+# the exact selection runs on the ~1.5 k candidates below the bound. The stride is prime so that it visits every
+# column.
 _SAMPLE_STRIDE = 61
 _SAMPLE_MIN_NUMEL = 1 << 16
 
@@ -68,7 +69,8 @@ def _candidates_for_kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
     if numel < _SAMPLE_MIN_NUMEL:
         return values
     sample = values[::_SAMPLE_STRIDE]
-    # 1.5x the expected rank plus a few: the bound falls below the k-th value only for a wildly unrepresentative sample.
+    # 1.5x the expected rank plus a few: the bound falls below the k-th value only for a wildly unrepresentative
+    # sample.
     rank = min(sample.numel(), math.ceil(1.5 * k * sample.numel() / numel) + 8)
     bound = torch.kthvalue(sample, rank).values
     candidates = values[values <= bound]
@@ -80,8 +82,9 @@ def hard_mask_threshold(scores: torch.Tensor, sparsity: float) -> Optional[HardT
 
     Raises `ValueError` on CPU when a score is NaN or inf (it has no rank).
 
-    Uses a selection (`torch.kthvalue`), not a full sort. On CUDA and under `torch.compile` no value is read back to the
-    host; on CPU the tie counts are read (free there) so that `hard_mask` can skip tie-breaking when no tie is split.
+    Uses a selection (`torch.kthvalue`), not a full sort. On CUDA and under `torch.compile` no value is read back to
+    the host; on CPU the tie counts are read (free there) so that `hard_mask` can skip tie-breaking when no tie is
+    split.
     """
     k = num_zeroed(scores.numel(), sparsity)
     if k == 0:
@@ -113,7 +116,8 @@ def hard_mask(scores: torch.Tensor, threshold: HardThreshold) -> torch.Tensor:
     """
     abs_scores = scores.detach().abs()
     if threshold.all_tied_zeroed:
-        # A comparison written straight into a float tensor is one vectorised pass (a bool result is several times slower).
+        # A comparison written straight into a float tensor is one vectorised pass (a bool result is several times
+        # slower).
         return torch.gt(abs_scores, threshold.value, out=abs_scores)
     tied = (abs_scores == threshold.value).flatten()
     keep = (abs_scores > threshold.value).flatten() | (tied & (tied.cumsum(0) > threshold.num_tied_zeroed))

@@ -143,7 +143,8 @@ class MFTModel(BaseTuner):
         return match
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs) -> None:
-        """PEFT's injection; a model type MFT does not know gets the generic rule and a warning listing what it masked."""
+        """PEFT's injection; a model type MFT does not know gets the generic rule and a warning listing what it
+        masked."""
         try:
             super().inject_adapter(model, adapter_name, **kwargs)
             warn_about_unmaskable_parts(model)

@@ -9,8 +9,8 @@ An adapter folder, as `PeftModel.save_pretrained` writes it:
 | `README.md` | the model card (`peft_mft.tools.model_card`) |
 
 A `.bin` is read through `torch.load(weights_only=True)` as PEFT reads it (no code in the file runs). These checks
-need no config class, so `MFTConfig.from_pretrained` runs them before PEFT touches a weight; `peft_mft.adapter_files` reads and writes whole folders on top of them. Every error is an `AdapterFileError`
-naming the file and the problem.
+need no config class, so `MFTConfig.from_pretrained` runs them before PEFT touches a weight; `peft_mft.adapter_files`
+reads and writes whole folders on top of them. Every error is an `AdapterFileError` naming the file and the problem.
 """
 
 from __future__ import annotations

@@ -174,7 +174,7 @@ def test_bad_sources_raise_errors_naming_the_problem(tmp_path):
         analyze_masks(hand_masked_llama(), adapter_name="other")
 
 
-# ---- comparison ------------------------------------------------------------------------------------------------------
+# ---- comparison -----------------------------------------------------------------------------------------------------
 
 
 def two_adapter_model(scores_a, scores_b):
@@ -234,7 +234,7 @@ def test_compare_rejects_other_base_models():
         compare_masks(hand_masked_llama(), get_peft_model(make_llava(), MFTConfig()))
 
 
-# ---- hardening -------------------------------------------------------------------------------------------------------
+# ---- hardening ------------------------------------------------------------------------------------------------------
 
 
 def saved_soft_adapter(folder, **kwargs):

@@ -1,4 +1,5 @@
-"""`torch.compile` compatibility: the masked linear traces into one graph, and a compiled MFT model trains like eager."""
+"""`torch.compile` compatibility: the masked linear traces into one graph, and a compiled MFT model trains like
+eager."""
 
 import shutil
 

@@ -28,8 +28,8 @@ from ..mask import MaskSpec
 from ..targets import layer_index, projection_order, projection_type
 
 
-# The paper gives no number for its "near-zero" masks (docs/method.md); we count M < 0.1 (a connection kept at under a tenth
-# of its strength) and make it a parameter everywhere.
+# The paper gives no number for its "near-zero" masks (docs/method.md); we count M < 0.1 (a connection kept at under a
+# tenth of its strength) and make it a parameter everywhere.
 NEAR_ZERO_THRESHOLD = 0.1
 # H-MFT sweep suggested around the near-zero share: the paper swept a small range around its pick
 # (e.g. 0.01%-0.1% around 0.05% for Qwen2.5-0.5B).

@@ -112,7 +112,8 @@ def _rows_of(per_row: torch.Tensor) -> torch.Tensor:
 
 
 def sparse_keep(mask: torch.Tensor, mask_init: float, threshold: float) -> torch.Tensor:
-    """The masks `soft-sparse` stores: those that moved more than `threshold` from the initial mask (bool, out x in)."""
+    """The masks `soft-sparse` stores: those that moved more than `threshold` from the initial mask (bool, out x
+    in)."""
     return (mask - mask_init).abs() > threshold
 
 
@@ -254,9 +255,9 @@ def export_compact_adapter(
     exactly initial). The masks are decoded again before returning, and the largest error is stored in
     `mft_compact.json`, with `threshold`, the share of masks kept and `drift` (what `choose_sparse_threshold`
     measured: budget, drift, calibration) for "soft-sparse".
-    Does not modify `adapter_folder`; `output_folder` follows the rule of `peft_mft.tools.output_folder` (never an input,
-    never a non-empty folder of something else unless `overwrite`). Inference only: training resumes only from the
-    float32 scores.
+    Does not modify `adapter_folder`; `output_folder` follows the rule of `peft_mft.tools.output_folder` (never an
+    input, never a non-empty folder of something else unless `overwrite`). Inference only: training resumes only from
+    the float32 scores.
     """
     if fmt not in COMPACT_FORMATS:
         raise MFTInputError(f"Unknown compact format {fmt!r}; choose one of {sorted(COMPACT_FORMATS)}.")

@@ -43,7 +43,8 @@ def _layer_ranges(layers: list[int]) -> str:
 
 
 def _modules_line(analysis: MaskAnalysis) -> str:
-    """'16 linear layers (5,120 masked weights): q, k, v, o, gate, up, down in layers 0-1; the multimodal projector'."""
+    """'16 linear layers (5,120 masked weights): q, k, v, o, gate, up, down in layers 0-1; the multimodal
+    projector'."""
     projections = ", ".join(p for p in analysis.by_projection() if p != "projector")
     layers = sorted({m.layer for m in analysis.modules if m.layer is not None})
     if projections and layers:

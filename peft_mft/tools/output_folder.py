@@ -66,7 +66,8 @@ class OutputFolderError(MFTInputError):
 
 
 def written_by(folder: PathLike) -> tuple[str | None, list[str]]:
-    """(command, top-level entries it wrote) from `folder`'s marker; (None, []) where there is none or it is unreadable."""
+    """(command, top-level entries it wrote) from `folder`'s marker; (None, []) where there is none or it is
+    unreadable."""
     marker = Path(folder) / OUTPUT_MARKER_NAME
     try:
         record = json.loads(marker.read_text())
