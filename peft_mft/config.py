@@ -27,15 +27,14 @@ from .weight_files import check_finite_weight_file, check_folder_files
 PEFT_TYPE_MFT = add_peft_type_member("MFT")
 
 # (init_score, temperature) that the paper tuned per backbone (docs/method.md); larger models reuse these values.
-# "smollm2" is ours: the best of the paper's presets on the embedded SmolLM2-135M VLM, picked on validation
-# (examples/RESULTS.md, short-run sweeps: 71.5% against 52.0% for (7.0, 2.3) at lr 0.1).
 MFT_PRESETS: dict[str, tuple[float, float]] = {
     "qwen2.5-0.5b": (7.0, 2.3),
     "tinyllama-1.1b": (3.0, 0.5),
     "gemma-2b": (5.0, 1.3),
     "phi-2": (9.0, 1.1),
-    "smollm2": (3.0, 0.5),
 }
+# Preset names configs saved by earlier releases may record, with the preset of the same values they now mean.
+RENAMED_PRESETS = {"smollm2": "tinyllama-1.1b"}
 
 # Model-name patterns (lower case, without the organisation) of each preset's family: every size of it.
 _PRESET_FAMILIES = {
@@ -43,12 +42,11 @@ _PRESET_FAMILIES = {
     "tinyllama-1.1b": r"tinyllama",
     "gemma-2b": r"gemma-(?:1\.1-)?\d+(?:\.\d+)?b(?:$|-)",
     "phi-2": r"phi-2(?:$|-)",
-    "smollm2": r"smollm2-",
 }
 
-# A model whose name matches no family: the preset that did best where we measured (our SmolLM2 sweep; the same
-# values as the paper's TinyLlama preset), not the paper's first-listed (7.0, 2.3), which did worst there.
-FALLBACK_PRESET = "smollm2"
+# A model whose name matches no family: the paper's preset for its one Llama-architecture backbone, the architecture
+# most models without a preset of their own share (docs/guide.md has how it compares with the others).
+FALLBACK_PRESET = "tinyllama-1.1b"
 # Model types whose every checkpoint belongs to one preset's family (used when the name matches none).
 _PRESET_MODEL_TYPES = {"qwen2": "qwen2.5-0.5b", "gemma": "gemma-2b", "phi": "phi-2"}
 
@@ -56,6 +54,7 @@ _PRESET_MODEL_TYPES = {"qwen2": "qwen2.5-0.5b", "gemma": "gemma-2b", "phi": "phi
 def preset_for_name(name: str) -> Optional[str]:
     """The preset whose family matches model id or path `name` ("Qwen/Qwen2.5-7B" -> "qwen2.5-0.5b"), else None."""
     model_name = name.rstrip("/").rsplit("/", 1)[-1].lower()
+    model_name = RENAMED_PRESETS.get(model_name, model_name)
     if model_name in MFT_PRESETS:
         return model_name
     return next((key for key, pattern in _PRESET_FAMILIES.items() if re.match(pattern, model_name)), None)
@@ -347,6 +346,7 @@ class MFTConfig(PeftConfig):
         if self.mask_type == "hard" and self.score_offset not in (None, 0, 0.0):
             raise ValueError(f"MFTConfig.score_offset applies to soft masks only, got {self.score_offset!r}.")
         self._resolve_score_offset()
+        self.preset = RENAMED_PRESETS.get(self.preset, self.preset)
         if self.preset is not None:
             if self.preset not in MFT_PRESETS:
                 raise ValueError(f"MFTConfig.preset must be one of {sorted(MFT_PRESETS)}, got {self.preset!r}.")
@@ -488,7 +488,7 @@ class MFTConfig(PeftConfig):
         if preset is None:
             raise ValueError(
                 f"Unknown MFT preset {name!r}; known presets: {sorted(MFT_PRESETS)}, also matched by model ids of "
-                "their families (Qwen2.5-*, TinyLlama-*, gemma-<size>, phi-2, SmolLM2-*)."
+                "their families (Qwen2.5-*, TinyLlama-*, gemma-<size>, phi-2)."
             )
         return cls(preset=preset, **kwargs)
 

@@ -160,7 +160,7 @@ def test_accuracy_mode_trains_with_trainer_including_step_in_backward(tiny):
     tensors = fused["tensor_memory"]  # the second Trainer step, by category
     assert tensors["peak"] == fused["tensor_memory_peak_bytes"] > tensors["trainable"] > 0
     assert tensors["optimizer_state"] == fused["optimizer_state_bytes"]
-    assert (fused["init_score"], fused["temperature"]) == (3.0, 0.5)  # the fallback preset ("smollm2")
+    assert (fused["init_score"], fused["temperature"]) == (3.0, 0.5)  # the fallback preset ("tinyllama-1.1b")
     phases = fused["median_phase_seconds"]  # stepped in the backward: optimizer.step() has nothing left to do
     assert set(phases) == set(StepTimer.PHASES) and phases["optimizer"] < phases["forward_backward_clip"]
     table = (out / "memory_accuracy.md").read_text()

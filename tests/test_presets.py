@@ -27,7 +27,7 @@ def _first_effective_scores(model) -> torch.Tensor:
     [
         ({"_name_or_path": "Qwen/Qwen2.5-1.5B-Instruct", "model_type": "qwen2"}, "qwen2.5-0.5b"),
         ({"_name_or_path": "/data/ckpt/TinyLlama-1.1B-Chat-v1.0", "model_type": "llama"}, "tinyllama-1.1b"),
-        ({"_name_or_path": "HuggingFaceTB/SmolLM2-360M-Instruct", "model_type": "llama"}, "smollm2"),
+        ({"_name_or_path": "HuggingFaceTB/SmolLM2-360M-Instruct", "model_type": "llama"}, FALLBACK_PRESET),
         ({"_name_or_path": "", "model_type": "gemma"}, "gemma-2b"),
         # a VLM: its language model decides
         ({"_name_or_path": "llava-hf/llava-1.5-7b-hf", "model_type": "llava",
@@ -59,6 +59,13 @@ def test_a_model_matching_no_family_gets_the_fallback():
     config = model.peft_config["default"]
     assert config.preset == FALLBACK_PRESET
     assert (config.init_score, config.temperature) == MFT_PRESETS[FALLBACK_PRESET] == (3.0, 0.5)
+
+
+def test_the_fallback_is_a_preset_of_the_paper_and_the_old_smollm2_name_keeps_its_values():
+    assert FALLBACK_PRESET == "tinyllama-1.1b" and "smollm2" not in MFT_PRESETS
+    old = MFTConfig(preset="smollm2")  # as configs saved by 0.2.0 and earlier may hold it
+    assert (old.preset, old.init_score, old.temperature) == ("tinyllama-1.1b", 3.0, 0.5)
+    assert MFTConfig.from_preset("smollm2").preset == "tinyllama-1.1b"
 
 
 def test_explicit_values_win_and_a_missing_one_comes_from_the_preset():

@@ -97,7 +97,7 @@ def test_the_example_script_runs_the_recipe(checkpoint, tmp_path):
     saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     # a model folder whose name matches no preset family: the fallback preset, written into the saved config
     resolved = (saved["peft_type"], saved["preset"], saved["init_score"], saved["temperature"])
-    assert resolved == ("MFT", "smollm2", 3.0, 0.5)
+    assert resolved == ("MFT", "tinyllama-1.1b", 3.0, 0.5)
 
 
 # A chat template that renders TRL's vision-language messages (content as a list of image and text parts) with the

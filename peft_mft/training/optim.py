@@ -15,7 +15,7 @@ from ..layer import MFTLayer
 # changes gradually). The optimizer's rate is this divided by the adapter's `score_scale`.
 DEFAULT_SCORE_STEP = 0.1
 DEFAULT_HARD_SCORE_STEP = 0.01
-# Ordinary weights (`modules_to_save`) are trained as in full fine-tuning.
+# Ordinary weights (`modules_to_save`) are trained as in full fine-tuning, at TRL's default rate.
 DEFAULT_OTHER_LR = 2e-5
 
 
