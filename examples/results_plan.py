@@ -438,11 +438,6 @@ def side_specs(pick: dict, steps: int) -> list[dict]:
             if (method, targets) not in LONG_EXTRA_SEED_GROUPS]
 
 
-def long_table_specs(pick: dict, steps: int) -> list[dict]:
-    """Every long Table 1 run: each row's seeds."""
-    return headline_specs(pick, steps) + side_specs(pick, steps)
-
-
 def grid_specs() -> list[dict]:
     """The (init, T) x lr grid of S-MFT Both on validation, seed 0, `GRID_STEPS` steps, validation curve."""
     return [spec("L", "val", "mft", lr, 0, "both", i, t, steps=GRID_STEPS, curve_every=CURVE_EVERY)

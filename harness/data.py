@@ -48,10 +48,6 @@ class Record:
         ident = f", id={self.id!r}" if self.id is not None else ""
         return f"{self.source}: record #{self.index}{ident}"
 
-    @property
-    def num_answers(self) -> int:
-        return sum(role == "assistant" for role, _ in self.turns)
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Reading and checking a data file

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -136,9 +136,6 @@ class ImagePreprocessor:
         size = getattr(vision_config, "image_size", 224)
         size = size if isinstance(size, int) else size[0]
         return cls(height=size, width=size, image_mean=mean, image_std=std, pad_to_square=bool(pad_to_square))
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def _read_optional_json(name_or_path: str, filename: str) -> dict | None:

@@ -8,7 +8,7 @@ import json
 import logging
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -290,7 +290,3 @@ def train_and_evaluate(
 
 def _write_json(path: Path, data) -> None:
     path.write_text(json.dumps(data, indent=1))
-
-
-def config_dict(config: TrainConfig) -> dict:
-    return asdict(config)

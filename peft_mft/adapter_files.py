@@ -172,14 +172,6 @@ class AdapterFolder:
                                 source=f" (in {self.weights})")
         return tensor.float()
 
-    def read_all(self) -> dict[str, torch.Tensor]:
-        """Every tensor of the weight file."""
-        if self.weights.suffix == ".safetensors":
-            with safe_open(str(self.weights), framework="pt") as handle:
-                return {key: handle.get_tensor(key) for key in handle.keys()}
-        return dict(load_torch_weights(self.weights))
-
-
 def check_scores_dtype(scores: dict[str, torch.Tensor], config: MFTConfig, source: str = "") -> None:
     """`AdapterFileError` naming the modules ({module: scores}) whose scores are not of `config.scores_dtype`
     (float32 unless the adapter kept them in its 16-bit base dtype): integer scores or scores of another precision

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Collection, Iterator, Union
 
 
-PathLike = Union[str, os.PathLike]
+PathLike = Union[str, os.PathLike]  # a path as the library accepts it everywhere
 
 STAGING_MARKER = ".saving-"
 

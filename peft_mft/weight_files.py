@@ -21,16 +21,14 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
-from typing import Union
 
 import torch
 from peft.utils.constants import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
 from safetensors import SafetensorError, safe_open
 
+from .atomic import PathLike
 from .errors import AdapterFileError, NonFiniteScoresError
 
-
-PathLike = Union[str, os.PathLike]
 
 SCORES_SUFFIX = ".mft_scores"  # `MFTLayer.mft_scores`: saved keys end with it, model keys add ".<adapter name>"
 STATE_DICT_PREFIX = "base_model.model."  # PEFT's prefix of saved keys

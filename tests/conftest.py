@@ -2,7 +2,6 @@
 
 import os
 
-import pytest
 import torch
 from transformers import (
     CLIPVisionConfig,
@@ -72,13 +71,3 @@ def llava_inputs(batch: int = 2, seed: int = 0) -> dict:
 def text_inputs(batch: int = 2, length: int = 7, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(3, VOCAB, (batch, length), generator=gen)
-
-
-@pytest.fixture
-def llama():
-    return make_llama()
-
-
-@pytest.fixture
-def llava():
-    return make_llava()

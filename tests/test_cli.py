@@ -12,8 +12,8 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from peft_mft import MFTConfig, MFTLayer
 from peft_mft.tools.analysis import analyze_masks, format_share
-from peft_mft_cli import main
 from peft_mft.tools.export import load_compact_adapter
+from peft_mft_cli import main
 
 from .conftest import make_llama, text_inputs
 from .examples.tiny import make_tokenizer

@@ -8,7 +8,6 @@ from peft import get_peft_model
 
 from peft_mft import MFTConfig
 from peft_mft.layer import MFTLayer
-from peft_mft_cli import main as cli
 from peft_mft.tools.export import (
     COMPACT_META_NAME,
     COMPACT_WEIGHTS_NAME,
@@ -17,6 +16,7 @@ from peft_mft.tools.export import (
     read_compact_masks,
 )
 from peft_mft.tools.sparse_threshold import choose_sparse_threshold
+from peft_mft_cli import main as cli
 
 from .conftest import make_llama, text_inputs
 

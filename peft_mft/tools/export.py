@@ -33,10 +33,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 from peft import PeftModel
@@ -46,14 +45,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..adapter_files import AdapterFolder, check_declared_keys
+from ..atomic import PathLike
 from ..config import MFTConfig
 from ..errors import AdapterFileError, MFTInputError
 from ..mask import MaskSpec, num_zeroed
 from ..weight_files import COMPACT_MARKER_NAME, SCORES_SUFFIX, check_safetensors_file
 from .output_folder import check_output_folder, command_output
 
-
-PathLike = Union[str, os.PathLike]
 
 COMPACT_FORMATS = {
     "soft-fp16": "soft", "soft-int8": "soft", "soft-sparse": "soft", "hard-bits": "hard", "hard-indices": "hard",

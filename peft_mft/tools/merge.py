@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Union
 
 import torch
 import transformers
 
 from ..adapter_files import load_adapter
+from ..atomic import PathLike
 from ..errors import MFTInputError
 from ..weight_files import hub_id_hint
 from .output_folder import check_output_folder, command_output
 
-
-PathLike = Union[str, os.PathLike]
 
 # Files whose presence means the base folder holds a tokenizer or processor for the merged model to carry.
 _PREPROCESSING_FILES = ("tokenizer_config.json", "tokenizer.json", "preprocessor_config.json", "processor_config.json")

@@ -16,13 +16,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence
 
+from ..atomic import PathLike
 from ..errors import MFTInputError
 from .output_folder import relation_to_input
 
 
-PathLike = Union[str, os.PathLike]
 Recogniser = Callable[[Path], bool]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -20,13 +20,11 @@ import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence
 
-from ..atomic import atomic_directory
+from ..atomic import PathLike, atomic_directory
 from ..errors import MFTInputError
 
-
-PathLike = Union[str, os.PathLike]
 
 OUTPUT_MARKER_NAME = ".peft-mft-output.json"
 # Names (or name prefixes) of the files that say what a folder loads as: a PEFT adapter, a compact adapter, a model.
