@@ -64,3 +64,16 @@ def test_save_mask_plots_writes_a_png(analysis, tmp_path):
         single = tmp_path / f"{plot.__name__}.png"
         plot(analysis).figure.savefig(single)
         assert single.read_bytes()[:8] == PNG_SIGNATURE and single.stat().st_size > 5_000
+
+
+def test_unmoved_masks_say_so_and_keep_a_scale_from_zero():
+    """A fresh adapter has no near-zero mask: the plots say so in words, and the heat map's colour scale starts at
+    0 % instead of collapsing to -0.1..0.1."""
+    fresh = analyze_masks(get_peft_model(make_llava(), MFTConfig()))
+    bars, heat = plot_near_zero_by_projection(fresh), plot_layer_heatmap(fresh)
+    for ax in (bars, heat):
+        assert any("no mask below M = 0.1" in text.get_text() for text in ax.texts)
+    assert heat.images[0].get_clim() == (0.0, 1.0)
+    moved = plot_layer_heatmap(analyze_masks(hand_masked_llama(), bins=4))
+    assert not any("no mask below" in text.get_text() for text in moved.texts)
+    assert moved.images[0].get_clim()[0] == 0.0

@@ -29,6 +29,15 @@ def _new_axes(ax, size=(5.0, 4.0)):
     return _figure_class()(figsize=size, layout="constrained").add_subplot()
 
 
+def _say_none_is_near_zero(analysis: MaskAnalysis, ax) -> None:
+    """The empty state: a note across `ax` when no mask is below the near-zero threshold (an untrained or barely
+    trained adapter), so that an all-zero plot reads as a finding, not as a broken figure."""
+    if analysis.overall.near_zero == 0:
+        ax.text(0.5, 0.5, f"no mask below M = {analysis.near_zero_threshold:g}\n(the masks have not moved this far)",
+                transform=ax.transAxes, ha="center", va="center", fontsize=9,
+                bbox={"facecolor": "white", "edgecolor": "gray", "alpha": 0.9})
+
+
 def plot_near_zero_by_projection(analysis: MaskAnalysis, ax=None):
     """Bar chart of the near-zero share (%) of the masked weights of each projection type (the paper's Fig. 6)."""
     ax = _new_axes(ax)
@@ -42,6 +51,7 @@ def plot_near_zero_by_projection(analysis: MaskAnalysis, ax=None):
     ax.set_xlabel("projection type")
     ax.set_ylabel(f"share of masked weights with M < {threshold} (%)")
     ax.set_ylim(0, max(shares + [0.0]) * 1.2 or 1.0)
+    _say_none_is_near_zero(analysis, ax)
     return ax
 
 
@@ -77,7 +87,10 @@ def plot_layer_heatmap(analysis: MaskAnalysis, ax=None):
     grid = np.full((max(len(layers), 1), max(len(projections), 1)), np.nan)
     for (layer, projection), counts in cells.items():
         grid[layers.index(layer), projections.index(projection)] = 100 * counts.near_zero_share
-    image = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap="viridis", interpolation="nearest")
+    # The colour scale starts at 0 % and never collapses to a point (all shares 0 would give a -0.1..0.1 scale).
+    top = np.nanmax(grid) if np.isfinite(grid).any() and np.nanmax(grid) > 0 else 1.0
+    image = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap="viridis", interpolation="nearest", vmin=0.0,
+                      vmax=top)
     colorbar = ax.figure.colorbar(image, ax=ax)
     threshold = f"{analysis.near_zero_threshold:g}"
     colorbar.set_label(f"share with M < {threshold} (%)")
@@ -96,6 +109,7 @@ def plot_layer_heatmap(analysis: MaskAnalysis, ax=None):
     if projector is not None:
         title += f"\nprojector: {format_share(projector.near_zero_share)}"
     ax.set_title(title)
+    _say_none_is_near_zero(analysis, ax)
     return ax
 
 
