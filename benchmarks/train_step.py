@@ -440,8 +440,9 @@ def markdown(report: dict) -> str:
             lines.append(
                 f"| {r['variant']} | {r['accuracy']:.3f} | {r['eval_questions']} | {loss:.3f} | "
                 f"{_mb(r.get('tensor_memory_peak_bytes'))} | {_ratio(r, 'tensor_memory_peak_bytes')} | "
-                f"{_mb(r['peak_memory_bytes'])} | {_ratio(r, 'peak_memory_bytes')} | {_mb(r['optimizer_state_bytes'])} | "
-                f"{r['median_step_seconds']:.2f} | {_ratio(r, 'step_seconds_median')} |"
+                f"{_mb(r['peak_memory_bytes'])} | {_ratio(r, 'peak_memory_bytes')} | "
+                f"{_mb(r['optimizer_state_bytes'])} | {r['median_step_seconds']:.2f} | "
+                f"{_ratio(r, 'step_seconds_median')} |"
             )
         return "\n".join(lines + _phase_table(results, "median_phase_seconds"))
     lines += [
@@ -504,7 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-folder", default=None)
     parser.add_argument("--eval-data", default=None, help="held-out LLaVA JSON for --accuracy-steps (default: easy-vqa test)")
     parser.add_argument("--eval-image-folder", default=None)
-    parser.add_argument("--eval-samples", type=int, default=500, help="held-out records evaluated with --accuracy-steps")
+    parser.add_argument("--eval-samples", type=int, default=500, help="held-out records evaluated with "
+                                                                      "--accuracy-steps")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=128, help="tokens per row (timed steps; not used for accuracy)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant")
@@ -513,7 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--out", default=None, help="folder for the JSON and Markdown (default: benchmarks/results/<device>)")
+    parser.add_argument("--out", default=None, help="folder for the JSON and Markdown (default: "
+                                                    "benchmarks/results/<device>)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the finished variants of the report already in --out (same setup) and run the rest")
     parser.add_argument("--in-process", action="store_true",

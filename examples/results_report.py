@@ -136,9 +136,9 @@ def resumed_runs_note(runs: dict[str, dict]) -> str:
     resumed = [run for run in runs.values() if run["result"].get("resumed_at_steps")]
     if not resumed:
         return "no run was resumed from a checkpoint"
-    return (f"{len(resumed)} of {len(runs)} runs resumed from a checkpoint after an interruption (`harness.run_state`: "
-            "the same weights, curve and answers as a run that never stopped; its seconds leave out the work lost "
-            "after the last checkpoint)")
+    return (f"{len(resumed)} of {len(runs)} runs resumed from a checkpoint after an interruption "
+            "(`harness.run_state`: the same weights, curve and answers as a run that never stopped; its seconds "
+            "leave out the work lost after the last checkpoint)")
 
 
 def more_seed_rows(planned: Plan) -> list[str]:

@@ -62,7 +62,8 @@ class ImagePreprocessor:
         elif self.resize_mode == "resize":
             image = image.resize((self.width, self.height), self.resample)
         else:
-            raise ValueError(f"ImagePreprocessor.resize_mode must be 'resize' or 'shortest_edge_crop', got {self.resize_mode!r}")
+            raise ValueError("ImagePreprocessor.resize_mode must be 'resize' or 'shortest_edge_crop', got "
+                             f"{self.resize_mode!r}")
         array = np.asarray(image, dtype=np.float32) * self.rescale_factor  # (H, W, 3)
         array = (array - np.asarray(self.image_mean, np.float32)) / np.asarray(self.image_std, np.float32)
         return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))

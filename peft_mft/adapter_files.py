@@ -90,7 +90,8 @@ def read_adapter_config(folder: PathLike) -> MFTConfig:
         raise AdapterFileError(f"{config_file} is not a valid JSON object: {exc}.") from exc
     if peft_type != PEFT_TYPE_MFT.value:
         raise AdapterFileError(
-            f"{config_file} describes a {peft_type!r} adapter, not an MFT one; load it with peft.PeftModel.from_pretrained."
+            f"{config_file} describes a {peft_type!r} adapter, not an MFT one; load it with "
+            "peft.PeftModel.from_pretrained."
         )
     config = MFTConfig.read_local(str(folder))
     check_folder_files(config, folder)
@@ -296,14 +297,14 @@ def check_scores_fit_model(
     leftover = [module_name(key) for key in loaded if key not in expected and peft_prefix + key not in expected]
     if leftover:
         raise AdapterFileError(
-            f"The MFT adapter{source} has scores for {describe_modules(leftover)}, which this model does not mask or does "
-            f"not have: it was made for another base model.{made_for}"
+            f"The MFT adapter{source} has scores for {describe_modules(leftover)}, which this model does not mask or "
+            f"does not have: it was made for another base model.{made_for}"
         )
     missing = [module_name(key) for key in expected if key not in loaded and key.removeprefix(peft_prefix) not in loaded]
     if missing:
         raise AdapterFileError(
-            f"The MFT adapter{source} has no scores for {describe_modules(missing)}, which its config masks on this model: "
-            f"it was made for another base model or its file is incomplete.{made_for}"
+            f"The MFT adapter{source} has no scores for {describe_modules(missing)}, which its config masks on this "
+            f"model: it was made for another base model or its file is incomplete.{made_for}"
         )
     mismatched = []
     for key, tensor in loaded.items():

@@ -106,9 +106,9 @@ def warn_if_soft_mask_saturates(init_score: float, temperature: float) -> None:
         initial_slope = tail / (1.0 + tail) ** 2 / temperature  # sigmoid'(x) = e^-|x| / (1 + e^-|x|)^2
         warnings.warn(
             f"MFTConfig(init_score={init_score}, temperature={temperature}): the soft mask starts saturated "
-            f"(|init_score / temperature| = {abs(ratio):.3g} > {SATURATED_INIT_RATIO:g}); dM/dS = {initial_slope:.2g}, "
-            "so the masks will barely train. Use a larger temperature or a smaller init_score (paper presets: "
-            "MFTConfig.from_preset).",
+            f"(|init_score / temperature| = {abs(ratio):.3g} > {SATURATED_INIT_RATIO:g}); dM/dS = "
+            f"{initial_slope:.2g}, so the masks will barely train. Use a larger temperature or a smaller init_score "
+            "(paper presets: MFTConfig.from_preset).",
             UserWarning,
             stacklevel=4,  # the line that created the MFTConfig
         )
@@ -116,8 +116,8 @@ def warn_if_soft_mask_saturates(init_score: float, temperature: float) -> None:
     if not low <= temperature <= high:
         warnings.warn(
             f"MFTConfig(temperature={temperature}) is outside [{low:g}, {high:g}]: a score update of 0.1 moves S/T by "
-            f"{0.1 / temperature:.3g}, so masks will {'jump between 0 and 1' if temperature < low else 'barely move'}. "
-            "The paper uses 0.5-2.3.",
+            f"{0.1 / temperature:.3g}, so masks will "
+            f"{'jump between 0 and 1' if temperature < low else 'barely move'}. The paper uses 0.5-2.3.",
             UserWarning,
             stacklevel=4,  # the line that created the MFTConfig
         )
@@ -495,9 +495,9 @@ class MFTConfig(PeftConfig):
     def _require_resolved(self) -> None:
         if self.mask_type == "soft" and (self.init_score is None or self.temperature is None):
             raise ValueError(
-                f"MFTConfig(init_score={self.init_score}, temperature={self.temperature}) has no soft-mask values yet: "
-                "they come from a preset when the adapter is created (get_peft_model); set them or `preset` to use "
-                "the config before that."
+                f"MFTConfig(init_score={self.init_score}, temperature={self.temperature}) has no soft-mask values "
+                "yet: they come from a preset when the adapter is created (get_peft_model); set them or `preset` to "
+                "use the config before that."
             )
 
     @property

@@ -71,6 +71,6 @@ def check_finite_scores(
     broken = nonfinite_score_modules(model, adapter_names, all_processes=all_processes)
     if broken:
         raise NonFiniteScoresError(
-            f"Cannot {action}: the MFT scores of {describe_modules(broken)} hold NaN or inf. Training diverged (lower the "
-            "learning rate or clip gradients) or the adapter is corrupted; resume from an earlier checkpoint."
+            f"Cannot {action}: the MFT scores of {describe_modules(broken)} hold NaN or inf. Training diverged (lower "
+            "the learning rate or clip gradients) or the adapter is corrupted; resume from an earlier checkpoint."
         )

@@ -135,7 +135,8 @@ def check_torch_weights_file(path: PathLike) -> list[str]:
             "corrupted, e.g. by an interrupted save. Restore it from a checkpoint or save the adapter again."
         ) from exc
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise AdapterFileError(f"{path} does not hold a state dict (a dict of tensors); got {type(state_dict).__name__}.")
+        raise AdapterFileError(f"{path} does not hold a state dict (a dict of tensors); got "
+                               f"{type(state_dict).__name__}.")
     return list(state_dict)
 
 

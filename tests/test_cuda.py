@@ -13,7 +13,8 @@ from peft_mft.mask import MaskSpec, hard_mask_threshold, masked_linear, masked_w
 from .conftest import make_llama, text_inputs
 
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/device_check.sh)")
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device "
+                                                                      "(benchmarks/device_check.sh)")
 CUDA = torch.device("cuda")
 SPECS = {"soft": MaskSpec("soft", temperature=0.5, normalizer=0.998), "hard": MaskSpec("hard", sparsity=0.3)}
 

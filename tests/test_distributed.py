@@ -71,7 +71,8 @@ def test_fsdp2_two_processes_match_one_process_with_the_same_global_batch(two_pr
     assert_same_scores(scores(two_processes / "fsdp2"), scores(tmp_path))
 
 
-@pytest.mark.skipif(not HAS_DEEPSPEED, reason="deepspeed is not installed (pip install deepspeed; see docs/distributed.md)")
+@pytest.mark.skipif(not HAS_DEEPSPEED, reason="deepspeed is not installed (pip install deepspeed; see "
+                                              "docs/distributed.md)")
 def test_deepspeed_zero3_matches_one_process_and_merging_gathers_partitioned_weights(two_processes, tmp_path):
     worker.train_zero3(str(tmp_path))
     assert_same_scores(scores(two_processes / "zero3"), scores(tmp_path), initial=hard_mask_initial_scores(tmp_path))

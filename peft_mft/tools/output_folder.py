@@ -119,8 +119,8 @@ def check_output_folder(
         )
     if out.is_dir() and any(out.iterdir()) and written_by(out)[0] != command and not overwrite:
         raise OutputFolderError(
-            f"output folder {str(output)!r} is not empty and is not an earlier output of `peft-mft {command}`; choose a "
-            "new or empty folder, or pass --overwrite (overwrite=True) to write into it (same-named files are "
+            f"output folder {str(output)!r} is not empty and is not an earlier output of `peft-mft {command}`; choose "
+            "a new or empty folder, or pass --overwrite (overwrite=True) to write into it (same-named files are "
             "replaced, every other file is kept)."
         )
     return snapshot(out)

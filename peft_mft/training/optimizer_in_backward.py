@@ -56,8 +56,8 @@ class OptimizerInBackward(torch.optim.Optimizer):
             raise RuntimeError(
                 "OptimizerInBackward: a second backward reached this parameter without optimizer.step() between. "
                 "Its step runs inside each backward, so gradient accumulation would apply one update per micro-batch "
-                "instead of one per accumulated batch; use gradient_accumulation_steps=1 (raise the batch size, or use "
-                "the plain optimizer) and call step() once per backward."
+                "instead of one per accumulated batch; use gradient_accumulation_steps=1 (raise the batch size, or "
+                "use the plain optimizer) and call step() once per backward."
             )
         self._stepped_since_step_call.add(param)
         self.optimizers[param].step()
@@ -74,8 +74,8 @@ class OptimizerInBackward(torch.optim.Optimizer):
         > 1`)."""
         problems = []
         if (getattr(args, "max_grad_norm", 0) or 0) > 0:
-            problems.append(f"max_grad_norm={args.max_grad_norm} (clipping needs the global gradient norm, which never "
-                            "exists: each gradient is consumed as soon as it is complete); set max_grad_norm=0")
+            problems.append(f"max_grad_norm={args.max_grad_norm} (clipping needs the global gradient norm, which "
+                            "never exists: each gradient is consumed as soon as it is complete); set max_grad_norm=0")
         if (getattr(args, "gradient_accumulation_steps", 1) or 1) > 1:
             problems.append(f"gradient_accumulation_steps={args.gradient_accumulation_steps} (each micro-batch "
                             "would take its own step); set it to 1 and raise the batch size")
