@@ -16,7 +16,13 @@ from .images import ImagePreprocessor, _read_optional_json
 # Never quantised / never masked / never LoRA-adapted: the vision side, and the output head.
 VISION_MODULES = ("vision_tower",)
 # transformers 5 matches these from the start of the module name, as regexes, or as suffixes.
-QLORA_SKIP_MODULES = ["vision_tower", "multi_modal_projector", "lm_head", r".*\.vision_tower", r".*\.multi_modal_projector"]
+QLORA_SKIP_MODULES = [
+    "vision_tower",
+    "multi_modal_projector",
+    "lm_head",
+    r".*\.vision_tower",
+    r".*\.multi_modal_projector",
+]
 
 
 @dataclass
@@ -62,7 +68,9 @@ def load_llava(
     vision tower, projector and LM head stay in ``dtype``."""
     config = AutoConfig.from_pretrained(source)
     if config.model_type != "llava":
-        hint = " (use examples/tinyllava/train.py for TinyLLaVA checkpoints)" if config.model_type == "tinyllava" else ""
+        hint = (
+            " (use examples/tinyllava/train.py for TinyLLaVA checkpoints)" if config.model_type == "tinyllava" else ""
+        )
         raise ValueError(f"{source} is a {config.model_type!r} checkpoint; this loader takes model_type 'llava'{hint}")
     kwargs = {}
     if quantize_4bit:

@@ -55,7 +55,10 @@ def nonfinite_score_modules(
 
 
 def check_finite_scores(
-    model: nn.Module, adapter_names: Optional[Iterable[str]] = None, action: str = "continue", all_processes: bool = False
+    model: nn.Module,
+    adapter_names: Optional[Iterable[str]] = None,
+    action: str = "continue",
+    all_processes: bool = False,
 ) -> None:
     """Raise `NonFiniteScoresError` naming the modules if any score of `adapter_names` (default all) is NaN/inf.
 

@@ -116,7 +116,10 @@ def projection_type(module_name: str) -> str:
 
 def projection_order(projection: str) -> tuple[int, str]:
     """Sort key: `PROJECTION_TYPES` order, other types after them by name."""
-    return (PROJECTION_TYPES.index(projection) if projection in PROJECTION_TYPES else len(PROJECTION_TYPES), projection)
+    return (
+        PROJECTION_TYPES.index(projection) if projection in PROJECTION_TYPES else len(PROJECTION_TYPES),
+        projection,
+    )
 
 
 def is_vision_tower_module(key: str) -> bool:

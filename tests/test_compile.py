@@ -56,7 +56,9 @@ def test_masked_linear_traces_into_one_graph_and_matches_eager(name):
     _check_compiled_layer(SPECS[name], backend="aot_eager")
 
 
-@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("clang++") is None, reason="inductor needs a C++ compiler")
+@pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("clang++") is None, reason="inductor needs a C++ compiler"
+)
 def test_masked_linear_compiled_by_inductor_matches_eager():
     _check_compiled_layer(SPECS["soft"], backend="inductor")
 

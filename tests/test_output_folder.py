@@ -80,7 +80,9 @@ def test_overwrite_replaces_same_named_files_and_keeps_every_other_one(capsys, p
     (mine / "keep.txt").write_text("keep me")
     code, _, _ = run(capsys, "harden", project / "soft", "--sparsity", "1%", mine, "--overwrite")
     assert code == 0
-    assert (mine / ".git" / "HEAD").read_text() == "ref: refs/heads/main" and (mine / "keep.txt").read_text() == "keep me"
+    assert (mine / ".git" / "HEAD").read_text() == "ref: refs/heads/main" and (
+        mine / "keep.txt"
+    ).read_text() == "keep me"
     assert (mine / "adapter_model.safetensors").read_bytes() != b"old"
     assert json.loads((mine / "adapter_config.json").read_text())["mask_type"] == "hard"
 
@@ -92,14 +94,18 @@ def test_earlier_output_is_replaced_keeping_files_the_user_added(capsys, project
     (out / "my_eval.json").write_text("{}")
     (out / "stale-from-last-run.bin").write_bytes(b"x")  # pretend the earlier run wrote it
     marker = json.loads((out / OUTPUT_MARKER_NAME).read_text())
-    (out / OUTPUT_MARKER_NAME).write_text(json.dumps({**marker, "entries": marker["entries"] + ["stale-from-last-run.bin"]}))
+    (out / OUTPUT_MARKER_NAME).write_text(
+        json.dumps({**marker, "entries": marker["entries"] + ["stale-from-last-run.bin"]})
+    )
     assert run(capsys, "harden", project / "soft", "--sparsity", "2%", out)[0] == 0
     assert json.loads((out / "adapter_config.json").read_text())["sparsity"] == 0.02
     assert (out / "my_eval.json").is_file() and not (out / "stale-from-last-run.bin").exists()
     # an earlier output of another command is not this command's to replace
     assert_bad_input(capsys, ["export", out, "--format", "bits", out.parent / "hard"], "is the input")
     assert run(capsys, "export", out, "--format", "bits", tmp_path / "bits")[0] == 0
-    assert_bad_input(capsys, ["harden", project / "soft", "--sparsity", "1%", tmp_path / "bits"], "not an earlier output")
+    assert_bad_input(
+        capsys, ["harden", project / "soft", "--sparsity", "1%", tmp_path / "bits"], "not an earlier output"
+    )
 
 
 def test_empty_existing_folder_is_used(capsys, project, tmp_path):

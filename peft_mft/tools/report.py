@@ -17,7 +17,9 @@ def method_line(config: MFTConfig, markdown: bool = True) -> str:
     else:
         m0 = config.initial_soft_mask
         if config.normalize_soft_mask:
-            formula = f"`M = sigmoid(S / T) / M0` with `M0 = sigmoid(init_score / T) = {m0:.4g}` (exactly 1 at the start)"
+            formula = (
+                f"`M = sigmoid(S / T) / M0` with `M0 = sigmoid(init_score / T) = {m0:.4g}` (exactly 1 at the start)"
+            )
         else:
             formula = f"`M = sigmoid(S / T)` (paper-literal; {m0:.4g} at the start)"
         backward = ", straight-through backward (S-MFT STE)" if config.straight_through else ""
