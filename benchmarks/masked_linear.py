@@ -101,7 +101,8 @@ def run(shapes, tokens: int, repeats: int, warmup: int, device: torch.device, dt
         raise ValueError(f"{len(counts)} counts for {len(shapes)} shapes; give one count per shape.")
     rows = []
     for out_features, in_features in shapes:
-        times = time_interleaved(layer_functions(out_features, in_features, tokens, device, dtype), repeats, warmup, device)
+        functions = layer_functions(out_features, in_features, tokens, device, dtype)
+        times = time_interleaved(functions, repeats, warmup, device)
         dense = summarize(times["dense"])["median"]
         for name, seconds in times.items():
             stats = summarize(seconds)
@@ -151,7 +152,8 @@ def analysis(shapes, tokens: int) -> str:
         f"{tokens} tokens. GEMMs: x W^T, g W, g^T x = 6 x tokens x out x in FLOPs, identical for dense and masked. "
         "Element-wise: bytes moved per step by the mask passes (float32), ours and a GEMM-fused lower bound.",
         "",
-        "| shape (out x in) | GEMM GFLOP | mask FLOP / GEMM FLOP | mft MB | mft-ste MB | mft-hard MB | fused bound MB |",
+        "| shape (out x in) | GEMM GFLOP | mask FLOP / GEMM FLOP | mft MB | mft-ste MB | mft-hard MB "
+        "| fused bound MB |",
         "|---|---|---|---|---|---|---|",
     ]
     for out_features, in_features in shapes:

@@ -111,8 +111,10 @@ def profile_variant(variant_name: str, args) -> dict:
         "tokens_per_row": [batch["input_ids"].shape[1] for batch in batches[args.warmup :]],
         "step_seconds_profiled": sum(phase_seconds.values()),
         "phase_seconds": phase_seconds,
-        "operators": [{"name": e.key, "self_seconds": e.self_cpu_time_total * in_seconds, "calls": e.count / args.steps}
-                      for e in operators[:OPERATORS_KEPT]],
+        "operators": [
+            {"name": e.key, "self_seconds": e.self_cpu_time_total * in_seconds, "calls": e.count / args.steps}
+            for e in operators[:OPERATORS_KEPT]
+        ],
         "load_average_after": load_average(),
     }
 

@@ -80,7 +80,8 @@ def markdown(report: dict, lora_bytes: dict[str, int]) -> str:
     lines = [f"Adapter `{report['adapter']}` on `{report['model']}`; {n} test questions. float32 scores: "
              f"{report['scores_bytes'] / 2**20:.1f} MiB, accuracy {100 * base:.1f}% (± {se:.1f} binomial s.e.)."
              + "".join(f" {name}: {size / 2**20:.1f} MiB." for name, size in lora_bytes.items()), "",
-             "| threshold | MiB | x float32 | masks kept | max logit drift | test acc | minus float32 | answers changed |",
+             "| threshold | MiB | x float32 | masks kept | max logit drift | test acc | minus float32 "
+             "| answers changed |",
              "|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         lines.append(f"| {r['threshold']:g} | {r['bytes'] / 2**20:.2f} | {r['bytes'] / report['scores_bytes']:.3f} | "

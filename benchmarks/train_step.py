@@ -80,7 +80,8 @@ def load_variant_model(source: str | None, variant: Variant, device: torch.devic
     from harness.models import load_llava
 
     source = source or str(embedded_llava_checkpoint())
-    loaded = load_llava(source, quantize_4bit=variant.quantized_base)  # 4-bit: placed on the current CUDA device or CPU
+    # 4-bit: placed on the current CUDA device or CPU
+    loaded = load_llava(source, quantize_4bit=variant.quantized_base)
     if not variant.quantized_base:
         loaded.model.to(device)
     return loaded, source
@@ -125,7 +126,8 @@ def fixed_batch(processor, records, batch_size: int, seq_len: int, device: torch
 
 
 def _optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    return sum(value.nbytes for state in optimizer.state.values() for value in state.values() if torch.is_tensor(value))
+    states = [value for state in optimizer.state.values() for value in state.values()]
+    return sum(value.nbytes for value in states if torch.is_tensor(value))
 
 
 def compact_logit_drift(model, folder: Path, batch: dict) -> float:
@@ -165,8 +167,9 @@ def _adapter_figures(prepared, variant: Variant, workdir: Path, batch: dict) -> 
         mask_type = "hard" if variant.method == "mft-hard" else "soft"
         for fmt in COMPACT_FORMATS[mask_type]:
             export = export_compact_adapter(folder, workdir / fmt, fmt)
+            drift = compact_logit_drift(prepared.model, workdir / fmt, batch)
             figures["compact"][fmt] = {"bytes": export.bytes_on_disk, "max_abs_mask_error": export.max_abs_mask_error,
-                                       "max_abs_logit_drift": compact_logit_drift(prepared.model, workdir / fmt, batch)}
+                                       "max_abs_logit_drift": drift}
     figures["merge_seconds"] = None
     if prepared.is_peft:
         try:
@@ -434,7 +437,8 @@ def markdown(report: dict) -> str:
         ]
         for r in results:
             if "accuracy" not in r:
-                lines.append(f"| {r['variant']} | {(r.get('error') or r.get('skipped')).splitlines()[-1]} |" + " |" * 9)
+                reason = (r.get('error') or r.get('skipped')).splitlines()[-1]
+                lines.append(f"| {r['variant']} | {reason} |" + " |" * 9)
                 continue
             loss = r["loss_history"][-1]["loss"] if r.get("loss_history") else r.get("train_loss")
             lines.append(
@@ -450,8 +454,8 @@ def markdown(report: dict) -> str:
         f"{setup['warmup']} warm-up. Tensor memory: peak of live tensor bytes during one more step "
         "(`harness.tensor_memory`; what a GPU's max_memory_allocated counts). Peak "
         + ("CUDA max allocated" if machine["device"] == "cuda" else "RSS: the process's resident-set high-water mark")
-        + " over the timed steps. `x full`: the figure divided by full fine-tuning's. Merge: `merge_and_unload()` (full "
-        "has nothing to merge).",
+        + " over the timed steps. `x full`: the figure divided by full fine-tuning's. Merge: `merge_and_unload()` "
+        "(full has nothing to merge).",
         "",
         "| variant | step s | IQR s | x full | tensor memory MiB | x full | peak "
         + ("allocated" if machine["device"] == "cuda" else "RSS") + " MiB | x full | trainable params | x full | "
@@ -484,7 +488,8 @@ def markdown(report: dict) -> str:
     lines += _phase_table(results, "phase_seconds_median")
     compact = [(r["variant"], fmt, c) for r in results for fmt, c in r.get("compact", {}).items()]
     if compact:
-        lines += ["", "Compact MFT adapters (`peft_mft.tools.export`; inference only, training resumes from the fp32 scores):",
+        lines += ["", "Compact MFT adapters (`peft_mft.tools.export`; inference only, training resumes from the fp32 "
+                      "scores):",
                   "", "| variant | format | MiB | x fp32 scores | x lora-r8 adapter | max abs mask error | "
                   "max abs logit drift |", "|---|---|---|---|---|---|---|"]
         lora = next((r["adapter_bytes"] for r in results if r["variant"] == "lora-r8" and "adapter_bytes" in r), None)
@@ -503,7 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated variants METHOD[+OPTION...] (see benchmarks/variants.py)")
     parser.add_argument("--data", default=None, help="LLaVA JSON for the batch / training (default: easy-vqa train)")
     parser.add_argument("--image-folder", default=None)
-    parser.add_argument("--eval-data", default=None, help="held-out LLaVA JSON for --accuracy-steps (default: easy-vqa test)")
+    parser.add_argument("--eval-data", default=None,
+                        help="held-out LLaVA JSON for --accuracy-steps (default: easy-vqa test)")
     parser.add_argument("--eval-image-folder", default=None)
     parser.add_argument("--eval-samples", type=int, default=500, help="held-out records evaluated with "
                                                                       "--accuracy-steps")

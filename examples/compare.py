@@ -103,7 +103,8 @@ def describe_args(method: str, args: MethodArgs, validated: dict) -> str:
     if method in ("mft", "mft-ste"):
         text += f", init {args.init_score:g}, T {args.temperature:g}"
     if method == "mft-hard":
-        text += f", {100 * args.sparsity:g}% zeroed" + ("" if "mft-hard" in validated else " (defaults, not validated)")
+        text += f", {100 * args.sparsity:g}% zeroed"
+        text += "" if "mft-hard" in validated else " (defaults, not validated)"
     return text
 
 

@@ -515,7 +515,8 @@ class Plan:
     long_analyses: dict[int, dict] = field(default_factory=dict)  # seed -> masks of each long S-MFT Both run
     long_levels: list[float] = field(default_factory=list)
     long_threshold: float | None = None
-    hard_pick: dict | None = None  # H-MFT's {"lr", "sparsity"} for the long runs, picked on validation (`hard_lr_pick`)
+    # H-MFT's {"lr", "sparsity"} for the long runs, picked on validation (`hard_lr_pick`)
+    hard_pick: dict | None = None
     hard_short_pick: dict | None = None  # the same for short runs such as make demo's
 
     @property

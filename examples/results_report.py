@@ -407,7 +407,8 @@ def grid_section(runs: dict[str, dict], pick: dict) -> list[str]:
              f"Best validation point of the curve / at the end ({VAL_QUESTIONS} questions, s.e. ~"
              f"{100 * binomial_se(0.9, VAL_QUESTIONS):.1f} at 90%). A check, at 5x the length, of the setting the "
              f"{STEPS}-step sweeps picked.", "",
-             "| init, T (M0) | " + " | ".join(f"lr {lr:g}" for lr in GRID_LRS) + " |", "|---|" + "---|" * len(GRID_LRS)]
+             "| init, T (M0) | " + " | ".join(f"lr {lr:g}" for lr in GRID_LRS) + " |",
+             "|---|" + "---|" * len(GRID_LRS)]
     grid = {(s["init_score"], s["temperature"], s["lr"]): runs.get(run_key(s)) for s in grid_specs()}
     top = {cell: max(point["val_accuracy"] for point in run["result"]["curve"]) for cell, run in grid.items() if run}
     for (i, t) in MFT_INIT_T:
@@ -739,8 +740,9 @@ def write_report(all_runs: list[dict]) -> str:
             lines.append(f"- `{slug(r['spec'])}`: exit {r['returncode']}: "
                          f"`{r['log_tail'].strip().splitlines()[-1][:200] if r['log_tail'].strip() else ''}`")
     if retired(all_runs):
-        lines += ["", "## Re-runs", "", "Runs retired and run again: finished ones, or ones the runner had given up on "
-                  "after failures (their records stay in runs.jsonl):", ""]
+        lines += ["", "## Re-runs", "",
+                  "Runs retired and run again: finished ones, or ones the runner had given up on after failures "
+                  "(their records stay in runs.jsonl):", ""]
         old = {(r["key"], r["finished_at"]): r["result"] for r in all_runs if r.get("kind") == "run" and "result" in r}
         for r in retired(all_runs):
             result = old.get((r["key"], r["retired_finished_at"]), {})

@@ -225,7 +225,8 @@ class VLMProcessor:
         self.eos_token_id = tokenizer.eos_token_id
         self._content_style = self._detect_content_style()
         probe = tokenizer("a", add_special_tokens=True).input_ids
-        self._bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None and probe[:1] == [tokenizer.bos_token_id] else None
+        bos = tokenizer.bos_token_id
+        self._bos_id = bos if bos is not None and probe[:1] == [bos] else None
 
     # -- chat template -----------------------------------------------------------------------------------------
 

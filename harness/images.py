@@ -127,7 +127,9 @@ class ImagePreprocessor:
         Path(directory, PREPROCESSOR_FILE).write_text(json.dumps(self.to_hf_dict(), indent=2))
 
     @classmethod
-    def for_checkpoint(cls, name_or_path: str, vision_config, pad_to_square: bool | None = None) -> "ImagePreprocessor":
+    def for_checkpoint(
+        cls, name_or_path: str, vision_config, pad_to_square: bool | None = None
+    ) -> "ImagePreprocessor":
         """Read ``preprocessor_config.json`` of a local folder or Hub repo; fall back to defaults derived from
         ``vision_config`` (its ``model_type`` and ``image_size``)."""
         cfg = _read_optional_json(name_or_path, PREPROCESSOR_FILE)

@@ -114,14 +114,16 @@ class ValidationCurve(TrainerCallback):
         if step % self.every and step != state.max_steps:
             return
         was_training = model.training
-        accuracy = evaluate_vqa(model, self.processor, self.records, desc=f"val @{step}", **self.eval_kwargs)["accuracy"]
+        evaluation = evaluate_vqa(model, self.processor, self.records, desc=f"val @{step}", **self.eval_kwargs)
+        accuracy = evaluation["accuracy"]
         model.train(was_training)
         point = {"step": step, "val_accuracy": accuracy, "train_seconds": round(sum(self.timer.durations), 2)}
         self.points.append(point)
         logger.info("step %d: validation accuracy %.4f", step, accuracy)
         if self.best is None or accuracy > self.best["val_accuracy"]:
             self.best = point
-            self.best_state = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+            trained = ((n, p) for n, p in model.named_parameters() if p.requires_grad)
+            self.best_state = {n: p.detach().to("cpu", copy=True) for n, p in trained}
 
     def restore_best(self, model) -> None:
         """Load the best checkpoint's trainable parameters back into `model` (mutates it)."""
@@ -280,8 +282,10 @@ def train_and_evaluate(
         _write_json(out / "predictions-best.json", at_best["predictions"])
     if eval_records and check_merged and prepared.is_peft:
         merged = merge_adapter(model)
-        merged_eval = evaluate_vqa(merged, processor, eval_records, desc=f"eval {prepared.method} merged", **eval_kwargs)
-        same = [a["prediction"] == b["prediction"] for a, b in zip(evaluation["predictions"], merged_eval["predictions"])]
+        desc = f"eval {prepared.method} merged"
+        merged_eval = evaluate_vqa(merged, processor, eval_records, desc=desc, **eval_kwargs)
+        pairs = zip(evaluation["predictions"], merged_eval["predictions"])
+        same = [a["prediction"] == b["prediction"] for a, b in pairs]
         result.update(merged_accuracy=merged_eval["accuracy"], merged_identical_predictions=all(same),
                       merged_differing_predictions=len(same) - sum(same))
     _write_json(out / "metrics.json", result)

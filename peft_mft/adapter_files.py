@@ -43,7 +43,9 @@ from .weight_files import (
 # ---- saving -----------------------------------------------------------------------------------------------------
 
 
-def save_adapter(model: PeftModel, directory: PathLike, is_main_process: bool = True, **save_pretrained_kwargs) -> Path:
+def save_adapter(
+    model: PeftModel, directory: PathLike, is_main_process: bool = True, **save_pretrained_kwargs
+) -> Path:
     """`model.save_pretrained(directory, **save_pretrained_kwargs)`, atomically.
 
     A crash at any point of the save leaves the previous content of `directory` intact (see `atomic_directory`); scores
@@ -214,7 +216,9 @@ def load_adapter(
             check_same_mask_config(existing, saved, folder, adapter_name)
         model.load_adapter(str(folder), adapter_name, is_trainable=is_trainable, **kwargs)
         return model
-    return PeftModel.from_pretrained(model, str(folder), adapter_name=adapter_name, is_trainable=is_trainable, **kwargs)
+    return PeftModel.from_pretrained(
+        model, str(folder), adapter_name=adapter_name, is_trainable=is_trainable, **kwargs
+    )
 
 
 def check_same_mask_config(existing, saved: MFTConfig, folder: PathLike, adapter_name: str) -> None:
@@ -300,7 +304,8 @@ def check_scores_fit_model(
             f"The MFT adapter{source} has scores for {describe_modules(leftover)}, which this model does not mask or "
             f"does not have: it was made for another base model.{made_for}"
         )
-    missing = [module_name(key) for key in expected if key not in loaded and key.removeprefix(peft_prefix) not in loaded]
+    missing = [module_name(key) for key in expected
+               if key not in loaded and key.removeprefix(peft_prefix) not in loaded]
     if missing:
         raise AdapterFileError(
             f"The MFT adapter{source} has no scores for {describe_modules(missing)}, which its config masks on this "

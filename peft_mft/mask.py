@@ -43,10 +43,10 @@ class HardThreshold(NamedTuple):
     """Where a hard mask cuts one score matrix (made by `hard_mask_threshold`).
 
     `value`: 0-dim, the k-th smallest `|S|` (k = `floor(sparsity * numel)`). `num_tied_zeroed`: 0-dim int64, how many
-    entries with `|S| == value` are zeroed (lowest flat index first). `all_tied_zeroed`: True when it is known that every
-    entry equal to `value` is zeroed (the usual case for trained scores), so `M = (|S| > value)` needs no tie-breaking
-    pass; False when some tied entries are kept, or when it was not checked (CUDA and `torch.compile` skip the check
-    to avoid a host synchronisation).
+    entries with `|S| == value` are zeroed (lowest flat index first). `all_tied_zeroed`: True when it is known that
+    every entry equal to `value` is zeroed (the usual case for trained scores), so `M = (|S| > value)` needs no
+    tie-breaking pass; False when some tied entries are kept, or when it was not checked (CUDA and `torch.compile`
+    skip the check to avoid a host synchronisation).
     """
 
     value: torch.Tensor

@@ -2,11 +2,11 @@
 
 An adapter folder, as `PeftModel.save_pretrained` writes it:
 
-| file | holds |
-|---|---|
-| `adapter_config.json` | the `MFTConfig` as JSON |
-| `adapter_model.safetensors` (or `adapter_model.bin`, `safe_serialization=False`) | one float32 score tensor (out_features, in_features) per masked layer, key `base_model.model.<module>.mft_scores`, plus `modules_to_save` weights |
-| `README.md` | the model card (`peft_mft.tools.model_card`) |
+- `adapter_config.json`: the `MFTConfig` as JSON;
+- `adapter_model.safetensors` (or `adapter_model.bin`, `safe_serialization=False`): one float32 score tensor
+  (out_features, in_features) per masked layer, key `base_model.model.<module>.mft_scores`, plus the
+  `modules_to_save` weights;
+- `README.md`: PEFT's model card (`peft-mft card` adds the MFT section, `peft_mft.tools.model_card`).
 
 A `.bin` is read through `torch.load(weights_only=True)` as PEFT reads it (no code in the file runs). These checks
 need no config class, so `MFTConfig.from_pretrained` runs them before PEFT touches a weight; `peft_mft.adapter_files`

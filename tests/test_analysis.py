@@ -146,7 +146,7 @@ def test_vlm_projection_types_and_layers():
     assert list(analysis.by_projection()) == ["q", "k", "v", "o", "gate", "up", "down", "projector"]
     assert (None, "projector") in analysis.by_layer() and list(analysis.by_layer())[-1] == (None, "projector")
     projector = [m for m in analysis.modules if m.projection == "projector"]
-    assert [m.name for m in projector] == ["model.multi_modal_projector.linear_1", "model.multi_modal_projector.linear_2"]
+    assert [m.name for m in projector] == [f"model.multi_modal_projector.linear_{i}" for i in (1, 2)]
     assert projection_type("model.layers.3.self_attn.dense") == "o"  # phi
     assert projection_type("model.layers.3.mlp.fc1") == "up" and projection_type("model.layers.3.mlp.fc2") == "down"
     assert projection_type("model.mm_projector.2") == "projector"

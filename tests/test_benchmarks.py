@@ -86,7 +86,8 @@ def test_bf16_base_keeps_scores_and_activations_float32(tiny):
     layers = [m for m in prepared.model.modules() if isinstance(m, MFTLayer)]
     assert layers and all(m.get_base_layer().weight.dtype == torch.bfloat16 for m in layers)
     assert all(s.dtype == torch.float32 for m in layers for s in m.mft_scores.values())
-    assert hold_masked_weights_in(prepared.model, torch.bfloat16) == sum(m.get_base_layer().weight.numel() for m in layers)
+    masked_weights = sum(m.get_base_layer().weight.numel() for m in layers)
+    assert hold_masked_weights_in(prepared.model, torch.bfloat16) == masked_weights
     batch = train_step.fixed_batch(loaded.processor(), records, 2, 48, torch.device("cpu"), torch.float32)
     out = prepared.model(**batch)
     assert out.logits.dtype == torch.float32 and torch.isfinite(out.loss)
@@ -102,7 +103,8 @@ def test_train_step_reports_every_figure_and_its_ratio_to_full(tiny):
     for name in ("train_step.json", "train_step.md"):  # a committed earlier report, which the run replaces
         (out / name).write_bytes((COMMITTED / "cpu-lean" / name).read_bytes())
     report = train_step.main([
-        "--model", str(tiny["model"]), "--data", str(tiny["train"]), "--methods", "full,mft-hard,lora-r8,mft+sgd,mft+adafactor",
+        "--model", str(tiny["model"]), "--data", str(tiny["train"]),
+        "--methods", "full,mft-hard,lora-r8,mft+sgd,mft+adafactor",
         "--batch-size", "2", "--seq-len", "48", "--steps", "2", "--warmup", "1", "--in-process", "--out", str(out),
     ])
     results = {r["variant"]: r for r in report["results"]}
@@ -118,7 +120,8 @@ def test_train_step_reports_every_figure_and_its_ratio_to_full(tiny):
         assert set(phases) == set(train_step.TIMED_PHASES) and min(phases.values()) > 0
         assert sum(phases.values()) <= result["step_seconds_median"]
         assert result["peak_memory_bytes"] > 0 and len(result["load_average_before"]) == 3
-        assert result["ratio_to_full"]["trainable_parameters"] == result["trainable_parameters"] / full["trainable_parameters"]
+        ratio = result["trainable_parameters"] / full["trainable_parameters"]
+        assert result["ratio_to_full"]["trainable_parameters"] == ratio
     # scores: one per masked weight; AdamW keeps two float32 moments per score (plus a step counter per tensor)
     masked = hard["trainable_parameters"]
     assert 8 * masked <= hard["optimizer_state_bytes"] <= 8 * masked + 4 * 1000
@@ -127,9 +130,11 @@ def test_train_step_reports_every_figure_and_its_ratio_to_full(tiny):
     assert 0 < results["mft+adafactor"]["optimizer_state_bytes"] < masked / 2
     assert hard["adapter_bytes"] >= 4 * masked and hard["merge_seconds"] >= 0
     assert hard["compact"]["hard-bits"]["max_abs_mask_error"] == 0.0
-    assert hard["compact"]["hard-bits"]["max_abs_logit_drift"] == hard["compact"]["hard-indices"]["max_abs_logit_drift"] == 0.0
+    assert hard["compact"]["hard-bits"]["max_abs_logit_drift"] == 0.0
+    assert hard["compact"]["hard-indices"]["max_abs_logit_drift"] == 0.0
     assert all(0 <= c["max_abs_logit_drift"] < 1e-3 for c in sgd["compact"].values())
-    assert hard["compact"]["hard-indices"]["bytes"] < hard["compact"]["hard-bits"]["bytes"] < hard["adapter_bytes"] / 16
+    compact = hard["compact"]
+    assert compact["hard-indices"]["bytes"] < compact["hard-bits"]["bytes"] < hard["adapter_bytes"] / 16
     assert lora["trainable_parameters"] < masked and lora["merge_seconds"] >= 0
     assert full["merge_seconds"] is None
     # live tensor bytes at the peak: scores (trainable) and their AdamW moments as counted above; full fine-tuning's
@@ -137,7 +142,8 @@ def test_train_step_reports_every_figure_and_its_ratio_to_full(tiny):
     assert hard["tensor_memory"]["trainable"] == 4 * masked
     assert hard["tensor_memory"]["optimizer_state"] == hard["optimizer_state_bytes"]
     assert full["tensor_memory"]["trainable"] == 4 * full["trainable_parameters"]
-    assert lora["tensor_memory"]["peak"] < full["tensor_memory"]["peak"] and "tensor memory at its peak" in table.lower()
+    assert lora["tensor_memory"]["peak"] < full["tensor_memory"]["peak"]
+    assert "tensor memory at its peak" in table.lower()
     assert f"| mft+sgd | {sgd['phase_seconds_median']['forward']:.3f} | " in table
 
 
@@ -152,7 +158,8 @@ def test_accuracy_mode_trains_with_trainer_including_step_in_backward(tiny):
     assert set(results) == {"full", "mft+step-in-backward"} and "| mft+step-in-backward | " in (
         out / "memory_accuracy.md").read_text()
     fused = results["mft+step-in-backward"]
-    assert fused["optimizer"] == "OptimizerInBackward" and fused["optimizer_state_bytes"] > 0  # it stepped in the backward
+    # it stepped in the backward
+    assert fused["optimizer"] == "OptimizerInBackward" and fused["optimizer_state_bytes"] > 0
     assert fused["eval_questions"] == 4 and fused["peak_memory_bytes"] > 0
     correct = fused["accuracy"] * 4  # a share of the 4 questions asked: a whole number of them
     assert correct == round(correct)

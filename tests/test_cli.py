@@ -120,7 +120,8 @@ def test_merge_writes_a_plain_model_equal_to_the_masked_one(capsys, tmp_path):
         torch.testing.assert_close(merged(inputs).logits, model(inputs).logits, atol=1e-5, rtol=0)
     # the tokenizer comes through its own save_pretrained and loads from the merged folder
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "merged")
-    assert tokenizer("red circle").input_ids == AutoTokenizer.from_pretrained(tmp_path / "base")("red circle").input_ids
+    base_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "base")
+    assert tokenizer("red circle").input_ids == base_tokenizer("red circle").input_ids
     assert not (tmp_path / "merged" / "README.md").exists()
 
 
@@ -169,8 +170,8 @@ def test_percentages_are_parsed_as_written(capsys, tmp_path):
 
 
 def test_bad_arguments_exit_2(capsys, adapter, tmp_path):
-    for argv in (["harden", adapter, "--sparsity", "lots", tmp_path / "out"], ["harden", adapter, tmp_path / "out"], [],
-                 ["harden", adapter, "--sparsity", "nan", tmp_path / "out"]):
+    for argv in (["harden", adapter, "--sparsity", "lots", tmp_path / "out"], ["harden", adapter, tmp_path / "out"],
+                 [], ["harden", adapter, "--sparsity", "nan", tmp_path / "out"]):
         with pytest.raises(SystemExit) as exit_info:
             main([str(arg) for arg in argv])
         assert exit_info.value.code == 2

@@ -192,7 +192,9 @@ def test_save_load_round_trip_is_exact_for_every_adapter(shape, configs, atomic)
     temperature=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-3, 3)),
     sparsity=st.one_of(st.none(), st.floats(-1.0, 2.0), st.sampled_from([0.0, 1.0, 0.999999])),
 )
-def test_config_values_are_accepted_only_when_valid_and_refused_naming_file_and_field(mask_type, temperature, sparsity):
+def test_config_values_are_accepted_only_when_valid_and_refused_naming_file_and_field(
+    mask_type, temperature, sparsity
+):
     """The same values written into adapter_config.json: a valid config loads back equal; an invalid one raises a
     ValueError naming the file and the field, both from the constructor and from loading."""
     values = dict(mask_type=mask_type, temperature=temperature, sparsity=sparsity, init_score=1.0)

@@ -173,7 +173,9 @@ def test_low_precision_weight_with_float32_scores(dtype):
     grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
     out.backward(grad_out.to(dtype))
     assert scores.grad.dtype == torch.float32 and x_low.grad.dtype == dtype
-    exact, (grad_x, grad_scores, _) = _float64_reference(x_low, weight.to(dtype), scores, bias_low, SPECS["soft"], grad_out)
+    exact, (grad_x, grad_scores, _) = _float64_reference(
+        x_low, weight.to(dtype), scores, bias_low, SPECS["soft"], grad_out
+    )
     _assert_within_roundoff(out, exact, dtype, terms=weight.shape[1])
     _assert_within_roundoff(x_low.grad, grad_x, dtype, terms=weight.shape[0])
     _assert_within_roundoff(scores.grad, grad_scores, dtype, terms=x.shape[0] * x.shape[1])
@@ -211,7 +213,9 @@ LARGE_SCORES = {  # more than 2**16 entries, so the CPU selection goes through i
     "row-structured": lambda gen: torch.randn(300, 257, generator=gen) * torch.arange(1, 258).float(),
     "sorted": lambda gen: torch.linspace(-1, 1, 300 * 257).view(300, 257),
     # the smallest entries sit exactly where a strided sample looks: its bound is too low and the full selection runs
-    "sample-adversarial": lambda gen: (torch.rand(300 * 257, generator=gen) + 1).index_fill(0, torch.arange(0, 300 * 257, 61), 1e-3).view(300, 257),
+    "sample-adversarial": lambda gen: (
+        (torch.rand(300 * 257, generator=gen) + 1).index_fill(0, torch.arange(0, 300 * 257, 61), 1e-3).view(300, 257)
+    ),
 }
 
 
@@ -240,7 +244,9 @@ def test_fused_function_matches_reference_on_a_large_matrix_in_float32(name):
     out = masked_linear(x, weight, scores, None, spec)
     ref = F.linear(x, masked_weight_reference(weight, scores, spec))
     grad_out = torch.randn_like(out)
-    for grad, ref_grad in zip(torch.autograd.grad(out, (x, scores), grad_out), torch.autograd.grad(ref, (x, scores), grad_out)):
+    for grad, ref_grad in zip(
+        torch.autograd.grad(out, (x, scores), grad_out), torch.autograd.grad(ref, (x, scores), grad_out)
+    ):
         torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
 
@@ -252,4 +258,6 @@ def test_gradients_without_input_gradient_match_reference():
     for spec in SPECS.values():
         out = masked_linear(x, weight, scores, bias, spec)
         ref = F.linear(x, masked_weight_reference(weight, scores, spec), bias)
-        torch.testing.assert_close(torch.autograd.grad(out.sum(), scores)[0], torch.autograd.grad(ref.sum(), scores)[0])
+        torch.testing.assert_close(
+            torch.autograd.grad(out.sum(), scores)[0], torch.autograd.grad(ref.sum(), scores)[0]
+        )

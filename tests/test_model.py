@@ -131,7 +131,8 @@ def test_layers_to_transform_with_targets_keeps_the_projector():
 
 def test_layers_to_transform_with_module_list():
     config = MFTConfig(target_modules=["q_proj"], layers_to_transform=[0], layers_pattern="layers")
-    assert list(mft_layers(get_peft_model(make_llama(), config))) == ["base_model.model.model.layers.0.self_attn.q_proj"]
+    layers = list(mft_layers(get_peft_model(make_llama(), config)))
+    assert layers == ["base_model.model.model.layers.0.self_attn.q_proj"]
 
 
 def test_exclude_modules():
@@ -247,7 +248,8 @@ def test_load_adapter_into_existing_peft_model(tmp_path):
 @pytest.mark.parametrize("mask_type", ["soft", "hard"])
 def test_merge_and_unload_returns_plain_model_matching_masked_forward(mask_type):
     inputs = text_inputs()
-    model = get_peft_model(make_llama(), MFTConfig(mask_type=mask_type, sparsity=0.2 if mask_type == "hard" else None, init_weights=False))
+    sparsity = 0.2 if mask_type == "hard" else None
+    model = get_peft_model(make_llama(), MFTConfig(mask_type=mask_type, sparsity=sparsity, init_weights=False))
     expected = logits(model, inputs)
     merged = model.merge_and_unload()
     assert type(merged) is LlamaForCausalLM
@@ -259,7 +261,8 @@ def test_merge_and_unload_returns_plain_model_matching_masked_forward(mask_type)
 @pytest.mark.parametrize("mask_type", ["soft", "hard"])
 def test_merge_then_unmerge_restores_the_exact_original_weights(mask_type):
     inputs = text_inputs()
-    model = get_peft_model(make_llama(), MFTConfig(mask_type=mask_type, sparsity=0.3 if mask_type == "hard" else None, init_weights=False))
+    sparsity = 0.3 if mask_type == "hard" else None
+    model = get_peft_model(make_llama(), MFTConfig(mask_type=mask_type, sparsity=sparsity, init_weights=False))
     original = {k: v.clone() for k, v in model.base_model.model.state_dict().items() if "mft" not in k}
     masked = logits(model, inputs)
     model.merge_adapter()
@@ -321,7 +324,8 @@ def test_add_set_and_delete_adapters(tmp_path):
     inputs = text_inputs()
     model = get_peft_model(make_llama(), MFTConfig(init_weights=False))
     first = logits(model, inputs)
-    model.add_adapter("second", MFTConfig(mask_type="hard", sparsity=0.2, init_weights=False, target_modules=["q_proj"]))
+    hard_config = MFTConfig(mask_type="hard", sparsity=0.2, init_weights=False, target_modules=["q_proj"])
+    model.add_adapter("second", hard_config)
     assert torch.equal(logits(model, inputs), first)  # adding does not activate
     layer = mft_layers(model)["base_model.model.model.layers.0.self_attn.q_proj"]
     assert not layer.mft_scores["second"].requires_grad
@@ -357,7 +361,9 @@ def test_two_active_adapters_multiply_their_masks():
 # ---- training ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("config", [MFTConfig(), MFTConfig(straight_through=True), MFTConfig(mask_type="hard", sparsity=0.05)])
+@pytest.mark.parametrize(
+    "config", [MFTConfig(), MFTConfig(straight_through=True), MFTConfig(mask_type="hard", sparsity=0.05)]
+)
 def test_training_changes_the_output_and_only_scores_change(config):
     inputs = text_inputs(batch=4)
     model = get_peft_model(make_llama(), config)
@@ -377,7 +383,8 @@ def test_vision_tower_is_bit_identical_after_training():
     train_steps(model, llava_inputs(), steps=2, lr=0.5)
     vision_after = model.base_model.model.model.vision_tower.state_dict()
     assert all(torch.equal(vision_before[k], vision_after[k]) for k in vision_before)
-    assert not torch.equal(projector_before, model.base_model.model.model.multi_modal_projector.linear_1.mft_scores["default"])
+    projector = model.base_model.model.model.multi_modal_projector.linear_1
+    assert not torch.equal(projector_before, projector.mft_scores["default"])
 
 
 def test_llava_merge_and_unload_matches(tmp_path):

@@ -23,7 +23,9 @@ class TwoLayer(nn.Module):
 
 def quantized_copy(linear: nn.Linear, kind: str) -> nn.Module:
     if kind == "4bit":
-        layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, compute_dtype=torch.float32, quant_type="nf4")
+        layer = bnb.nn.Linear4bit(
+            linear.in_features, linear.out_features, compute_dtype=torch.float32, quant_type="nf4"
+        )
         layer.weight = bnb.nn.Params4bit(linear.weight.data.clone(), requires_grad=False, quant_type="nf4")
     else:
         layer = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, has_fp16_weights=False)
@@ -44,9 +46,11 @@ def test_masked_forward_uses_the_dequantized_weight(kind):
     x = torch.randn(5, 32)
     out = model(x)
     layer = model.base_model.model.first
-    hidden = torch.relu(F.linear(x, layer.get_base_weight().float() * layer.get_mask("default"), layer.get_base_layer().bias))
+    masked = layer.get_base_weight().float() * layer.get_mask("default")
+    hidden = torch.relu(F.linear(x, masked, layer.get_base_layer().bias))
     second = model.base_model.model.second
-    expected = F.linear(hidden, second.get_base_weight().float() * second.get_mask("default"), second.get_base_layer().bias)
+    masked = second.get_base_weight().float() * second.get_mask("default")
+    expected = F.linear(hidden, masked, second.get_base_layer().bias)
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
 
 

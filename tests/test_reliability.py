@@ -155,7 +155,8 @@ def test_plain_save_pretrained_interrupted_while_writing_the_config_mixes_two_ad
         trained_like(2).save_pretrained(folder)
     monkeypatch.undo()
     assert (folder / "adapter_model.safetensors").read_bytes() != old_weights  # new weights, broken config
-    with pytest.raises(AdapterFileError, match=re.escape(str(folder / "adapter_config.json")) + " is not a valid JSON object"):
+    invalid = re.escape(str(folder / "adapter_config.json")) + " is not a valid JSON object"
+    with pytest.raises(AdapterFileError, match=invalid):
         load_adapter(make_llama(), folder)
 
 
@@ -221,7 +222,8 @@ def checkpointing_trainer(trainer_cls, tmp_path, fail_at_step=None):
         output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=2, save_strategy="steps", save_steps=1,
         save_total_limit=1, report_to=[], use_cpu=True, disable_tqdm=True,
     )  # fmt: skip
-    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, optimizers=(create_mft_optimizer(model), None))
+    optimizers = (create_mft_optimizer(model), None)
+    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, optimizers=optimizers)
     if fail_at_step is not None:
         original = trainer._save_rng_state
 

@@ -207,6 +207,8 @@ def run_card(args) -> int:
     read_adapter_config(args.adapter)  # a missing or non-MFT folder is bad input, named
     path = write_model_card(args.adapter)
     if path is None:
-        raise MFTInputError(f"{args.adapter} holds no adapter weights to describe (adapter_model.safetensors or .bin).")
+        raise MFTInputError(
+            f"{args.adapter} holds no adapter weights to describe (adapter_model.safetensors or .bin)."
+        )
     print(f"wrote {path}")
     return 0

@@ -3,13 +3,14 @@
 A trained adapter stores float32 scores: 4 bytes per masked weight. For inference only the mask matters, and it
 packs much smaller:
 
-| format | mask type | stored per masked weight | loaded mask |
-|---|---|---|---|
-| `soft-fp16` | soft | `M - M_init` as float16 (2 bytes) | within the stated `max_abs_mask_error` (about 2^-11 of the deviation) |
-| `soft-int8` | soft | `M` quantized to uint8 with a float32 minimum and step per row (1 byte) | within half a step of each row |
-| `hard-bits` | hard | keep / zero, bit-packed (1 bit) | exact |
-| `hard-indices` | hard | the zeroed entries' columns (uint16 where `in_features` <= 65536) + a count per row | exact |
-| `soft-sparse` | soft | masks with `|M - M_init| > threshold`: column + float16 `M - M_init` (4 bytes) | kept: as `soft-fp16`; rest: `M_init` |
+- `soft-fp16` (soft masks): `M - M_init` as float16, 2 bytes per masked weight; the loaded mask is within the stated
+  `max_abs_mask_error` (about 2^-11 of the deviation).
+- `soft-int8` (soft): `M` quantized to uint8 with a float32 minimum and step per row, 1 byte; within half a step of
+  each row.
+- `hard-bits` (hard): keep / zero, bit-packed, 1 bit; exact.
+- `hard-indices` (hard): the zeroed entries' columns (uint16 where `in_features` <= 65536) + a count per row; exact.
+- `soft-sparse` (soft): the masks with `|M - M_init| > threshold` as column + float16 `M - M_init`, 4 bytes each;
+  those kept load as in `soft-fp16`, the rest as `M_init`.
 
 `M_init` is the mask of a fresh adapter (1 with the default normalised soft mask), so float16 spends its precision on
 how far training moved the mask. `hard-indices` is smaller than `hard-bits` when fewer than about 1 in 16 weights is
@@ -283,7 +284,8 @@ def export_compact_adapter(
         prefix = key[: -len(SCORES_SUFFIX)]
         mask = spec.mask(tensor.float())
         encoded = encode_mask(mask, spec, mask_init, fmt, prefix, threshold or 0.0)
-        loaded_mask = spec.mask(scores_for_mask(decode_mask(encoded, mask_init, fmt, prefix, tuple(tensor.shape)), spec))
+        decoded = decode_mask(encoded, mask_init, fmt, prefix, tuple(tensor.shape))
+        loaded_mask = spec.mask(scores_for_mask(decoded, spec))
         max_error = max(max_error, float((loaded_mask - mask).abs().max()))
         if fmt == "soft-sparse":
             kept += int(encoded[prefix + ".kept_columns"].numel())
@@ -371,9 +373,10 @@ def read_compact_masks(folder: PathLike) -> tuple[MFTConfig, dict, dict[str, tor
         check_layer_tensors(tensors, fmt, prefix, shape, str(weights))
         mask = decode_mask(tensors, mask_init, fmt, prefix, tuple(shape))
         if spec.mask_type == "hard" and int((mask == 0).sum()) != num_zeroed(mask.numel(), spec.sparsity):
-            raise MFTInputError(f"{folder / COMPACT_WEIGHTS_NAME}: layer {prefix!r} has {int((mask == 0).sum())} zeroed "
-                             f"entries, but sparsity {spec.sparsity} of {mask.numel()} zeroes "
-                             f"{num_zeroed(mask.numel(), spec.sparsity)}.")
+            raise MFTInputError(
+                f"{folder / COMPACT_WEIGHTS_NAME}: layer {prefix!r} has {int((mask == 0).sum())} zeroed entries, but "
+                f"sparsity {spec.sparsity} of {mask.numel()} zeroes {num_zeroed(mask.numel(), spec.sparsity)}."
+            )
         masks[prefix] = mask
     others = {k: v for k, v in tensors.items() if not any(k.startswith(p + ".") for p in layers)}
     check_declared_keys(weights, config, list(others))

@@ -414,7 +414,8 @@ def test_compare_exits_non_zero_when_a_method_fails_and_keeps_the_others(workdir
     monkeypatch.setattr(compare, "embedded_llava_checkpoint", lambda **kwargs: workdir["llava"])
     monkeypatch.setattr(compare, "prepare_easy_vqa", lambda: {"train": workdir["train"], "test": workdir["test"],
                                                               "image_folder": workdir["root"] / "data"})
-    validated = {"mft": {"lr": 0.07, "init_score": 4.0, "temperature": 0.9}, "lora": {"lr": 5e-4}, "full": {"lr": 1e-5}}
+    validated = {"mft": {"lr": 0.07, "init_score": 4.0, "temperature": 0.9}, "lora": {"lr": 5e-4},
+                 "full": {"lr": 1e-5}}
     monkeypatch.setattr(compare, "validated_hyperparameters", lambda: validated)
     real_prepare = compare.prepare_model
     used = {}

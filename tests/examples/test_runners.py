@@ -23,7 +23,8 @@ def _ok(spec, accuracy):
 def test_table_lists_every_method_and_flags_merge_differences():
     rows = [
         {"method": "mft", "trainable_parameters": 107_237_376, "saved_bytes": 429_000_000, "median_step_seconds": 5.2,
-         "peak_memory_bytes": 4 * 2**30, "accuracy": 0.5, "merged_accuracy": 0.5, "merged_identical_predictions": True},
+         "peak_memory_bytes": 4 * 2**30, "accuracy": 0.5, "merged_accuracy": 0.5,
+         "merged_identical_predictions": True},
         {"method": "qlora", "trainable_parameters": 4_932_608, "saved_bytes": 19_800_000, "median_step_seconds": 3.0,
          "peak_memory_bytes": 3 * 2**30, "accuracy": 0.45, "merged_accuracy": 0.44,
          "merged_identical_predictions": False, "merged_differing_predictions": 3},
@@ -112,8 +113,8 @@ def test_a_retired_run_is_planned_again_and_its_retry_counts(tmp_path, monkeypat
 def test_a_long_run_checkpoints_resumes_and_once_recorded_removes_only_its_checkpoints(tmp_path, monkeypatch):
     monkeypatch.setattr(rp, "RUNS_FILE", tmp_path / "runs.jsonl")
     monkeypatch.setattr(runner, "OUTPUTS", tmp_path / "outputs")
-    monkeypatch.setattr("harness.easyvqa.prepare_easy_vqa",
-                        lambda: {"val": tmp_path / "val.json", "test": tmp_path / "test.json", "image_folder": tmp_path})
+    files = {"val": tmp_path / "val.json", "test": tmp_path / "test.json", "image_folder": tmp_path}
+    monkeypatch.setattr("harness.easyvqa.prepare_easy_vqa", lambda: files)
     long_run = rp.spec("L", "test", "lora", 1e-3, steps=640, curve_every=rp.CURVE_EVERY)
     trainer = tmp_path / "outputs" / rp.slug(long_run) / "trainer"
     (trainer / "checkpoint-560").mkdir(parents=True)
@@ -500,7 +501,8 @@ def test_mask_seeds_table_orders_each_seeds_projections_at_the_levels_threshold(
 def test_long_masks_of_more_seeds_are_reported_but_the_lowest_seed_sets_the_h_mft_levels(tmp_path, monkeypatch):
     runs, pick, steps = _with_pilot(tmp_path, monkeypatch)
     # stored out of seed order: the order must not matter
-    runs += [_masks_of(rp.long_spec(pick, "mft", "both", seed, steps), share) for seed, share in ((3, 8e-3), (1, 2e-3))]
+    runs += [_masks_of(rp.long_spec(pick, "mft", "both", seed, steps), share)
+             for seed, share in ((3, 8e-3), (1, 2e-3))]
     planned = rp.plan(runs, compute_analysis=False)
     assert list(planned.long_analyses) == [1, 3]
     assert planned.long_levels == [1e-3, 2e-3, 4e-3]  # from seed 1's share, not seed 3's

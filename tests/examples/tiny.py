@@ -77,7 +77,8 @@ def save_tiny_llava(folder: Path, seed: int = 0) -> Path:
                          image_token_index=tokenizer.convert_tokens_to_ids("<image>"), image_seq_length=4)
     LlavaForConditionalGeneration(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    ImagePreprocessor(height=IMAGE_SIZE, width=IMAGE_SIZE, image_mean=CLIP_MEAN, image_std=CLIP_STD).save_pretrained(folder)
+    preprocessor = ImagePreprocessor(height=IMAGE_SIZE, width=IMAGE_SIZE, image_mean=CLIP_MEAN, image_std=CLIP_STD)
+    preprocessor.save_pretrained(folder)
     return folder
 
 
@@ -92,7 +93,9 @@ class TinyLlavaReference(torch.nn.Module):
         self.vision_tower = torch.nn.Module()
         self.vision_tower._vision_tower = CLIPVisionModel(_vision_config())
         self.connector = torch.nn.Module()
-        self.connector._connector = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.GELU(), torch.nn.Linear(64, 64))
+        self.connector._connector = torch.nn.Sequential(
+            torch.nn.Linear(16, 64), torch.nn.GELU(), torch.nn.Linear(64, 64)
+        )
 
     def forward(self, text_before: torch.Tensor, pixel_values: torch.Tensor, text_after: torch.Tensor):
         hidden = self.vision_tower._vision_tower(pixel_values, output_hidden_states=True).hidden_states[-2][:, 1:]
