@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """`peft-mft`: the command line for saved MFT adapters (analyze, compare, harden, merge, export, card).
 
 This module holds the parser and imports nothing heavy, so `--help`, `--version` and bad arguments answer at once;

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Accuracy and peak memory over seeds: one table from several `train_step --accuracy-steps` reports.
 
     python -m benchmarks.accuracy_seeds benchmarks/results/cpu-accuracy*/memory_accuracy.json

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Whether emulated bf16 autocast (`harness.precision.EmulatedBF16`) trains like the real one.
 
 One training step's forward and backward of the embedded VLM (a batch of easy-vqa training questions, MFT on

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """How much bf16 autocast costs against fp32 on this machine, for the matrix products of one training step's layer.
 
 One SmolLM2-135M MLP projection (1024 tokens x 576 in -> 1536 out), forward and backward with gradients for the input

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """One masked linear layer against the dense layer it replaces: forward + backward time, on realistic shapes.
 
 The dense baseline is `F.linear` with a weight that requires a gradient (what full fine-tuning runs); the masked

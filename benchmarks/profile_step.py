@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Where a training step's time goes, by phase and by operator: `torch.profiler` over a few steps of one variant.
 
     for v in mft mft+bf16-base+adamw8bit+gc; do

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Size against test accuracy of the soft-sparse format, over a sweep of thresholds, for one trained S-MFT adapter.
 
     python -m benchmarks.sparse_sizes ADAPTER                       # embedded VLM, easy-vqa test, default thresholds

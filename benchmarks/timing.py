@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Timing and memory measurement shared by the benchmarks: interleaved repeats, medians, peak memory, machine load."""
 
 from __future__ import annotations

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Training-step cost of MFT against LoRA, QLoRA and full fine-tuning, on the same model, batch and sequence length.
 
     python -m benchmarks.train_step                                  # embedded SmolLM2-135M VLM, CPU, every variant

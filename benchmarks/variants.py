@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Benchmark variants: an example `--method` plus memory-saving options, set up with the examples' own code.
 
 A variant is written `METHOD[+OPTION...]`:

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """The main job: MFT against LoRA, QLoRA and full fine-tuning on the embedded default VLM, one table.
 
     python -m examples.compare            # every method, same steps / batch / data order / seed

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """How far H-MFT runs on the embedded VLM moved their scores from the start (`|W| / mean |W|` per matrix).
 
     python -m examples.hard_score_drift outputs/results/<run>/adapter [...]

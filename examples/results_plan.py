@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """The plan behind examples/RESULTS.md: which runs exist, their keys, and the records file they are appended to.
 
 Every run is `python -m examples.llava.train ... --bf16` in its own process on the embedded default VLM (its exact

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """examples/RESULTS.md and its figures (examples/results/*.png), written from examples/results/runs.jsonl.
 
 Statistics (`harness.statistics`): every accuracy comes with the binomial standard error of its question count; two

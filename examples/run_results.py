@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Run the experiments behind examples/RESULTS.md (resumable) and write it.
 
     nice -n 10 python -m examples.run_results          # run what is missing, rewriting RESULTS.md after each run

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Supervised fine-tuning with TRL's SFTTrainer and an MFT adapter (the README's TRL recipe as a script).
 
     python -m examples.trl_sft --data train.jsonl                      # the embedded SmolLM2-135M-Instruct

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """The experiment harness that examples/ and benchmarks/ share: the embedded default VLM, LLaVA data, the methods
 (MFT, LoRA, QLoRA, full fine-tuning) and the one builder of their configs, the Trainer set-up, evaluation and the
 peak-memory measurement. Both import it (``from harness import ...``), so every script runs the same code.

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """The training loss with the LM head computed at answer positions only.
 
 A causal LM's loss reads its logits only where the next token is an answer token (labels != -100 after the shift),

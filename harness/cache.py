@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Where the examples keep what they build once (dequantized LLM, aligned projector, converted data)."""
 
 from __future__ import annotations

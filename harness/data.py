@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """LLaVA instruction data: reading and checking the JSON, turning a record into tokens, batching.
 
 A data file is a JSON list (or JSON Lines) of records in the LLaVA format::

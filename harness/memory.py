@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Peak memory of a training run, measured the same way by the examples and the benchmarks."""
 
 from __future__ import annotations

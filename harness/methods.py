@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """``--method`` -> a model ready to train and its optimizer.
 
 | method    | trained                                            | optimizer                       |

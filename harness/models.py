@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Loading a `LlavaForConditionalGeneration` checkpoint (local folder or Hub id) with what is needed to feed it."""
 
 from __future__ import annotations

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """bf16 autocast at full speed on any machine: native kernels where the hardware has them, emulated ones elsewhere.
 
 On a CPU without native bf16 (no AVX-512: oneDNN has no bf16 kernel there, e.g. torch's capability "AVX2") torch

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Report files the examples and benchmarks write at paths the user names (`--json`, `--out`): checked before the long
 part by the rule of `peft_mft.tools.output_file` (new, or an earlier report of the same script), and refused as an
 argparse error (exit 2, one line naming the path)."""

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Resuming an interrupted training run of `harness.training` as if it had never stopped.
 
 A `Trainer` checkpoint restores the trainable weights, the optimizer, the schedule, the RNG streams and the data

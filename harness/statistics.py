@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """The statistics behind every comparison in examples/RESULTS.md and benchmarks/README.md.
 
 Accuracy on n independent questions has the binomial standard error sqrt(p (1 - p) / n). Two methods trained with

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Peak live-tensor bytes of a training step, by what the tensors hold: what a GPU user means by memory.
 
 `torch.cuda.max_memory_allocated` counts the bytes of live tensors; a CPU process's resident set adds allocator

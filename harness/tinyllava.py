@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """TinyLLaVA checkpoints (TinyLLaVA Factory format) as `LlavaForConditionalGeneration`.
 
 TinyLLaVA is vision tower -> MLP connector -> small LLM, i.e. LLaVA's architecture under other names:

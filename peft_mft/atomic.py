@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Writing a folder atomically: a crash at any moment leaves either its previous content or the new one.
 
 Generic file-system code (no PEFT, no torch): a staging folder beside the target, flushed to disk, swapped in with one

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Undo bitsandbytes' CPU-only 4-bit weight layout before a weight is read outside bitsandbytes' own forward.
 
 On a CPU with AVX512-BF16, `bitsandbytes.nn.Linear4bit.forward` repacks its weight, the first time it runs in eval mode

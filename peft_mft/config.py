@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """`MFTConfig`: the configuration of a Mask Fine-Tuning adapter, and the paper's per-backbone presets."""
 
 from __future__ import annotations

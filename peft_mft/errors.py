@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """The errors peft_mft raises for bad input, so that callers (the CLI's exit code 2) can tell them from bugs.
 
 Every message names the problem: the file, module, shape or value, and what to do.

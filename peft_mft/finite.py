@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """NaN/inf in a model's MFT scores: found in one pass (each process: its shard), refused naming the modules."""
 
 from __future__ import annotations

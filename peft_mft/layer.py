@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """`MFTLayer` and the masked `Linear` that replaces each targeted `nn.Linear` (plain or bitsandbytes-quantized)."""
 
 from __future__ import annotations

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Mask maths of Mask Fine-Tuning: soft and hard masks and the masked linear as an autograd Function.
 
 Pure tensor code with no PEFT import, so it can be tested and benchmarked alone.

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """The merged model's weights, one tensor at a time, without changing the model: what RL weight sync needs.
 
 TRL's online trainers (GRPO and others with vLLM) copy the policy's weights into the inference engine after every

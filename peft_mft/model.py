@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """`MFTModel`: the PEFT tuner that replaces targeted linear layers with masked ones."""
 
 from __future__ import annotations

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Adding the `MFT` member to PEFT's closed `PeftType` enum.
 
 `peft.utils.register_peft_method` only accepts names that already exist in `PeftType`, and much of PEFT calls

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """A warning when training runs but the masks do not move: a learning rate too small for the scores.
 
 A soft mask moves by `dM/dS * score_scale * step` per optimizer step of size `step` on the trained tensor P; with

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Which modules MFT masks: the paper's attn / mlp / both variants, per-architecture defaults, the vision-tower guard.
 
 Everything here is a module-name rule; none of it looks at weights.

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """The files of an MFT adapter folder and the checks made on them before anything is loaded.
 
 An adapter folder, as `PeftModel.save_pretrained` writes it:

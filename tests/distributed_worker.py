@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Trains a tiny MFT Llama on CPU processes for `tests/test_distributed.py`.
 
 Run in one process (imported by the test) or in several, started by

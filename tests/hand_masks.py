@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Tiny Llama MFT adapters whose masks are set by hand, so that mask statistics can be checked against numbers
 computed here with `math` (not with the library's tensor code).
 

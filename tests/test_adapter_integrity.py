@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """An adapter folder is loaded, merged or exported only when it is whole and consistent: tensors it does not declare,
 a config that does not belong to its weights, NaN/inf scores and malformed compact arrays are refused by name."""
 

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Mask statistics, suggested sparsity, adapter comparison and hardening, checked against hand-computed masks."""
 
 import json

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """The benchmark scripts on a tiny random LLaVA, in seconds: variants, the fixed batch, the figures they report."""
 
 import json

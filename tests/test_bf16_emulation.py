@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Emulated bf16 kernels (`harness.precision.EmulatedBF16`): torch's kernels below them see fp32 operands only, and
 the results match torch's own bf16 kernels to the last bit but for the order of fp32 sums."""
 

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """The `peft-mft` command line: analyze, compare, harden, merge, export; --help; exit 2 with one line on bad input."""
 
 import json

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """`torch.compile` compatibility: the masked linear traces into one graph, and a compiled MFT model trains like
 eager."""
 

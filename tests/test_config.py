@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """MFTConfig: validation, presets, round-trips, registration with PEFT."""
 
 import json

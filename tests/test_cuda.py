@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """What only a CUDA device can check: 16-bit autocast, the hard-mask selection on the GPU, bitsandbytes 4-bit CUDA
 kernels, inductor's GPU code, and `TensorMemory` against the allocator's own count. Skipped without CUDA; run them
 with `benchmarks/device_check.sh` on a GPU machine."""

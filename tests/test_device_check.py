@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """benchmarks/device_check.sh on a machine without CUDA: its arguments, its dry run and its refusal to pretend."""
 
 import os

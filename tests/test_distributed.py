@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Distributed training on 2 CPU processes (gloo), started by the test with torchrun: DDP through
 `transformers.Trainer` / accelerate, FSDP2 (`fully_shard`) and DeepSpeed ZeRO-3 (Trainer, docs/deepspeed_zero3.json,
 when deepspeed is installed) give the scores of 1 process with the same global batch; adapter saves and DDP's atomic

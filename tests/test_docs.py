@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """The documentation builds offline with warnings as errors, and its API page covers every public name, each
 documenting its arguments."""
 

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Compact adapter export: sizes, exact hard masks, bounded soft-mask drift, loading back, errors."""
 
 import json

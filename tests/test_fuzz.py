@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Property-based tests (hypothesis) over MFT configs and tiny model shapes: targets, soft/hard masks, sparsity,
 base dtype, several adapters, and the order of merge / unmerge / adapter switches. Invariants: a merged model
 computes what the masked forward computes; unmerging restores the exact base weights; save/load round-trips exactly.

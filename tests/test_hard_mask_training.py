@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """H-MFT scores start at |W| / mean |W| / score_scale per matrix and train at a score step of DEFAULT_HARD_SCORE_STEP:
 the ranking by |S| survives a step and a few steps lower the training loss."""
 

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """A hard mask's threshold is selected once per change of its scores (an optimizer step, a load), not per forward."""
 
 import pytest

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """The package's own structure: no module of peft_mft imports another in a cycle (deferred imports included)."""
 
 import ast
@@ -154,3 +156,14 @@ def test_import_peft_mft_costs_little_beyond_import_peft():
     extra = sum(t for name, t in times.items() if name not in peft_modules)
     peft = sum(t for name, t in times.items() if name in peft_modules)
     assert extra < 0.1 * peft, (extra, peft)
+
+
+LICENCE_HEADER = "# Copyright 2026 the peft-mft authors.\n# SPDX-License-Identifier: Apache-2.0\n"
+
+
+def test_every_python_file_carries_the_licence_header():
+    root = PACKAGE.parent
+    files = [root / "peft_mft_cli.py"] + [path for folder in ("peft_mft", "harness", "examples", "benchmarks", "tests")
+                                          for path in (root / folder).rglob("*.py")]
+    missing = [str(path.relative_to(root)) for path in files if not path.read_text().startswith(LICENCE_HEADER)]
+    assert len(files) > 100 and not missing, missing

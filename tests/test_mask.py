@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """The mask maths and the masked-linear autograd Function, alone (no PEFT)."""
 
 import math

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """`merged_weights`: the merged model's weights for RL weight sync (TRL + vLLM), also on quantized bases, with the
 model left untouched."""
 

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """MFT through PEFT's public API on tiny random Llama / Qwen2 / LLaVA models: the behaviours PEFT checks for LoRA."""
 
 

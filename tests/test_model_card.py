@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """The README model card `write_model_card` adds to a saved adapter: method, masked modules, (init, T) or sparsity,
 mask statistics."""
 

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """OptimizerInBackward: the same updates as the optimizer it wraps, gradients freed in the backward, LR schedules."""
 
 import pytest

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Commands that write a file at a path the user names never lose the user's files (peft_mft.tools.output_file)."""
 
 import json

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Commands that write a folder (harden, merge, export) never lose the user's files (peft_mft.tools.output_folder)."""
 
 import json

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """The package users install: a wheel and an sdist that install into a fresh environment and run the README usage
 block from outside the source tree."""
 

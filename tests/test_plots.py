@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Mask plots: each is drawn from the analysis' numbers, labelled, and written as a non-empty PNG."""
 
 import pytest

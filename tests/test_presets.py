@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Soft-mask presets chosen from the base model when the user gives no (init_score, temperature)."""
 
 import json

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """bitsandbytes 4-bit / 8-bit bases (CPU) and forward-only quantized layers."""
 
 import pytest

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """The README's usage example runs as written: the training flow, then loading the adapter in a new process."""
 
 import re

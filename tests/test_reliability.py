@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Never lose work: atomic saves that survive an interrupted save, and loading errors that name the file and the
 problem (truncated or corrupted file, another base model, invalid config, non-MFT or pickle-only folder), through
 both `peft_mft.load_adapter` and PEFT's own `PeftModel.from_pretrained`. NaN/inf scores are refused at save, load

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """The experiment plan behind examples/RESULTS.md: derived lengths and layer ranges."""
 
 import pytest

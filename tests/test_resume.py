@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Exact resume: a `Trainer` run interrupted after a checkpoint and resumed from it ends bit-identical (CPU) to an
 uninterrupted run: scores, optimizer state, learning-rate schedule and RNG streams (dropout, data order)."""
 

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Scores are float32 through a model's dtype casts; `autocast_adapter_dtype=False` keeps them in the base dtype."""
 
 import pytest

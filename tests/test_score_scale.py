@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Scores trained as P with S = score_offset + score_scale * P: the learning rates of LoRA and full fine-tuning train
 masks through a stock `Trainer` / `SFTTrainer`; adapters saved before the scaling load unchanged; weight decay pulls
 masks towards their initial value; a rate too small for the masks warns."""

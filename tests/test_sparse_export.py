@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """The soft-sparse format: only the masks that moved, a threshold from a logit-drift budget, loading back."""
 
 import json

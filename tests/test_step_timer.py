@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """harness.training.StepTimer: a Trainer step's duration and its phases, from the Trainer's callback events."""
 
 import time

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Every `targets` variant masks exactly the intended projections on every architecture MFT knows by name."""
 
 import re

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """TensorMemory: the peak of live tensor bytes in a training step, by category, against the analytic budget."""
 
 import pytest

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """transformers' own adapter API (`model.add_adapter(MFTConfig())` and friends) with MFT.
 
 transformers gates these calls on a minimum PEFT version (`MIN_PEFT_VERSION`): 0.20.0 up to transformers 5.23 (so

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """TRL's SFTTrainer with MFT, on a full-precision and on a bitsandbytes 4-bit base (tiny model, CPU).
 
 TRL 1.16 casts every trainable parameter of a quantized model to bf16 after wrapping it (the QLoRA recipe for LoRA

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Every VLM family MFT knows masks its language model's projections and its projector, never its vision encoder;
 a train step changes only scores; save / load / merge round trips are exact. Tiny random models from configs."""
 

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Tiny random VLMs of every family transformers ships that MFT knows by name, built from configs in code."""
 
 from __future__ import annotations

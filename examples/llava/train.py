@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Fine-tune a LLaVA checkpoint (`LlavaForConditionalGeneration`) with MFT, LoRA, QLoRA or full fine-tuning.
 
     python -m examples.llava.train --method mft                      # embedded default VLM + easy-vqa

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Fine-tune a TinyLLaVA checkpoint (vision tower -> MLP connector -> small LLM) with MFT, LoRA, QLoRA or full FT.
 
     python -m examples.tinyllava.train --method mft          # the embedded default VLM, in TinyLLaVA format

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Mask analysis: which connections an MFT adapter switched off, from a model or from a saved adapter folder.
 
 Masks come from the adapter's own maths (`MaskSpec.mask`): from a model, each layer's `mft_mask_spec`; from a folder,

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """What each `peft-mft` command does (`run_<command>(args)`); the parser and entry point are `peft_mft_cli`, which
 imports this module only once the arguments are parsed.
 

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Compact export of trained MFT adapters for inference, and loading them back.
 
 A trained adapter stores float32 scores: 4 bytes per masked weight. For inference only the mask matters, and it

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Turning a soft-mask (S-MFT) adapter folder into a hard-mask (H-MFT) adapter folder at a chosen sparsity."""
 
 from __future__ import annotations

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Merging an MFT adapter into its base model and writing a plain transformers model folder (`peft-mft merge`)."""
 
 from __future__ import annotations

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """The README model card of a saved MFT adapter: method, masked modules, (init_score, T) or sparsity, mask statistics.
 
 `write_model_card` adds the section to a folder `PeftModel.save_pretrained` wrote (PEFT's own card stays around it);

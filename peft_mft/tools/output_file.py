@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Output files a command writes at a path the user names (`peft-mft analyze --plot OUT.png`, the scripts' `--json`
 and report files): nothing of the user's is ever lost.
 

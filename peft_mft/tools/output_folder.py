@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Output folders of the commands that write one (`harden`, `merge`, `export`): nothing of the user's is ever lost.
 
 The rule, for the CLI and the Python functions behind it alike:

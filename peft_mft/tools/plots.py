@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Plots of an adapter's mask statistics (matplotlib, the `plots` extra): the paper's Fig. 6 view (near-zero share per
 projection type), the mask histogram and a layer x projection heat map.
 

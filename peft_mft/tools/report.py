@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Text that describes an adapter, shared by `peft-mft analyze` and the model card: one wording, one set of counts."""
 
 from __future__ import annotations

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """The `soft-sparse` threshold for a logit-drift budget, by bisection on a calibration batch.
 
 A soft mask that moved less than the threshold from its initial value is stored as exactly initial

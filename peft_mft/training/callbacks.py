@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """`transformers.Trainer` callbacks for MFT training."""
 
 from __future__ import annotations

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """An optimizer that gives MFT scores their own parameter group."""
 
 from __future__ import annotations

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """An optimizer whose steps run inside the backward, so that gradients of the whole model never exist together.
 
 PyTorch's "optimizer step in backward" recipe (`Tensor.register_post_accumulate_grad_hook`) wrapped as a

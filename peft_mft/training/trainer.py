@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """`transformers.Trainer` checkpoints that appear complete or not at all.
 
 `Trainer` writes `checkpoint-N/` file by file (adapter, optimizer, scheduler, RNG states, trainer state). A crash in

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """harness.answer_loss: the LM head at answer positions only gives the model's own loss and gradients."""
 
 from __future__ import annotations

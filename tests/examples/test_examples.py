@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """The example scripts end to end on tiny random LLaVA / TinyLLaVA checkpoints, and their data handling."""
 
 from __future__ import annotations

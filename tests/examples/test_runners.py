@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """compare.py's table and run_results.py's plan, on made-up run records (nothing is trained here)."""
 
 from __future__ import annotations

@@ -1,3 +1,5 @@
+# Copyright 2026 the peft-mft authors.
+# SPDX-License-Identifier: Apache-2.0
 """Tiny random VLM checkpoints (LLaVA and TinyLLaVA layouts), a word-level tokenizer and a few generated
 images, all built in code: no download, no pip-delivered pretrained part."""
 
