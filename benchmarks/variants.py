@@ -24,7 +24,7 @@ A variant is written `METHOD[+OPTION...]`:
     it they project every position onto the vocabulary, as `model(**batch, labels=...)` does.
 
 Model loading, data and `prepare_model` come from `harness`, so a variant here trains exactly what
-`python -m examples.llava.train --method ...` trains.
+`python -m examples.llava.train_methods --method ...` trains.
 """
 
 from __future__ import annotations

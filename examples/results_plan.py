@@ -2,9 +2,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """The plan behind examples/RESULTS.md: which runs exist, their keys, and the records file they are appended to.
 
-Every run is `python -m examples.llava.train ... --bf16` in its own process on the embedded default VLM (its exact
-command: `examples.run_results.command(spec)`), with the same batch size, data order and precision (bf16 autocast
-training, fp32 evaluation). A finished run is appended at once to examples/results/runs.jsonl and skipped on
+Every run is `python -m examples.llava.train_methods ... --bf16` in its own process on the embedded default VLM (its
+exact command: `examples.run_results.command(spec)`), with the same batch size, data order and precision (bf16
+autocast training, fp32 evaluation). A finished run is appended at once to examples/results/runs.jsonl and skipped on
 restart. The phases, each planned once the ones it depends on are done:
 
 A. sweeps on a validation split (held-back train images), seed 0, 32 steps: S-MFT learning rate at the paper's

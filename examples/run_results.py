@@ -67,7 +67,7 @@ def command(s: dict, metrics: Path) -> list[str]:
 
     data = prepare_easy_vqa()
     eval_file = data["val"] if s["split"] == "val" else data["test"]
-    cmd = [sys.executable, "-m", "examples.llava.train", "--method", s["method"], "--lr", str(s["lr"]),
+    cmd = [sys.executable, "-m", "examples.llava.train_methods", "--method", s["method"], "--lr", str(s["lr"]),
            "--seed", str(s["seed"]), "--targets", s["targets"], "--max-steps", str(s["steps"]),
            "--batch-size", str(s["batch_size"]), "--eval-data", str(eval_file),
            "--eval-image-folder", str(data["image_folder"]),

@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", choices=("attn", "mlp", "both"), default="both",
                    help="language-model projections to mask (plus a VLM's projector)")
     p.add_argument("--method", choices=("mft", "mft-hard"), default="mft",
-                   help="mft: soft masks; mft-hard: hard masks (as examples.llava.train names them)")
+                   help="mft: soft masks; mft-hard: hard masks (as examples.llava.train_methods names them)")
     p.add_argument("--lr", type=float, default=2e-5,
                    help="learning rate, as for LoRA (SFTConfig's default; MFTConfig.score_scale makes it move masks)")
     p.add_argument("--max-steps", type=int, default=100, help="optimizer steps")

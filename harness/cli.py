@@ -1,6 +1,6 @@
 # Copyright 2026 the peft-mft authors.
 # SPDX-License-Identifier: Apache-2.0
-"""The command line shared by examples/llava/train.py and examples/tinyllava/train.py."""
+"""The command line shared by examples/llava/train_methods.py and examples/tinyllava/train.py."""
 
 from __future__ import annotations
 

@@ -72,7 +72,7 @@ def _check_result(result, method, out):
 
 
 def test_metrics_json_never_replaces_a_users_file(workdir, tmp_path, capsys):
-    from examples.llava.train import main
+    from examples.llava.train_methods import main
 
     users = tmp_path / "m.json"
     users.write_text('{"my": "results"}')
@@ -96,7 +96,7 @@ def test_curve_data_without_curve_every_is_refused_before_loading(workdir, tmp_p
 
 @pytest.mark.parametrize("method", METHODS)
 def test_llava_script_runs_every_method(workdir, method, tmp_path):
-    from examples.llava.train import main
+    from examples.llava.train_methods import main
 
     result = main(_script_args(workdir, workdir["llava"], method, tmp_path))
     _check_result(result, method, tmp_path)
@@ -106,7 +106,7 @@ def test_llava_script_trains_mft_with_the_optimizer_trainer_builds(workdir, tmp_
     """--optimizer trainer: no create_mft_optimizer, Trainer's own AdamW at a LoRA learning rate (the drop-in path)."""
     from safetensors.torch import load_file
 
-    from examples.llava.train import main
+    from examples.llava.train_methods import main
 
     args = _script_args(workdir, workdir["llava"], "mft", tmp_path) + ["--optimizer", "trainer", "--lr", "5e-5"]
     result = main(args)
@@ -117,7 +117,7 @@ def test_llava_script_trains_mft_with_the_optimizer_trainer_builds(workdir, tmp_
 
 def test_llava_script_as_the_results_runner_calls_it(workdir, tmp_path):
     """bf16 autocast, a validation curve and tensor memory of the second step, as examples.run_results runs it."""
-    from examples.llava.train import main
+    from examples.llava.train_methods import main
 
     args = _script_args(workdir, workdir["llava"], "mft", tmp_path)
     result = main(args + ["--bf16", "--curve-data", str(workdir["test"]), "--curve-samples", "2", "--curve-every", "1",
@@ -147,7 +147,7 @@ def test_a_curve_run_interrupted_after_a_checkpoint_resumes_as_one_run(workdir, 
     best point, losses and answers as a run that never stopped, and says where it resumed."""
     from safetensors.torch import load_file
 
-    from examples.llava.train import main
+    from examples.llava.train_methods import main
     from harness.training import StepTimer
 
     whole = main(_curve_run_args(workdir, method, tmp_path / "whole"))
@@ -179,7 +179,7 @@ def test_a_curve_run_interrupted_after_a_checkpoint_resumes_as_one_run(workdir, 
 
 
 def test_resume_refuses_the_checkpoint_of_another_run(workdir, tmp_path, monkeypatch):
-    from examples.llava.train import main
+    from examples.llava.train_methods import main
 
     main(_curve_run_args(workdir, "mft", tmp_path))
     checkpoints = sorted(p.name for p in (tmp_path / "trainer").iterdir())
@@ -517,7 +517,7 @@ def _example_parsers():
     from examples.trl_sft import build_parser as trl_parser
     from harness.cli import build_parser
 
-    return {"examples.llava.train / tinyllava.train": build_parser("description", "model help"),
+    return {"examples.llava.train_methods / tinyllava.train": build_parser("description", "model help"),
             "examples.trl_sft": trl_parser()}
 
 
@@ -533,7 +533,7 @@ def test_every_example_option_has_help_and_its_default_once():
 def test_the_same_option_has_the_same_name_in_every_example():
     parsers = list(_example_parsers().values())
     methods = [next(a for a in p._actions if "--method" in a.option_strings).choices for p in parsers]
-    assert set(methods[1]) <= set(methods[0])  # mft / mft-hard as examples.llava.train names them
+    assert set(methods[1]) <= set(methods[0])  # mft / mft-hard as examples.llava.train_methods names them
 
 
 def test_stage_one_captions_leave_out_the_held_back_validation_images(tmp_path):

@@ -14,12 +14,14 @@ from PIL import Image, ImageDraw
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import (
+    CLIPImageProcessor,
     CLIPVisionConfig,
     CLIPVisionModel,
     LlamaConfig,
     LlamaForCausalLM,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaProcessor,
     PreTrainedTokenizerFast,
 )
 
@@ -81,6 +83,28 @@ def save_tiny_llava(folder: Path, seed: int = 0) -> Path:
     tokenizer.save_pretrained(folder)
     preprocessor = ImagePreprocessor(height=IMAGE_SIZE, width=IMAGE_SIZE, image_mean=CLIP_MEAN, image_std=CLIP_STD)
     preprocessor.save_pretrained(folder)
+    return folder
+
+
+# A chat template over typed content ({"type": "image"} / {"type": "text"}), as llava-hf processors have.
+TYPED_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<image>\n' }}{% else %}{{ part['text'] }}{% endif %}{% endfor %}"
+    "{{ '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def save_tiny_hf_llava(folder: Path, seed: int = 0) -> Path:
+    """The tiny LLaVA checkpoint with a standard `LlavaProcessor` (CLIP image processor, 4 image tokens), loadable
+    with `AutoProcessor` as a llava-hf checkpoint is: what the self-contained recipe needs."""
+    save_tiny_llava(folder, seed)
+    (folder / "preprocessor_config.json").unlink()
+    image_processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size=IMAGE_SIZE,
+                                         image_mean=CLIP_MEAN, image_std=CLIP_STD)
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=make_tokenizer(), patch_size=8,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               chat_template=TYPED_CHAT_TEMPLATE)
+    processor.save_pretrained(folder)
     return folder
 
 
