@@ -21,6 +21,8 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+from peft_mft.atomic import atomic_file
+
 from .cache import cache_dir
 
 
@@ -110,7 +112,6 @@ def prepare_easy_vqa(
         random.Random(0).shuffle(test)
         random.Random(1).shuffle(val)
         for name, data in (("train", train), ("val", val), ("test", test), ("captions", captions)):
-            tmp = paths[name].with_suffix(".tmp")
-            tmp.write_text(json.dumps(data, indent=0))
-            tmp.replace(paths[name])
+            with atomic_file(paths[name]) as tmp:
+                tmp.write_text(json.dumps(data, indent=0))
     return {**paths, "image_folder": folder}

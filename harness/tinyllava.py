@@ -24,12 +24,13 @@ import json
 import math
 import re
 import shutil
-import uuid
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from peft_mft.atomic import atomic_directory
 
 from .cache import cache_dir
 from .images import PREPROCESSOR_FILE, ImagePreprocessor
@@ -110,15 +111,12 @@ def _num_image_tokens(vision_config, strategy: str) -> int | None:
     return n - 1 if strategy == "default" else n
 
 
-def _staging_folder(dest: Path) -> Path:
-    """A new hidden folder beside `dest`, to be renamed to `dest` once complete (a crash leaves `dest` absent, never
-    half-written). `dest` must be absent or an empty folder: nothing of the user's is replaced or deleted."""
+def check_new_folder(dest: Path) -> None:
+    """`FileExistsError` unless `dest` is absent or an empty folder: a conversion (written atomically, so a crash
+    leaves `dest` as it was) replaces or deletes nothing of the user's."""
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise FileExistsError(f"{dest} exists and is not an empty folder; choose a new folder (nothing there is "
                               "replaced)")
-    staging = dest.with_name(f".{dest.name}.partial-{uuid.uuid4().hex[:8]}")
-    staging.mkdir(parents=True)
-    return staging
 
 
 def convert_tinyllava_checkpoint(source: str, destination: str | Path | None = None) -> Path:
@@ -180,28 +178,28 @@ def convert_tinyllava_checkpoint(source: str, destination: str | Path | None = N
         tie_word_embeddings=tie,
         image_seq_length=_num_image_tokens(vision_config, strategy) or 576,
     )
-    tmp = _staging_folder(dest)
-    weight_map = {}
-    for n, path in enumerate(files):
-        tensors = {_rename(k, source): v for k, v in _read_tensors(path).items()}
-        if tie:
-            tensors.pop("lm_head.weight", None)
-        for key in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
-            if key in tensors and tensors[key].shape[0] < new_vocab:
-                w = tensors[key]
-                extra = w.float().mean(0, keepdim=True).to(w.dtype).expand(new_vocab - w.shape[0], -1)
-                tensors[key] = torch.cat([w, extra])
-        name = "model.safetensors" if len(files) == 1 else f"model-{n + 1:05d}-of-{len(files):05d}.safetensors"
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / name), metadata={"format": "pt"})
-        weight_map.update({k: name for k in tensors})
-    if len(files) > 1:
-        (tmp / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    config.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    pad = cfg.get("image_aspect_ratio", "square") == "pad"
-    ImagePreprocessor.for_checkpoint(str(folder), vision_config, pad_to_square=pad).save_pretrained(tmp)
-    (tmp / "tinyllava_source.json").write_text(json.dumps({"source": source, "stamp": stamp}))
-    tmp.replace(dest)
+    check_new_folder(dest)
+    with atomic_directory(dest) as tmp:
+        weight_map = {}
+        for n, path in enumerate(files):
+            tensors = {_rename(k, source): v for k, v in _read_tensors(path).items()}
+            if tie:
+                tensors.pop("lm_head.weight", None)
+            for key in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
+                if key in tensors and tensors[key].shape[0] < new_vocab:
+                    w = tensors[key]
+                    extra = w.float().mean(0, keepdim=True).to(w.dtype).expand(new_vocab - w.shape[0], -1)
+                    tensors[key] = torch.cat([w, extra])
+            name = "model.safetensors" if len(files) == 1 else f"model-{n + 1:05d}-of-{len(files):05d}.safetensors"
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / name), metadata={"format": "pt"})
+            weight_map.update({k: name for k in tensors})
+        if len(files) > 1:
+            (tmp / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+        config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        pad = cfg.get("image_aspect_ratio", "square") == "pad"
+        ImagePreprocessor.for_checkpoint(str(folder), vision_config, pad_to_square=pad).save_pretrained(tmp)
+        (tmp / "tinyllava_source.json").write_text(json.dumps({"source": source, "stamp": stamp}))
     return dest
 
 
@@ -227,43 +225,43 @@ def export_tinyllava_checkpoint(llava_folder: str | Path, destination: str | Pat
 
     src, dest = Path(llava_folder), Path(destination)
     config = AutoConfig.from_pretrained(src)
-    tmp = _staging_folder(dest)
-    tensors = {}
-    # Through the model, not the files: transformers saves LLaVA under older names than it uses in memory.
-    state = LlavaForConditionalGeneration.from_pretrained(src).state_dict()
-    for key, value in state.items():
-        for tiny, llava in _RENAMES:
-            if key.startswith(llava):
-                tensors[tiny + key[len(llava):]] = value.contiguous()
-                break
-        else:
-            raise ValueError(f"{src}: tensor {key!r} has no TinyLLaVA counterpart")
-    if "language_model.lm_head.weight" not in tensors:  # tied: TinyLLaVA files carry the head explicitly
-        tensors["language_model.lm_head.weight"] = tensors["language_model.model.embed_tokens.weight"].clone()
-    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    inverse = {v: k for k, v in _STRATEGY.items()}
-    (tmp / "config.json").write_text(json.dumps({
-        "architectures": ["TinyLlavaForConditionalGeneration"],
-        "model_type": "tinyllava",
-        "llm_model_name_or_path": "",
-        "vision_model_name_or_path": "",
-        "connector_type": "mlp2x_gelu",
-        "text_config": config.text_config.to_dict(),
-        "vision_config": config.vision_config.to_dict(),
-        "hidden_size": config.text_config.hidden_size,
-        "vision_hidden_size": config.vision_config.hidden_size,
-        "vocab_size": config.text_config.vocab_size,
-        "vision_feature_layer": config.vision_feature_layer,
-        "vision_feature_select_strategy": inverse[config.vision_feature_select_strategy],
-        "image_aspect_ratio": "square",
-        "image_token_index": -200,
-        "ignore_index": -100,
-        "tokenizer_padding_side": "right",
-    }, indent=2))
-    AutoTokenizer.from_pretrained(src).save_pretrained(tmp)
-    if (src / PREPROCESSOR_FILE).is_file():
-        shutil.copy(src / PREPROCESSOR_FILE, tmp / PREPROCESSOR_FILE)
-    tmp.replace(dest)
+    check_new_folder(dest)
+    with atomic_directory(dest) as tmp:
+        tensors = {}
+        # Through the model, not the files: transformers saves LLaVA under older names than it uses in memory.
+        state = LlavaForConditionalGeneration.from_pretrained(src).state_dict()
+        for key, value in state.items():
+            for tiny, llava in _RENAMES:
+                if key.startswith(llava):
+                    tensors[tiny + key[len(llava):]] = value.contiguous()
+                    break
+            else:
+                raise ValueError(f"{src}: tensor {key!r} has no TinyLLaVA counterpart")
+        if "language_model.lm_head.weight" not in tensors:  # tied: TinyLLaVA files carry the head explicitly
+            tensors["language_model.lm_head.weight"] = tensors["language_model.model.embed_tokens.weight"].clone()
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        inverse = {v: k for k, v in _STRATEGY.items()}
+        (tmp / "config.json").write_text(json.dumps({
+            "architectures": ["TinyLlavaForConditionalGeneration"],
+            "model_type": "tinyllava",
+            "llm_model_name_or_path": "",
+            "vision_model_name_or_path": "",
+            "connector_type": "mlp2x_gelu",
+            "text_config": config.text_config.to_dict(),
+            "vision_config": config.vision_config.to_dict(),
+            "hidden_size": config.text_config.hidden_size,
+            "vision_hidden_size": config.vision_config.hidden_size,
+            "vocab_size": config.text_config.vocab_size,
+            "vision_feature_layer": config.vision_feature_layer,
+            "vision_feature_select_strategy": inverse[config.vision_feature_select_strategy],
+            "image_aspect_ratio": "square",
+            "image_token_index": -200,
+            "ignore_index": -100,
+            "tokenizer_padding_side": "right",
+        }, indent=2))
+        AutoTokenizer.from_pretrained(src).save_pretrained(tmp)
+        if (src / PREPROCESSOR_FILE).is_file():
+            shutil.copy(src / PREPROCESSOR_FILE, tmp / PREPROCESSOR_FILE)
     return dest
 
 

@@ -127,3 +127,25 @@ def atomic_directory(directory: PathLike, discard: Collection[str] = ()) -> Iter
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_file(path: PathLike) -> Iterator[Path]:
+    """Write one file atomically: yields a staging path beside `path` to write to; on normal exit the file is flushed
+    to disk and renamed over `path` (created if absent). On an exception `path` is untouched and the staging file
+    removed.
+
+    Args:
+        path: The file to write.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}{STAGING_MARKER}{uuid.uuid4().hex[:8]}")
+    try:
+        yield staging
+        _fsync(staging)
+        os.replace(staging, target)
+        _fsync(target.parent)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
