@@ -5,9 +5,9 @@
     python -m examples.compare            # every method, same steps / batch / data order / seed
     python -m examples.compare --quick    # smoke run: a few steps and questions per method
 
-Each method trains at the hyperparameters picked on validation for examples/RESULTS.md
-(`examples.results_plan.validated_hyperparameters`, read from the committed runs.jsonl): the same numbers the long
-runs use, and for as many steps as the short runs that picked them (`results_plan.STEPS`). H-MFT runs at the level
+Each method trains at the hyperparameters picked on validation for examples/RESULTS.md, read from the committed
+examples/results/hyperparameters.json (which the results runner writes from its records): the same numbers the long
+runs use, and for as many steps as the short runs that picked them (the file's `steps`). H-MFT runs at the level
 read off the long S-MFT masks and the lr its validation check at that length picked, or at the library defaults
 (lr 0.01, 1% zeroed) while that check is pending.
 
@@ -44,10 +44,17 @@ from harness.statistics import binomial_se
 from harness.training import TrainConfig, train_and_evaluate
 from peft_mft.tools.output_file import json_report_with
 
-from .results_plan import STEPS, validated_hyperparameters
+from .results_plan import HYPERPARAMETERS_FILE
 
 
-FULL = {"steps": STEPS, "batch_size": 8, "eval_samples": 200}  # the length the hyperparameters were validated at
+def validated_hyperparameters() -> dict:
+    """{"steps": the length they were validated at, "methods": {method: hyperparameters}} from
+    `HYPERPARAMETERS_FILE`."""
+    return json.loads(HYPERPARAMETERS_FILE.read_text())
+
+
+VALIDATED = validated_hyperparameters()
+FULL = {"steps": VALIDATED["steps"], "batch_size": 8, "eval_samples": 200}  # the length they were validated at
 QUICK = {"steps": 2, "batch_size": 2, "eval_samples": 8}
 QUICK_STAGE1_STEPS = 4  # used only when the full stage-1 projector is not cached yet
 
@@ -88,7 +95,8 @@ def format_table(rows: list[dict], baseline: dict | None) -> str:
 
 
 def tuned_method_args(method: str, validated: dict) -> MethodArgs:
-    """`MethodArgs` at the validated hyperparameters (`validated_hyperparameters()`); defaults where none exist."""
+    """`MethodArgs` at the validated hyperparameters (`validated_hyperparameters()["methods"]`); defaults where none
+    exist."""
     if method in ("mft", "mft-ste"):
         return MethodArgs(**validated["mft"])
     if method in ("lora", "qlora"):
@@ -206,7 +214,7 @@ def main(argv=None) -> list[dict]:
         del loaded
         release_memory()
 
-    validated = validated_hyperparameters()
+    validated = validated_hyperparameters()["methods"]
     method_args = {method: tuned_method_args(method, validated) for method in methods}
     print("hyperparameters (picked on validation, examples/RESULTS.md): "
           + "; ".join(f"{m} {describe_args(m, a, validated)}" for m, a in method_args.items()))

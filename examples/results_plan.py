@@ -38,6 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "examples" / "results"
 RUNS_FILE = RESULTS_DIR / "runs.jsonl"
 REPORT_FILE = ROOT / "examples" / "RESULTS.md"
+# What `make demo` (examples.compare) trains each method with: `validated_hyperparameters`, written by the runner.
+HYPERPARAMETERS_FILE = RESULTS_DIR / "hyperparameters.json"
 OUTPUTS = ROOT / "outputs" / "results"
 
 STEPS = 32
@@ -595,3 +597,19 @@ def validated_hyperparameters(all_runs: list[dict] | None = None) -> dict:
            "lora": {"lr": pick["lora"]["lr"]}, "full": {"lr": pick["full"]["lr"]}}
     hard = plan(all_runs, compute_analysis=False).hard_short_pick
     return {**out, "mft-hard": hard} if hard else out
+
+
+def write_hyperparameters(all_runs: list[dict]) -> dict:
+    """Write `validated_hyperparameters(all_runs)` to `HYPERPARAMETERS_FILE` (atomically) and return the record."""
+    from peft_mft.atomic import atomic_file
+
+    record = {
+        "about": "Per method, the hyperparameters picked on validation at the short runs' length for "
+                 "examples/RESULTS.md (MFT's lr is its score step). Written by `python -m examples.run_results` "
+                 "from examples/results/runs.jsonl; `python -m examples.compare` (make demo) trains with them.",
+        "steps": STEPS,
+        "methods": validated_hyperparameters(all_runs),
+    }
+    with atomic_file(HYPERPARAMETERS_FILE) as staging:
+        staging.write_text(json.dumps(record, indent=1) + "\n")
+    return record

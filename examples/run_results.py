@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from .results_plan import (
+    HYPERPARAMETERS_FILE,
     LOGGING_STEPS,
     OUTPUTS,
     REPORT_FILE,
@@ -47,6 +48,7 @@ from .results_plan import (
     rerun_record,
     run_key,
     slug,
+    write_hyperparameters,
 )
 from .results_report import write_report
 
@@ -192,7 +194,8 @@ def main(argv=None) -> None:
     if args.report_only:
         store_missing_answers(all_runs)
         write_report(all_runs)
-        print(f"wrote {REPORT_FILE}")
+        write_hyperparameters(all_runs)
+        print(f"wrote {REPORT_FILE} and {HYPERPARAMETERS_FILE}")
         return
     if args.dry_run:
         specs = plan(all_runs, compute_analysis=False).specs
@@ -212,8 +215,10 @@ def main(argv=None) -> None:
         execute(todo[0], all_runs, build)
         new += 1
         write_report(all_runs)
+        write_hyperparameters(all_runs)
     write_report(all_runs)
-    print(f"wrote {REPORT_FILE}")
+    write_hyperparameters(all_runs)
+    print(f"wrote {REPORT_FILE} and {HYPERPARAMETERS_FILE}")
 
 
 if __name__ == "__main__":

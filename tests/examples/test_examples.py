@@ -418,7 +418,7 @@ def test_compare_exits_non_zero_when_a_method_fails_and_keeps_the_others(workdir
                                                               "image_folder": workdir["root"] / "data"})
     validated = {"mft": {"lr": 0.07, "init_score": 4.0, "temperature": 0.9}, "lora": {"lr": 5e-4},
                  "full": {"lr": 1e-5}}
-    monkeypatch.setattr(compare, "validated_hyperparameters", lambda: validated)
+    monkeypatch.setattr(compare, "validated_hyperparameters", lambda: {"steps": 32, "methods": validated})
     real_prepare = compare.prepare_model
     used = {}
 
@@ -474,7 +474,7 @@ def test_compare_trains_in_fp32_without_native_bf16_unless_asked_then_on_emulate
     monkeypatch.setattr(compare, "prepare_easy_vqa", lambda: {"train": workdir["train"], "test": workdir["test"],
                                                               "image_folder": workdir["root"] / "data"})
     monkeypatch.setattr(compare, "validated_hyperparameters",
-                        lambda: {"mft": {"lr": 0.1, "init_score": 3.0, "temperature": 0.5}})
+                        lambda: {"steps": 32, "methods": {"mft": {"lr": 0.1, "init_score": 3.0, "temperature": 0.5}}})
     real_train = compare.train_and_evaluate
     configs = []
 

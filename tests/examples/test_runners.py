@@ -565,3 +565,14 @@ def test_drop_in_runs_are_planned_apart_from_the_recipe_runs_and_paired_with_the
     assert "## Drop-in learning rates" in text and "| LoRA's habitual rate (2e-4) | 0.0002 | pending |" in text
     assert "minus recipe (create_mft_optimizer)'s" in text
     assert "| Trainer's default rate (5e-5) | -1.0 | -1.0 |" in text
+
+
+def test_the_committed_hyperparameters_file_is_what_the_committed_records_give():
+    """make demo reads examples/results/hyperparameters.json; it must hold what the plan derives from runs.jsonl
+    (the runner rewrites it after every run)."""
+    import examples.compare as compare
+
+    committed = json.loads(rp.HYPERPARAMETERS_FILE.read_text())
+    assert committed["methods"] == rp.validated_hyperparameters(rp.load_runs())
+    assert committed["steps"] == rp.STEPS == compare.FULL["steps"]
+    assert compare.validated_hyperparameters() == committed
