@@ -65,7 +65,7 @@ def main(argv=None) -> None:
         processing_class=AutoTokenizer.from_pretrained(source),
         peft_config=peft_mft.MFTConfig(mask_type="hard" if args.method == "mft-hard" else "soft",
                                        targets=args.targets),
-        callbacks=[peft_mft.Float32ScoresCallback(), peft_mft.Standard4bitLayoutCallback()],
+        callbacks=[peft_mft.Standard4bitLayoutCallback()],
     )
     trainer.train()
     trainer.model.save_pretrained(args.output_dir)

@@ -1,6 +1,17 @@
 # Copyright 2026 the peft-mft authors.
 # SPDX-License-Identifier: Apache-2.0
-"""`MFTLayer` and the masked `Linear` that replaces each targeted `nn.Linear` (plain or bitsandbytes-quantized)."""
+"""`MFTLayer` and the masked `Linear` that replaces each targeted `nn.Linear` (plain or bitsandbytes-quantized).
+
+Score precision, one rule: an adapter's scores stay float32 (or float64, if cast up), because 16-bit floats cannot
+hold score updates (in bf16, 3.0 + 0.005 == 3.0). The one exception is an adapter created with
+`get_peft_model(..., autocast_adapter_dtype=False)` on a 16-bit base, whose scores follow the base dtype as PEFT's
+contract says (`MFTLayer.scores_follow_base_dtype`, recorded as `MFTConfig.scores_dtype`). Three paths could change
+the dtype, and each applies the rule (`MFTLayer.allowed_scores_dtype`): `nn.Module.to` / `.half()` / `.bfloat16()`
+casts (`MFTLayer._apply` moves scores but keeps their precision); PEFT's adapter-dtype hook
+(`MFTModel._cast_adapter_dtype`, the exception); and a trainer that casts trainable parameters through `param.data`
+(TRL's SFTTrainer on a quantized base), which `MFTLayer.hold_scores_dtype` undoes before the layer's next forward:
+exactly for a fresh adapter (its initial scores recomputed), otherwise widened with a warning.
+"""
 
 from __future__ import annotations
 
@@ -75,6 +86,8 @@ class MFTLayer(BaseTunerLayer):
         self.kwargs = kwargs
         # adapters whose scores were asked to follow a 16-bit base (`autocast_adapter_dtype=False`)
         self.scores_follow_base_dtype: set[str] = set()
+        # adapter -> its config, while its scores may still be the initial ones (`hold_scores_dtype` restores those)
+        self._initial_config: dict[str, MFTConfig] = {}
         # adapter -> (score_version of the scores it was selected from, threshold): see `hard_threshold`
         self._hard_thresholds: dict[str, tuple[tuple, Optional[HardThreshold]]] = {}
         # the score tensors whose accumulated gradient drops their adapter's threshold (`hard_threshold`)
@@ -101,6 +114,8 @@ class MFTLayer(BaseTunerLayer):
         self.mft_scores[adapter_name] = nn.Parameter(scores)
         self.mft_mask_spec[adapter_name] = spec
         self._hard_thresholds.pop(adapter_name, None)
+        if config.init_weights:
+            self._initial_config[adapter_name] = config
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
 
     def initial_scores(self, config: MFTConfig) -> torch.Tensor:
@@ -124,16 +139,42 @@ class MFTLayer(BaseTunerLayer):
         if device is not None and scores.device != torch.device(device):
             self.mft_scores[adapter_name] = nn.Parameter(scores.to(device), requires_grad=scores.requires_grad)
 
+    def allowed_scores_dtype(self, adapter_name: str, proposed: torch.dtype) -> torch.dtype:
+        """The dtype `adapter_name`'s scores take when a cast proposes `proposed` (the module's rule): `proposed` if
+        it is float32 or float64, or if the scores follow a 16-bit base; else their current dtype."""
+        if proposed in (torch.float32, torch.float64) or adapter_name in self.scores_follow_base_dtype:
+            return proposed
+        return self.mft_scores[adapter_name].dtype
+
     def cast_scores_to_base_dtype(self, adapter_name: str) -> Optional[torch.dtype]:
-        """Cast `adapter_name`'s scores to the base weight's floating dtype (bf16/fp16 bases); returns that dtype, or
-        None where nothing changed (float32 or quantized bases)."""
+        """Make `adapter_name`'s scores follow the base weight's floating dtype (bf16/fp16 bases; PEFT's
+        `autocast_adapter_dtype=False`); returns that dtype, or None where nothing changed (float32 or quantized
+        bases)."""
         scores = self.mft_scores.get(adapter_name)
         dtype = self.get_base_layer().weight.dtype
         if scores is None or not dtype.is_floating_point or scores.dtype == dtype:
             return None
-        scores.data = scores.data.to(dtype)
         self.scores_follow_base_dtype.add(adapter_name)
+        scores.data = scores.data.to(self.allowed_scores_dtype(adapter_name, dtype))
         return dtype
+
+    def hold_scores_dtype(self) -> list[str]:
+        """Undo a 16-bit cast of scores made through `param.data` (which `_apply` never sees): scores not of the
+        dtype the rule allows become float32 again. A fresh adapter gets its exact initial scores back (recomputed
+        and checked against the cast values); others are widened, their lost digits lost: returns those adapters."""
+        widened = []
+        for adapter_name, scores in self.mft_scores.items():
+            if scores.dtype in (torch.float32, torch.float64) or adapter_name in self.scores_follow_base_dtype:
+                continue
+            config = self._initial_config.get(adapter_name)
+            initial = self.initial_scores(config) if config is not None else None
+            if initial is not None and torch.equal(initial.to(scores.dtype), scores.data):
+                scores.data = initial
+            else:
+                scores.data = scores.data.float()
+                widened.append(adapter_name)
+            self._hard_thresholds.pop(adapter_name, None)
+        return widened
 
     def hard_threshold(self, adapter_name: str) -> Optional[HardThreshold]:
         """The hard mask's threshold over `adapter_name`'s current scores, selected again only when the scores may
@@ -204,6 +245,8 @@ class Linear(nn.Module, MFTLayer):
         active = [name for name in self.active_adapters if name in self.mft_scores]
         if not active:
             return self.base_layer(x, *args, **kwargs)
+        if any(self.mft_scores[name].dtype not in (torch.float32, torch.float64) for name in active):
+            self._widen_cast_scores()
         bias = self.get_base_layer().bias
         if len(active) == 1:
             name = active[0]
@@ -216,6 +259,17 @@ class Linear(nn.Module, MFTLayer):
         for name in active:
             weight = masked_weight_reference(weight, self.mft_scores[name], self.mft_mask_spec[name])
         return F.linear(x, weight.to(x.dtype), bias.to(x.dtype) if bias is not None else None)
+
+    def _widen_cast_scores(self) -> None:
+        widened = self.hold_scores_dtype()
+        if widened:
+            warnings.warn(
+                f"MFT scores of adapter {widened[0]!r} had been cast to 16 bits after they were trained or randomly "
+                "initialised (a trainer casting trainable parameters, e.g. TRL on a quantized base); they are float32 "
+                "again but keep the 16-bit rounding. Load a trained adapter after creating the trainer to keep its "
+                "exact scores.",
+                stacklevel=3,
+            )
 
     def _mixed_batch_forward(self, x: torch.Tensor, *args, adapter_names: list[str], **kwargs) -> torch.Tensor:
         """Row i of `x` (batch first) through adapter `adapter_names[i]`: its masked weight, or the base layer for
@@ -291,18 +345,18 @@ class Linear(nn.Module, MFTLayer):
         self.merged_adapters.clear()
 
     def _apply(self, fn, recurse: bool = True):
-        """`nn.Module.to` / `.half()` / `.bfloat16()` / `.cuda()` move the scores but never lower their precision:
-        16-bit scores cannot hold small updates (bf16: 3.0 + 0.005 == 3.0). Casts to float32 or float64 apply."""
+        """`nn.Module.to` / `.half()` / `.bfloat16()` / `.cuda()` move the scores; their dtype follows the module's
+        rule (`allowed_scores_dtype`): casts to float32 or float64 apply, lower ones do not."""
         scores = self._modules.pop("mft_scores")
         try:
             super()._apply(fn, recurse)
         finally:
             self._modules["mft_scores"] = scores
-        for param in scores.values():
-            # `fn` is opaque (a lambda of Module.to); applying it to an empty float32 tensor tells where and to what
-            # dtype this call moves floating-point tensors.
-            probe = fn(torch.empty(0, dtype=torch.float32, device=param.device))
-            dtype = probe.dtype if probe.dtype in (torch.float32, torch.float64) else param.dtype
+        for adapter_name, param in scores.items():
+            # `fn` is opaque (a lambda of Module.to); applying it to an empty tensor like the scores tells where and to
+            # what dtype this call moves them, without casting the scores themselves through a lower precision.
+            probe = fn(torch.empty(0, dtype=param.dtype, device=param.device))
+            dtype = self.allowed_scores_dtype(adapter_name, probe.dtype)
             if param.device != probe.device or param.dtype != dtype:
                 param.data = param.data.to(device=probe.device, dtype=dtype)
                 if param.grad is not None:

@@ -95,3 +95,37 @@ def test_trained_scores_are_widened_and_named_and_base_dtype_scores_left_alone()
                             autocast_adapter_dtype=False)
     assert restore_float32_scores(chosen) == []
     assert {p.dtype for p in score_params(chosen).values()} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("mask_type", ["soft", "hard"])
+def test_a_forward_after_a_trainer_cast_restores_the_exact_float32_scores_without_a_callback(mask_type):
+    """The drop-in path: a trainer casts trainable parameters to bf16 through `param.data` (as TRL does on a quantized
+    base) and nobody added Float32ScoresCallback; the first forward gives the scores their float32 values back."""
+    soft = dict(init_score=3.0, temperature=0.5) if mask_type == "soft" else dict(sparsity=0.1)
+    model = get_peft_model(make_llama(), MFTConfig(mask_type=mask_type, **soft))
+    inputs = text_inputs()
+    with torch.no_grad():
+        expected = model(input_ids=inputs).logits
+    initial = {n: p.detach().clone() for n, p in score_params(model).items()}
+    _trl_cast(model)
+    with torch.no_grad():
+        logits = model(input_ids=inputs).logits
+    assert all(torch.equal(p, initial[n]) and p.dtype == torch.float32 for n, p in score_params(model).items())
+    assert torch.equal(logits, expected)
+
+
+def test_trained_scores_cast_by_a_trainer_are_widened_with_a_warning():
+    model = get_peft_model(make_llama(), MFTConfig(init_score=3.0, temperature=0.5, init_weights=False))
+    _trl_cast(model)
+    with pytest.warns(UserWarning, match="keep the 16-bit rounding"), torch.no_grad():
+        model(input_ids=text_inputs())
+    assert {p.dtype for p in score_params(model).values()} == {torch.float32}
+
+
+def test_a_device_move_keeps_scores_that_follow_a_16_bit_base_in_its_dtype():
+    chosen = get_peft_model(make_llama().to(torch.bfloat16), MFTConfig(init_score=3.0, temperature=0.5),
+                            autocast_adapter_dtype=False)
+    chosen.to("cpu")
+    assert {p.dtype for p in score_params(chosen).values()} == {torch.bfloat16}
+    chosen.to(torch.float32)  # a cast up applies to them as to the base
+    assert {p.dtype for p in score_params(chosen).values()} == {torch.float32}

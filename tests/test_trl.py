@@ -153,3 +153,13 @@ def test_vision_language_sft_trains_only_scores_including_the_projectors(tmp_pat
     assert changed and all("mft_scores" in n for n in changed)
     assert any("multi_modal_projector" in n for n in changed) and not any("vision_tower" in n for n in changed)
     assert {p.dtype for n, p in after.items() if "mft_scores" in n} == {torch.float32}
+
+
+def test_sft_trainer_on_a_4bit_base_needs_no_callback_for_float32_scores(checkpoint, tmp_path):
+    """TRL casts the trainable parameters of a quantized model to bf16; the layers give the scores their float32
+    values back before their first forward, so the plain SFTTrainer recipe trains float32 scores."""
+    trainer = _trainer(checkpoint, tmp_path, True, callbacks=[])
+    trainer.train()
+    scores = _scores(trainer.model)
+    assert {p.dtype for p in scores.values()} == {torch.float32}
+    assert any(not torch.all(p == 0.0) for p in scores.values())  # they trained

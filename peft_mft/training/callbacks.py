@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import warnings
 
-import torch
 from torch import nn
 from transformers import TrainerCallback
 
@@ -37,36 +36,20 @@ class FiniteScoresCallback(TrainerCallback):
 
 
 def restore_float32_scores(model: nn.Module) -> list[str]:
-    """Scores that something cast below float32 after the adapter was made (TRL's SFTTrainer casts every trainable
-    parameter of a quantized model to bf16) back to float32; scores asked to follow a 16-bit base
-    (`autocast_adapter_dtype=False`) are left alone. A fresh adapter gets its exact initial scores back (recomputed
-    and checked against the cast values); otherwise the 16-bit values are widened and their lost digits stay lost:
-    returns the names of those layers (adapter and module)."""
-    configs = getattr(model, "peft_config", {})
-    widened = []
-    for module_name, layer in model.named_modules():
-        if not isinstance(layer, MFTLayer):
-            continue
-        for adapter_name, scores in layer.mft_scores.items():
-            if scores.dtype in (torch.float32, torch.float64) or adapter_name in layer.scores_follow_base_dtype:
-                continue
-            config = configs.get(adapter_name)
-            initial = layer.initial_scores(config) if config is not None and config.init_weights else None
-            if initial is not None and torch.equal(initial.to(scores.dtype), scores.data):
-                scores.data = initial
-            else:
-                scores.data = scores.data.float()
-                widened.append(f"{adapter_name}: {module_name}")
-    return widened
+    """`MFTLayer.hold_scores_dtype` on every MFT layer of `model` (scores cast to 16 bits through `param.data` back to
+    float32, exactly for a fresh adapter); returns the layers whose trained scores were widened with their 16-bit
+    rounding ("adapter: module")."""
+    return [f"{adapter_name}: {module_name}" for module_name, layer in model.named_modules()
+            if isinstance(layer, MFTLayer) for adapter_name in layer.hold_scores_dtype()]
 
 
 class Float32ScoresCallback(TrainerCallback):
-    """Keeps MFT scores float32 under trainers that cast trainable parameters to bf16 after wrapping the model (TRL's
-    `SFTTrainer` and its siblings do so for a 4-bit or 8-bit base, as the QLoRA recipe wants for LoRA weights; bf16
-    cannot hold score updates: its spacing is 0.0156 at 3.0). At the end of the trainer's `__init__`, before any
-    optimizer step, it restores float32 scores (`restore_float32_scores`), exactly for a fresh adapter, and warns if
-    an adapter with trained scores lost precision to the cast (create the trainer first, then load such an adapter).
-    """
+    """Restores float32 scores at the end of the trainer's `__init__`, after trainers that cast trainable parameters
+    to bf16 when wrapping the model (TRL's `SFTTrainer` and its siblings do so for a 4-bit or 8-bit base, as the QLoRA
+    recipe wants for LoRA weights; bf16 cannot hold score updates). Optional: every MFT layer does the same before its
+    next forward (`MFTLayer.hold_scores_dtype`); this only does it before the first step's forward, and warns there
+    if an adapter with trained scores lost precision to the cast (create the trainer first, then load such an
+    adapter)."""
 
     def on_init_end(self, args, state, control, model=None, **kwargs):
         if model is None:
