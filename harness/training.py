@@ -140,6 +140,138 @@ def weights_size_bytes(folder: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
 
 
+def training_arguments(prepared: PreparedModel, config: TrainConfig, out: Path) -> TrainingArguments:
+    """The `TrainingArguments` of a run: every method alike, the learning rate and weight decay its own."""
+    return TrainingArguments(
+        output_dir=str(out / "trainer"),
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=prepared.lr,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,
+        max_grad_norm=config.max_grad_norm,
+        weight_decay=prepared.weight_decay,
+        logging_steps=config.logging_steps,
+        save_strategy="steps" if config.save_steps else "no",
+        save_steps=config.save_steps or 500,
+        save_total_limit=config.save_total_limit,
+        report_to="none",
+        seed=config.seed,
+        data_seed=config.seed,
+        remove_unused_columns=False,
+        dataloader_num_workers=config.dataloader_workers,
+        bf16=config.bf16,
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=config.disable_tqdm,
+    )
+
+
+def run_identity(prepared: PreparedModel, config: TrainConfig, with_curve: bool) -> dict:
+    """What a checkpoint must match to be resumed (`harness.run_state`)."""
+    model = prepared.model
+    return {"method": prepared.method, "lr": prepared.lr, "trainable_parameters": prepared.trainable_parameters,
+            "max_steps": config.max_steps, "batch_size": config.batch_size, "grad_accum": config.grad_accum,
+            "seed": config.seed, "curve_every": config.curve_every if with_curve else None, "bf16": config.bf16,
+            "adapter_config": model.peft_config[model.active_adapter].to_dict() if prepared.is_peft else None}
+
+
+def resume_checkpoint(config: TrainConfig, args: TrainingArguments, identity: dict, run_state: RunState):
+    """The checkpoint to resume from (restoring `run_state`'s measurements), or None."""
+    if not config.resume:
+        return None
+    if config.save_steps and config.save_steps % config.logging_steps:
+        raise ValueError(f"resume needs save_steps ({config.save_steps}) to be a multiple of logging_steps "
+                         f"({config.logging_steps}): the training loss before a resume comes from the log")
+    checkpoint = resume_point(args.output_dir, identity)
+    if checkpoint is not None:
+        run_state.restore(checkpoint)
+        logger.info("%s: resuming from %s", config.desc, checkpoint)
+    return checkpoint
+
+
+def training_result(prepared: PreparedModel, config: TrainConfig, trainer, train_output, run_state: RunState,
+                    timer: StepTimer, memory: PeakMemoryCallback, tensor_memory: TensorMemoryCallback) -> dict:
+    """The run's training measurements: loss, time per step and phase, memory."""
+    resumed_at = run_state.resumed_at_steps[-1] if run_state.resumed_at_steps else None
+    result = {
+        "method": prepared.method,
+        "lr": prepared.lr,
+        "steps": config.max_steps,
+        "batch_size": config.batch_size * config.grad_accum,
+        "seed": config.seed,
+        "trainable_parameters": prepared.trainable_parameters,
+        "precision": f"bf16 autocast, {bf16_kernels()} kernels" if config.bf16 else "fp32",
+        "lm_head_positions": "answers",  # harness.answer_loss; records without this key projected every position
+        "train_loss": training_loss(trainer.state.log_history, resumed_at, train_output.training_loss,
+                                    config.max_steps),
+        "train_seconds": round(run_state.train_seconds(), 2),
+        "median_step_seconds": statistics.median(timer.durations) if timer.durations else None,
+        "median_phase_seconds": timer.median_phases(),
+        "peak_memory_bytes": run_state.peak_bytes(),
+        "peak_memory_kind": memory.kind,
+        "tensor_memory": tensor_memory.by_category,
+        "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h],
+    }
+    if run_state.resumed_at_steps:
+        result["resumed_at_steps"] = run_state.resumed_at_steps
+    return result
+
+
+def train(prepared: PreparedModel, processor: VLMProcessor, train_records: list[Record], config: TrainConfig,
+          curve_records: list[Record] | None, eval_kwargs: dict) -> tuple[dict, ValidationCurve | None, bool]:
+    """Train `prepared.model` in place with `transformers.Trainer` (resuming where `config.resume` finds a
+    checkpoint); returns the training measurements, the validation curve (if any) and whether this is the main
+    process."""
+    model, out = prepared.model, Path(config.output_dir)
+    param = next(p for p in model.parameters() if p.dtype.is_floating_point)
+    # logits only where the loss reads them (harness.answer_loss): the same loss, without the unused LM-head rows
+    collator = AnswerLogitsCollator(LlavaCollator(processor.tokenizer.pad_token_id, padding_side="right",
+                                                  pixel_dtype=param.dtype))
+    args = training_arguments(prepared, config, out)
+    timer, memory = StepTimer(), PeakMemoryCallback()
+    tensor_memory = TensorMemoryCallback(model, prepared.optimizer)
+    # a 4-bit base evaluated on a CPU must get its trainable layout back before the next step (peft_mft.bnb_layout)
+    callbacks = [Standard4bitLayoutCallback(), timer, memory, tensor_memory]
+    curve = None
+    if curve_records and config.curve_every:
+        curve = ValidationCurve(curve_records, processor, config.curve_every, timer, **eval_kwargs)
+        callbacks.append(curve)
+    identity = run_identity(prepared, config, curve is not None)
+    run_state = RunState(identity, args.output_dir, timer, memory, tensor_memory, curve)
+    callbacks.append(run_state)
+    checkpoint = resume_checkpoint(config, args, identity, run_state)
+    trainer = ResumingTrainer(  # a checkpoint appears complete or not at all
+        model=model,
+        args=args,
+        train_dataset=LlavaDataset(train_records, processor),
+        data_collator=collator,
+        compute_loss_func=answer_logits_loss,
+        optimizers=(prepared.optimizer, None),
+        callbacks=callbacks,
+    )
+    logger.info("%s: %s, %d trainable parameters, lr %g", config.desc, prepared.method,
+                prepared.trainable_parameters, prepared.lr)
+    with fast_bf16() if config.bf16 else contextlib.nullcontext():
+        train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    result = training_result(prepared, config, trainer, train_output, run_state, timer, memory, tensor_memory)
+    is_main = trainer.is_world_process_zero()
+    del trainer
+    gc.collect()
+    return result, curve, is_main
+
+
+def save_trained(prepared: PreparedModel, processor: VLMProcessor, out: Path) -> dict:
+    """Save the adapter (or the whole model for full fine-tuning) under `out` atomically; where and how large."""
+    saved = out / ("model" if not prepared.is_peft else "adapter")
+    with atomic_directory(saved) as staging:  # a crash mid-save leaves the previous save intact
+        prepared.model.save_pretrained(staging)
+        if not prepared.is_peft:
+            processor.tokenizer.save_pretrained(staging)
+            processor.image_preprocessor.save_pretrained(staging)
+    return {"saved_to": str(saved), "saved_bytes": weights_size_bytes(saved)}
+
+
 def train_and_evaluate(
     prepared: PreparedModel,
     processor: VLMProcessor,
@@ -164,99 +296,11 @@ def train_and_evaluate(
     set_seed(config.seed)
     if config.bf16 and bf16_kernels() == "emulated":
         logger.info("%s: %s", config.desc, emulation_reason())
-    model = prepared.model
-    out = Path(config.output_dir)
+    model, out = prepared.model, Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    param = next(p for p in model.parameters() if p.dtype.is_floating_point)
-    # logits only where the loss reads them (harness.answer_loss): the same loss, without the unused LM-head rows
-    collator = AnswerLogitsCollator(LlavaCollator(processor.tokenizer.pad_token_id, padding_side="right",
-                                                  pixel_dtype=param.dtype))
-    args = TrainingArguments(
-        output_dir=str(out / "trainer"),
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        learning_rate=prepared.lr,
-        lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=config.warmup_ratio,
-        max_grad_norm=config.max_grad_norm,
-        weight_decay=prepared.weight_decay,
-        logging_steps=config.logging_steps,
-        save_strategy="steps" if config.save_steps else "no",
-        save_steps=config.save_steps or 500,
-        save_total_limit=config.save_total_limit,
-        report_to="none",
-        seed=config.seed,
-        data_seed=config.seed,
-        remove_unused_columns=False,
-        dataloader_num_workers=config.dataloader_workers,
-        bf16=config.bf16,
-        use_cpu=not torch.cuda.is_available(),
-        disable_tqdm=config.disable_tqdm,
-    )
-    timer, memory = StepTimer(), PeakMemoryCallback()
-    tensor_memory = TensorMemoryCallback(model, prepared.optimizer)
     eval_kwargs = dict(batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens,
                        disable_tqdm=config.disable_tqdm)
-    # a 4-bit base evaluated on a CPU must get its trainable layout back before the next step (peft_mft.bnb_layout)
-    callbacks = [Standard4bitLayoutCallback(), timer, memory, tensor_memory]
-    curve = None
-    if curve_records and config.curve_every:
-        curve = ValidationCurve(curve_records, processor, config.curve_every, timer, **eval_kwargs)
-        callbacks.append(curve)
-    identity = {"method": prepared.method, "lr": prepared.lr, "trainable_parameters": prepared.trainable_parameters,
-                "max_steps": config.max_steps, "batch_size": config.batch_size, "grad_accum": config.grad_accum,
-                "seed": config.seed, "curve_every": config.curve_every if curve else None, "bf16": config.bf16,
-                "adapter_config": model.peft_config[model.active_adapter].to_dict() if prepared.is_peft else None}
-    run_state = RunState(identity, args.output_dir, timer, memory, tensor_memory, curve)
-    callbacks.append(run_state)
-    checkpoint = None
-    if config.resume:
-        if config.save_steps and config.save_steps % config.logging_steps:
-            raise ValueError(f"resume needs save_steps ({config.save_steps}) to be a multiple of logging_steps "
-                             f"({config.logging_steps}): the training loss before a resume comes from the log")
-        checkpoint = resume_point(args.output_dir, identity)
-        if checkpoint is not None:
-            run_state.restore(checkpoint)
-            logger.info("%s: resuming from %s", config.desc, checkpoint)
-    trainer = ResumingTrainer(  # a checkpoint appears complete or not at all
-        model=model,
-        args=args,
-        train_dataset=LlavaDataset(train_records, processor),
-        data_collator=collator,
-        compute_loss_func=answer_logits_loss,
-        optimizers=(prepared.optimizer, None),
-        callbacks=callbacks,
-    )
-    logger.info("%s: %s, %d trainable parameters, lr %g", config.desc, prepared.method,
-                prepared.trainable_parameters, prepared.lr)
-    with fast_bf16() if config.bf16 else contextlib.nullcontext():
-        train_output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    resumed_at = run_state.resumed_at_steps[-1] if run_state.resumed_at_steps else None
-    result = {
-        "method": prepared.method,
-        "lr": prepared.lr,
-        "steps": config.max_steps,
-        "batch_size": config.batch_size * config.grad_accum,
-        "seed": config.seed,
-        "trainable_parameters": prepared.trainable_parameters,
-        "precision": f"bf16 autocast, {bf16_kernels()} kernels" if config.bf16 else "fp32",
-        "lm_head_positions": "answers",  # harness.answer_loss; records without this key projected every position
-        "train_loss": training_loss(trainer.state.log_history, resumed_at, train_output.training_loss,
-                                    config.max_steps),
-        "train_seconds": round(run_state.train_seconds(), 2),
-        "median_step_seconds": statistics.median(timer.durations) if timer.durations else None,
-        "median_phase_seconds": timer.median_phases(),
-        "peak_memory_bytes": run_state.peak_bytes(),
-        "peak_memory_kind": memory.kind,
-        "tensor_memory": tensor_memory.by_category,
-        "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h],
-    }
-    if run_state.resumed_at_steps:
-        result["resumed_at_steps"] = run_state.resumed_at_steps
-    is_main = trainer.is_world_process_zero()
-    del trainer
-    gc.collect()
+    result, curve, is_main = train(prepared, processor, train_records, config, curve_records, eval_kwargs)
     if not is_main:  # under `accelerate launch`, rank 0 alone evaluates and saves
         return result
 
@@ -268,14 +312,7 @@ def train_and_evaluate(
                       answers_correct=correctness_text(evaluation["predictions"]))
         _write_json(out / "predictions.json", evaluation["predictions"])
     if save:
-        saved = out / ("model" if not prepared.is_peft else "adapter")
-        with atomic_directory(saved) as staging:  # a crash mid-save leaves the previous save intact
-            model.save_pretrained(staging)
-            if not prepared.is_peft:
-                processor.tokenizer.save_pretrained(staging)
-                processor.image_preprocessor.save_pretrained(staging)
-        result["saved_to"] = str(saved)
-        result["saved_bytes"] = weights_size_bytes(saved)
+        result.update(save_trained(prepared, processor, out))
     if eval_records and curve is not None:
         curve.restore_best(model)
         at_best = evaluate_vqa(model, processor, eval_records, desc=f"eval {prepared.method} best", **eval_kwargs)
@@ -283,15 +320,19 @@ def train_and_evaluate(
                                      "answers_correct": correctness_text(at_best["predictions"])}
         _write_json(out / "predictions-best.json", at_best["predictions"])
     if eval_records and check_merged and prepared.is_peft:
-        merged = merge_adapter(model)
-        desc = f"eval {prepared.method} merged"
-        merged_eval = evaluate_vqa(merged, processor, eval_records, desc=desc, **eval_kwargs)
-        pairs = zip(evaluation["predictions"], merged_eval["predictions"])
-        same = [a["prediction"] == b["prediction"] for a, b in pairs]
-        result.update(merged_accuracy=merged_eval["accuracy"], merged_identical_predictions=all(same),
-                      merged_differing_predictions=len(same) - sum(same))
+        result.update(merge_check(model, processor, eval_records, evaluation, prepared.method, eval_kwargs))
     _write_json(out / "metrics.json", result)
     return result
+
+
+def merge_check(model, processor: VLMProcessor, eval_records: list[Record], evaluation: dict, method: str,
+                eval_kwargs: dict) -> dict:
+    """Merge the adapter away and evaluate again: the merged model must answer as the adapter model did."""
+    merged = merge_adapter(model)
+    merged_eval = evaluate_vqa(merged, processor, eval_records, desc=f"eval {method} merged", **eval_kwargs)
+    same = [a["prediction"] == b["prediction"] for a, b in zip(evaluation["predictions"], merged_eval["predictions"])]
+    return {"merged_accuracy": merged_eval["accuracy"], "merged_identical_predictions": all(same),
+            "merged_differing_predictions": len(same) - sum(same)}
 
 
 def _write_json(path: Path, data) -> None:
