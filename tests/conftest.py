@@ -38,10 +38,16 @@ def _text_config_kwargs():
     )
 
 
-def make_llama(num_hidden_layers: int = 2, seed: int = 0) -> LlamaForCausalLM:
+def llama_config(**overrides) -> LlamaConfig:
+    """The tiny Llama's config (16 wide, 2 layers, vocabulary `VOCAB`), with `overrides`."""
+    return LlamaConfig(**(_text_config_kwargs() | overrides))
+
+
+def make_llama(num_hidden_layers: int = 2, seed: int = 0, **overrides) -> LlamaForCausalLM:
+    """A random tiny Llama in eval mode; `overrides` change its config (e.g. `intermediate_size=24` for a model an
+    adapter of the default one does not fit)."""
     torch.manual_seed(seed)
-    kwargs = _text_config_kwargs() | {"num_hidden_layers": num_hidden_layers}
-    return LlamaForCausalLM(LlamaConfig(**kwargs)).eval()
+    return LlamaForCausalLM(llama_config(num_hidden_layers=num_hidden_layers, **overrides)).eval()
 
 
 def make_qwen2(seed: int = 0) -> Qwen2ForCausalLM:

@@ -18,29 +18,22 @@ from pathlib import Path
 
 import torch
 from peft import get_peft_model
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, TrainingArguments
+from transformers import AutoModelForCausalLM, TrainingArguments
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script by torchrun
 
 from peft_mft import FiniteScoresCallback, MFTConfig, create_mft_optimizer, save_adapter  # noqa: E402
 from peft_mft.training.trainer import AtomicCheckpointTrainer  # noqa: E402
+from tests.conftest import VOCAB, make_llama  # noqa: E402
 
 
-GLOBAL_BATCH, STEPS, VOCAB = 4, 3, 64
+GLOBAL_BATCH, STEPS = 4, 3
 DEEPSPEED_CONFIG = Path(__file__).resolve().parents[1] / "docs" / "deepspeed_zero3.json"
 
 
-def llama_config() -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-    )  # fmt: skip
-
-
 def make_model():
-    torch.manual_seed(0)
-    return get_peft_model(LlamaForCausalLM(llama_config()), MFTConfig(init_weights=False))
+    return get_peft_model(make_llama().train(), MFTConfig(init_weights=False))
 
 
 def dataset():
@@ -116,7 +109,7 @@ def train_zero3(output_dir: str, world_size: int = 1) -> None:
     # `from_pretrained` then loads them partitioned (shape [0], the real shape in `ds_shape`).
     pretrained = Path(output_dir) / "pretrained"
     torch.manual_seed(0)
-    LlamaForCausalLM(llama_config()).save_pretrained(pretrained)  # rank 0 writes
+    make_llama().save_pretrained(pretrained)  # rank 0 writes
     if zero3:
         torch.distributed.barrier()
     args = TrainingArguments(

@@ -227,9 +227,8 @@ def test_compare_reports_modules_masked_by_one_adapter_only():
 
 
 def test_compare_rejects_other_base_models():
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    wider = LlamaForCausalLM(LlamaConfig(**(make_llama().config.to_dict() | {"intermediate_size": 24})))
+    wider = make_llama(intermediate_size=24)
     with pytest.raises(ValueError, match=r"gate_proj' differ in shape: \(32, 16\) in A, \(24, 16\) in B"):
         compare_masks(hand_masked_llama(), get_peft_model(wider, MFTConfig()))
     with pytest.raises(ValueError, match="no module in common"):

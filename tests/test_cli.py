@@ -10,7 +10,7 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors import safe_open
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaForCausalLM
 
 from peft_mft import MFTConfig, MFTLayer
 from peft_mft.tools.analysis import analyze_masks, format_share
@@ -152,7 +152,7 @@ def test_bad_input_exits_2_with_one_line(capsys, adapter, tmp_path):
 
 
 def test_merge_shape_mismatch_exits_2_naming_module_and_shapes(capsys, adapter, tmp_path):
-    wider = LlamaForCausalLM(LlamaConfig(**(make_llama().config.to_dict() | {"intermediate_size": 24})))
+    wider = make_llama(intermediate_size=24)
     wider.save_pretrained(tmp_path / "wider")
     assert_bad_input(capsys, ["merge", adapter, tmp_path / "out", "--base", tmp_path / "wider"], "gate_proj")
     err_line = run(capsys, "merge", adapter, tmp_path / "out", "--base", tmp_path / "wider")[2].splitlines()[-1]

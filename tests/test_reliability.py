@@ -17,7 +17,7 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
-from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 import peft_mft
@@ -37,7 +37,7 @@ from peft_mft.config import MFT_PRESETS
 from peft_mft.training.optim import score_parameters
 from peft_mft.training.trainer import AtomicCheckpointTrainer
 
-from .conftest import _text_config_kwargs, make_llama, text_inputs
+from .conftest import make_llama, text_inputs
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -310,16 +310,11 @@ def test_corrupted_score_bytes_that_give_nan_name_the_module(saved, load):
         load(make_llama(), folder)
 
 
-def llama_with(**overrides):
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(**(_text_config_kwargs() | overrides))).eval()
-
-
 @pytest.mark.parametrize("load", both_loaders())
 def test_adapter_for_another_base_model_names_module_and_both_shapes(saved, load):
     folder, _ = saved
     with pytest.raises(AdapterFileError) as error:
-        load(llama_with(intermediate_size=24), folder)
+        load(make_llama(intermediate_size=24), folder)
     message = str(error.value)
     assert "'model.layers.0.mlp.gate_proj': (32, 16) in the adapter, (24, 16) here" in message
     assert "another base model" in message and str(folder) in message
@@ -329,9 +324,9 @@ def test_adapter_for_another_base_model_names_module_and_both_shapes(saved, load
 def test_adapter_for_a_deeper_or_shallower_model_names_the_modules(saved, load):
     folder, _ = saved
     with pytest.raises(AdapterFileError, match=r"has scores for 'model\.layers\.1\..*does not have"):
-        load(llama_with(num_hidden_layers=1), folder)
+        load(make_llama(num_hidden_layers=1), folder)
     with pytest.raises(AdapterFileError, match=r"has no scores for 'model\.layers\.2\..*another base model"):
-        load(llama_with(num_hidden_layers=3), folder)
+        load(make_llama(num_hidden_layers=3), folder)
 
 
 @pytest.mark.parametrize("load", both_loaders())
@@ -413,7 +408,7 @@ def test_a_truncated_bin_file_is_named(saved, load):
 
 def test_a_bin_adapter_for_another_base_model_names_module_and_shapes(tmp_path):
     trained_like(1).save_pretrained(tmp_path / "bin", safe_serialization=False)
-    wider = LlamaForCausalLM(LlamaConfig(**(_text_config_kwargs() | {"intermediate_size": 24})))
+    wider = make_llama(intermediate_size=24)
     with pytest.raises(AdapterFileError, match=r"gate_proj'?: \(32, 16\) in the adapter, \(24, 16\) here"):
         PeftModel.from_pretrained(wider, tmp_path / "bin")
 
