@@ -42,6 +42,9 @@ REPORT_FILE = ROOT / "examples" / "RESULTS.md"
 HYPERPARAMETERS_FILE = RESULTS_DIR / "hyperparameters.json"
 OUTPUTS = ROOT / "outputs" / "results"
 
+# The tasks runs train on: easy-vqa (every run before phase E) and the handwritten digits (`harness.digits`).
+DEFAULT_TASK = "easy-vqa"
+TASKS = ("easy-vqa", "digits")
 STEPS = 32
 BATCH_SIZE = 8
 SEEDS = (0, 1, 2)
@@ -97,6 +100,11 @@ def run_key(spec: dict) -> str:
     return json.dumps({k: spec[k] for k in sorted(spec) if k != "phase"}, sort_keys=True)
 
 
+def task_of(spec: dict) -> str:
+    """The VQA task a run trains and is evaluated on (`TASKS`)."""
+    return spec.get("task", DEFAULT_TASK)
+
+
 def slug(spec: dict) -> str:
     parts = [spec["split"], spec["method"], spec.get("targets", "both"), f"lr{spec['lr']:g}", f"s{spec['seed']}"]
     if spec["steps"] != STEPS:
@@ -109,6 +117,8 @@ def slug(spec: dict) -> str:
         parts.append(f"layers-{spec['layers']}")
     if "score_scale" in spec:
         parts.append(f"scale{spec['score_scale']:g}-{spec['optimizer']}")
+    if task_of(spec) != DEFAULT_TASK:
+        parts.insert(0, task_of(spec))
     return "_".join(parts)
 
 
@@ -226,9 +236,11 @@ def recorded_answers(all_runs: list[dict], run: dict) -> dict[str, str] | None:
 
 
 def spec(phase, split, method, lr, seed=0, targets="both", init_score=None, temperature=None, sparsity=None,
-         steps=STEPS, curve_every=None):
+         steps=STEPS, curve_every=None, task=DEFAULT_TASK):
     s = {"phase": phase, "split": split, "method": method, "lr": lr, "seed": seed, "targets": targets,
          "steps": steps, "batch_size": BATCH_SIZE}
+    if task != DEFAULT_TASK:  # easy-vqa runs, recorded before tasks existed, keep their keys
+        s["task"] = task
     if curve_every:
         s["curve_every"] = curve_every
     if method in ("mft", "mft-ste"):
@@ -553,7 +565,7 @@ def plan(all_runs: list[dict], compute_analysis: bool = True) -> Plan:
     check, hard = hard_long_specs(steps, out.long_levels, out.hard_pick)
     later = [s for s in headline_specs(pick, steps) if s != pilot] + grid_specs() + side_specs(pick, steps) + check
     out.specs += (later + hard[:len(out.long_levels)] + layer_specs(pick, steps) + hard[len(out.long_levels):]
-                  + more_seed_specs(pick, steps, runs) + dropin_specs(pick, steps))
+                  + more_seed_specs(pick, steps, runs) + dropin_specs(pick, steps) + evidence_specs(pick, steps, runs))
     return out
 
 
@@ -579,6 +591,57 @@ def dropin_spec(pick: dict, optimizer: str, lr: float | None, seed: int, steps: 
 def dropin_specs(pick: dict, steps: int) -> list[dict]:
     """Every phase-D run, seed by seed (each seed's pairs complete before the next seed starts)."""
     return [dropin_spec(pick, optimizer, lr, seed, steps) for seed in SEEDS for _, optimizer, lr in DROPIN_VARIANTS]
+
+
+# Phase E (evidence II): per task, S-MFT Both, LoRA and full fine-tuning tuned at the reported length with the same
+# budget (`EVIDENCE_LRS`: three rates each, on validation, seed 0), then run at the rate each picked on the test
+# split with seeds `SEEDS`. S-MFT trains through the AdamW `transformers.Trainer` builds at MFTConfig's default
+# score_scale (the drop-in path), so its rates are the ones full fine-tuning is tuned over.
+EVIDENCE_TASKS = ("digits", "easy-vqa")
+EVIDENCE_LRS = {"mft": (1e-5, 3e-5, 1e-4), "lora": (3e-4, 1e-3, 3e-3), "full": (1e-5, 3e-5, 1e-4)}
+
+
+def evidence_spec(pick: dict, method: str, lr: float, split: str, seed: int, steps: int, task: str) -> dict:
+    """A phase-E run: a long run with a validation curve on `task`."""
+    s = spec("E", split, method, lr, seed, "both", steps=steps, curve_every=CURVE_EVERY, task=task,
+             **({"init_score": pick["mft"]["init_score"], "temperature": pick["mft"]["temperature"]}
+                if method == "mft" else {}))
+    if method == "mft":
+        s.update(score_scale=DROPIN_SCORE_SCALE, optimizer="trainer")
+    return s
+
+
+def evidence_tuning_specs(pick: dict, steps: int, task: str) -> list[dict]:
+    """The rates of `EVIDENCE_LRS` on validation, seed 0, rate by rate (every method's first rate first)."""
+    return [evidence_spec(pick, method, lrs[i], "val", 0, steps, task)
+            for i in range(3) for method, lrs in EVIDENCE_LRS.items()]
+
+
+def evidence_pick(runs: dict[str, dict], pick: dict, steps: int, task: str) -> dict[str, float] | None:
+    """{method: rate} once every tuning run of `task` is finished: the rate whose run reached the highest validation
+    accuracy at any curve point (ties: the lower rate)."""
+    picked = {}
+    for method, lrs in EVIDENCE_LRS.items():
+        best = []
+        for lr in lrs:
+            run = runs.get(run_key(evidence_spec(pick, method, lr, "val", 0, steps, task)))
+            if run is None:
+                return None
+            best.append((max(point["val_accuracy"] for point in run["result"]["curve"]), -lr))
+        picked[method] = -max(best)[1]
+    return picked
+
+
+def evidence_specs(pick: dict, steps: int, runs: dict[str, dict]) -> list[dict]:
+    """Every phase-E run known so far: each task's tuning runs, then (once they are done) its test runs."""
+    out = []
+    for task in EVIDENCE_TASKS:
+        out += evidence_tuning_specs(pick, steps, task)
+        picked = evidence_pick(runs, pick, steps, task)
+        if picked:
+            out += [evidence_spec(pick, method, picked[method], "test", seed, steps, task)
+                    for seed in SEEDS for method in EVIDENCE_LRS]
+    return out
 
 
 TABLE1_GROUPS = (("S-MFT Attn", "mft", "attn"), ("S-MFT MLP", "mft", "mlp"), ("S-MFT Both", "mft", "both"),

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from .results_plan import (
+    DEFAULT_TASK,
     HYPERPARAMETERS_FILE,
     LOGGING_STEPS,
     OUTPUTS,
@@ -48,6 +49,7 @@ from .results_plan import (
     rerun_record,
     run_key,
     slug,
+    task_of,
     write_hyperparameters,
 )
 from .results_report import write_report
@@ -64,10 +66,19 @@ def embedded_num_layers() -> int:
     return config["text_config"]["num_hidden_layers"]
 
 
-def command(s: dict, metrics: Path) -> list[str]:
+def task_data(task: str) -> dict:
+    """The LLaVA JSON files ("train", "val", "test") and "image_folder" of `task`, built on first use."""
+    if task == "digits":
+        from harness.digits import prepare_digits
+
+        return prepare_digits()
     from harness.easyvqa import prepare_easy_vqa
 
-    data = prepare_easy_vqa()
+    return prepare_easy_vqa()
+
+
+def command(s: dict, metrics: Path) -> list[str]:
+    data = task_data(task_of(s))
     eval_file = data["val"] if s["split"] == "val" else data["test"]
     cmd = [sys.executable, "-m", "examples.llava.train_methods", "--method", s["method"], "--lr", str(s["lr"]),
            "--seed", str(s["seed"]), "--targets", s["targets"], "--max-steps", str(s["steps"]),
@@ -77,6 +88,8 @@ def command(s: dict, metrics: Path) -> list[str]:
            "--eval-batch-size", "32", "--logging-steps", str(LOGGING_STEPS), "--bf16",
            "--output-dir", str(OUTPUTS / slug(s)),
            "--metrics-json", str(metrics)]
+    if task_of(s) != DEFAULT_TASK:  # without --data the script trains on easy-vqa
+        cmd += ["--data", str(data["train"]), "--image-folder", str(data["image_folder"])]
     if s["method"] in ("mft", "mft-ste"):
         cmd += ["--init-score", str(s["init_score"]), "--temperature", str(s["temperature"])]
     if s["method"] == "mft-hard":
@@ -148,11 +161,24 @@ def execute(s: dict, runs: list[dict], build: dict | None = None) -> dict | None
         from harness.run_state import remove_resume_files
 
         remove_resume_files(out / "trainer")
+    if record["status"] == "ok" and s.get("curve_every") and s["split"] == "test":
+        measure_forgetting(key, out)
     # the Fig. 6 data of every long test run of S-MFT on all layers
     if record["status"] == "ok" and s["phase"] == "L" and s["split"] == "test" and "layers" not in s \
             and s["method"] in ("mft", "mft-ste"):
         analyse_adapter(key, Path(record["result"]["saved_to"]), runs)
     return record if record["status"] == "ok" else None
+
+
+def measure_forgetting(key: str, out: Path) -> None:
+    """Measure a finished run's forgetting (`examples.forgetting`, its own process, recorded in forgetting.jsonl)
+    from what it saved in `out`; a failure is logged in `out`/forgetting.log and the runner goes on."""
+    with open(out / "forgetting.log", "a") as log:
+        argv = [sys.executable, "-m", "examples.forgetting", "--run-dir", str(out), "--source-key", key]
+        proc = subprocess.run(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if proc.returncode:
+        print(f"  forgetting measurement failed ({proc.returncode}); log: {out / 'forgetting.log'}", flush=True)
 
 
 def store_missing_answers(all_runs: list[dict]) -> int:

@@ -127,7 +127,12 @@ def test_a_long_run_checkpoints_resumes_and_once_recorded_removes_only_its_check
     (trainer / "notes.txt").write_text("not the run's")
     (trainer.parent / "log.txt").write_text("the run's first part\n")
 
+    forgetting = []
+
     def finished_run(cmd, **kwargs):
+        if "examples.forgetting" in cmd:  # measured once the run is recorded
+            forgetting.append(cmd[cmd.index("--run-dir") + 1:])
+            return runner.subprocess.CompletedProcess(cmd, 0)
         save_every = int(cmd[cmd.index("--save-steps") + 1])
         assert "--resume" in cmd and save_every % rp.CURVE_EVERY == 0 and save_every % rp.LOGGING_STEPS == 0
         metrics = cmd[cmd.index("--metrics-json") + 1]
@@ -138,6 +143,7 @@ def test_a_long_run_checkpoints_resumes_and_once_recorded_removes_only_its_check
     monkeypatch.setattr(runner.subprocess, "run", finished_run)
     record = runner.execute(long_run, [])
     assert record["result"]["resumed_at_steps"] == [560] and rp.load_runs() == [record]
+    assert forgetting == [[str(trainer.parent), "--source-key", rp.run_key(long_run)]]
     assert sorted(p.name for p in trainer.iterdir()) == ["checkpoint-best", "notes.txt"]
     assert (trainer.parent / "log.txt").read_text().startswith("the run's first part\n")
 
@@ -389,8 +395,8 @@ def test_headline_comparisons_within_the_noise_get_more_seeds(tmp_path, monkeypa
     planned = rp.plan(runs, compute_analysis=False)
     more = [s for s in planned.specs if s["seed"] in rp.MORE_SEEDS]
     assert [(s["method"], s["seed"]) for s in more] == [("mft", 3), ("lora", 3), ("mft", 4), ("lora", 4)]
-    # the last Table 1 runs (only phase D, another experiment, comes after them)
-    table1 = [s for s in planned.specs if s["phase"] != "D"]
+    # the last Table 1 runs (only phases D and E, other experiments, come after them)
+    table1 = [s for s in planned.specs if s["phase"] not in ("D", "E")]
     assert table1[-len(more):] == more and all(s["steps"] == steps and s["split"] == "test" for s in more)
     # every comparison clear: no more seeds
     clear = {"lora": (0.90, 0.81, 0.86), "full": (0.70, 0.60, 0.65)}
@@ -576,3 +582,35 @@ def test_the_committed_hyperparameters_file_is_what_the_committed_records_give()
     assert committed["methods"] == rp.validated_hyperparameters(rp.load_runs())
     assert committed["steps"] == rp.STEPS == compare.FULL["steps"]
     assert compare.validated_hyperparameters() == committed
+
+
+def test_a_digits_run_trains_and_evaluates_on_the_digits_files(tmp_path, monkeypatch):
+    """A run with task "digits" gets its own key, slug and data; easy-vqa runs keep the keys they had."""
+    files = {name: tmp_path / f"digits-{name}.json" for name in ("train", "val", "test")}
+    monkeypatch.setattr("harness.digits.prepare_digits", lambda: {**files, "image_folder": tmp_path / "img"})
+    pick = {"mft": {"lr": 0.1, "init_score": 3.0, "temperature": 0.5}}
+    digits_run = rp.evidence_spec(pick, "lora", 1e-3, "test", 0, 640, "digits")
+    easy_run = rp.evidence_spec(pick, "lora", 1e-3, "test", 0, 640, "easy-vqa")
+    assert "task" not in easy_run and rp.slug(digits_run) == "digits_" + rp.slug(easy_run)
+    cmd = runner.command(digits_run, tmp_path / "m.json")
+    assert cmd[cmd.index("--data") + 1] == str(files["train"]) and cmd[cmd.index("--eval-data") + 1] == str(
+        files["test"]) and cmd[cmd.index("--curve-data") + 1] == str(files["val"])
+
+
+def test_phase_e_tunes_each_method_over_three_rates_then_runs_the_pick_on_test():
+    pick = {"mft": {"lr": 0.1, "init_score": 3.0, "temperature": 0.5}}
+    tuning = rp.evidence_tuning_specs(pick, 640, "digits")
+    assert len(tuning) == 9 and {s["split"] for s in tuning} == {"val"}
+    assert all(s["optimizer"] == "trainer" and s["score_scale"] == rp.DROPIN_SCORE_SCALE
+               for s in tuning if s["method"] == "mft")
+    assert rp.evidence_pick({}, pick, 640, "digits") is None
+    best = {"mft": 3e-5, "lora": 3e-3, "full": 1e-5}
+    runs = {}
+    for s in tuning:
+        peak = 0.9 if s["lr"] == best[s["method"]] else 0.6
+        runs[rp.run_key(s)] = {"result": {"curve": [{"step": 40, "val_accuracy": 0.5},
+                                                    {"step": 80, "val_accuracy": peak}]}}
+    assert rp.evidence_pick(runs, pick, 640, "digits") == best
+    test_runs = [s for s in rp.evidence_specs(pick, 640, runs) if s["split"] == "test"]
+    assert len(test_runs) == 9 and {(s["method"], s["lr"]) for s in test_runs} == set(best.items())
+    assert {s.get("task") for s in test_runs} == {"digits"}
