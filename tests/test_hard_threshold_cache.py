@@ -118,3 +118,15 @@ def test_an_optimizer_writing_through_data_is_followed_without_any_process_wide_
         fresh = _hard_model()
         fresh.load_state_dict(model.state_dict())
         assert torch.equal(_logits(model, ids), _logits(fresh, ids))
+
+
+def test_scores_that_are_views_of_a_flat_parameter_get_no_hook_and_no_error():
+    """FSDP's use_orig_params makes each score tensor a view of a flat parameter: no post-accumulate-grad hook can
+    be registered on it (the version counter it shares with the flat parameter follows in-place steps instead)."""
+    model = _hard_model()
+    layer = next(m for m in model.modules() if isinstance(m, MFTLayer))
+    flat = torch.nn.Parameter(layer.mft_scores["default"].detach().flatten().clone())
+    view = flat.view_as(layer.mft_scores["default"])
+    assert not view.is_leaf and view.requires_grad
+    layer._forget_when_gradient_arrives("default", view)  # no RuntimeError
+    assert view not in layer._forget_on_gradient
