@@ -100,6 +100,13 @@ def run_key(spec: dict) -> str:
     return json.dumps({k: spec[k] for k in sorted(spec) if k != "phase"}, sort_keys=True)
 
 
+def in_words(spec: dict) -> str:
+    """A run as a reader names it: 'S-MFT Both, seed 1, 640 steps on easy-vqa (test split)'."""
+    label = next((label for label, method, targets in TABLE1_GROUPS
+                  if (method, targets) == (spec["method"], spec.get("targets", "both"))), spec["method"])
+    return f"{label}, seed {spec['seed']}, {spec['steps']} steps on {task_of(spec)} ({spec['split']} split)"
+
+
 def task_of(spec: dict) -> str:
     """The VQA task a run trains and is evaluated on (`TASKS`)."""
     return spec.get("task", DEFAULT_TASK)
@@ -354,7 +361,7 @@ def analyse_adapter(key: str, adapter: Path, all_runs: list[dict]) -> dict:
     for threshold in MASK_THRESHOLDS:
         analysis = analyze_masks(adapter, near_zero_threshold=threshold)
         if not plotted and (analysis.overall.near_zero_share >= MIN_LEVEL_SHARE or threshold == MASK_THRESHOLDS[-1]):
-            save_mask_plots(analysis, mask_plot_path(key), title=f"{slug(json.loads(key))}: learned masks")
+            save_mask_plots(analysis, mask_plot_path(key), title=f"Masks learned by {in_words(json.loads(key))}")
             record["plot"] = {"path": str(mask_plot_path(key).relative_to(ROOT)), "threshold": threshold}
             plotted = True
         record["levels"].append({

@@ -587,10 +587,12 @@ def write_curves_png(planned: Plan, runs: dict[str, dict]) -> Path:
     """`CURVES_PNG`: validation accuracy against optimizer steps for every long Table 1 row (mean over its seeds,
     band from the lowest to the highest seed), and the training loss (mean over seeds)."""
     from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
-    figure = Figure(figsize=(12.0, 4.5), layout="constrained")
+    figure = Figure(figsize=(12.0, 4.8), layout="constrained")
     accuracy_ax, loss_ax = figure.subplots(1, 2)
-    for label, method, targets in TABLE1_GROUPS:
+    styles = ("-", "--", "-.", ":")
+    for index, (label, method, targets) in enumerate(TABLE1_GROUPS):
         results = [runs[key]["result"] for seed in LONG_SEEDS
                    if (key := run_key(long_spec(planned.pick, method, targets, seed, planned.long_steps))) in runs]
         if not results:
@@ -598,17 +600,23 @@ def write_curves_png(planned: Plan, runs: dict[str, dict]) -> Path:
         steps = [p["step"] for p in results[0]["curve"]]
         by_step = [[100 * r["curve"][i]["val_accuracy"] for r in results] for i in range(len(steps))]
         seeds = f"{len(results)} seed{'s' if len(results) > 1 else ''}"
-        line, = accuracy_ax.plot(steps, [statistics.mean(v) for v in by_step], label=f"{label} ({seeds})")
+        line, = accuracy_ax.plot(steps, [statistics.mean(v) for v in by_step], label=f"{label} ({seeds})",
+                                 linestyle=styles[index % len(styles)])
         if len(results) > 1:
             accuracy_ax.fill_between(steps, [min(v) for v in by_step], [max(v) for v in by_step],
                                      color=line.get_color(), alpha=0.2)
         loss_steps = [p["step"] for p in results[0]["loss_history"]]
         loss = [statistics.mean(r["loss_history"][i]["loss"] for r in results) for i in range(len(loss_steps))]
-        loss_ax.plot(loss_steps, loss, color=line.get_color(), linewidth=0.8)
+        loss_ax.plot(loss_steps, loss, color=line.get_color(), linestyle=line.get_linestyle(), linewidth=0.8,
+                     label=label)
+    figure.suptitle(f"Long runs on easy-vqa ({planned.long_steps} optimizer steps, batch {BATCH_SIZE}): each method "
+                    "at its validated hyperparameters, lines the mean over seeds")
     accuracy_ax.set_title(f"Validation accuracy ({VAL_QUESTIONS} questions, every {CURVE_EVERY} steps)")
     accuracy_ax.set_xlabel("optimizer step")
     accuracy_ax.set_ylabel("exact-match accuracy (%)")
-    accuracy_ax.legend(fontsize=8, loc="lower right")
+    handles, _ = accuracy_ax.get_legend_handles_labels()
+    band = Patch(facecolor="gray", alpha=0.2, label="shaded: lowest to highest seed")
+    accuracy_ax.legend(handles=handles + [band], fontsize=8, loc="lower right")
     loss_ax.set_title(f"Training loss (mean of {LOGGING_STEPS} steps, mean over seeds)")
     loss_ax.set_xlabel("optimizer step")
     loss_ax.set_ylabel("cross-entropy on answer tokens")
