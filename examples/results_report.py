@@ -19,7 +19,7 @@ import statistics
 from pathlib import Path
 
 from harness.evaluation import correctness_from_text
-from harness.statistics import binomial_se, mcnemar_exact, paired_comparison, t_critical
+from harness.statistics import HalfUp, binomial_se, mcnemar_exact, paired_comparison, t_critical
 
 from .results_plan import (
     BATCH_SIZE,
@@ -82,7 +82,7 @@ def model_builds_line(runs: dict[str, dict]) -> str:
     counts: dict[str, int] = {}
     for run in runs.values():
         build = run.get("model_build")
-        name = (f"weights {build['sha256']} (stage-1 loss {build['stage1_train_loss']:.4f})" if build
+        name = (f"weights {build['sha256']} (stage-1 loss {HalfUp(build['stage1_train_loss']):.4f})" if build
                 else "not recorded (runs before 2026-12-02)")
         counts[name] = counts.get(name, 0) + 1
     caveat = ". Runs of one seed compared across builds start from slightly different projectors."
@@ -162,15 +162,15 @@ def _mean_std(values: list[float]) -> str:
     mean = 100 * statistics.mean(values)
     std = 100 * statistics.stdev(values) if len(values) > 1 else float("nan")
     n = f" (n={len(values)})" if len(values) != len(SEEDS) else ""
-    return f"{mean:.1f} ± {std:.1f}{n}" if not math.isnan(std) else f"{mean:.1f}{n}"
+    return f"{HalfUp(mean):.1f} ± {HalfUp(std):.1f}{n}" if not math.isnan(std) else f"{HalfUp(mean):.1f}{n}"
 
 
 def _fmt_params(n: float) -> str:
-    return f"{n / 1e6:.2f}M"
+    return f"{HalfUp(n / 1e6):.2f}M"
 
 
 def _fmt_mib(n: float) -> str:
-    return f"{n / 2**20:.1f} MiB"
+    return f"{HalfUp(n / 2**20):.1f} MiB"
 
 
 def _seed_results(runs: dict[str, dict], specs: list[dict]) -> list[dict]:
@@ -198,8 +198,9 @@ def _row(label: str, hp: str, results: list[dict]) -> str:
     loss = statistics.mean(r["loss_history"][-1]["loss"] for r in results)
     step = statistics.median(r["median_step_seconds"] for r in results)
     peak = max(r["peak_memory_bytes"] for r in results) / 2**30
-    return (f"| {label} | {hp} | {acc} | {merged_text} | {loss:.2f} | {_fmt_params(r0['trainable_parameters'])} | "
-            f"{_fmt_mib(r0['saved_bytes'])} | {step:.2f} | {peak:.2f} |")
+    return (f"| {label} | {hp} | {acc} | {merged_text} | {HalfUp(loss):.2f} | "
+            f"{_fmt_params(r0['trainable_parameters'])} | {_fmt_mib(r0['saved_bytes'])} | {HalfUp(step):.2f} | "
+            f"{HalfUp(peak):.2f} |")
 
 
 def _group(pick: dict, method: str, targets: str) -> list[dict]:
@@ -217,7 +218,8 @@ def _hyperparameters(pick: dict, method: str) -> str:
 def t_values(most_seeds: int) -> str:
     """'4.30 for 3 seeds, 3.18 for 4, ...': the 95% critical t from `SEEDS`' count up to `most_seeds` seeds."""
     counts = range(len(SEEDS), most_seeds + 1)
-    return ", ".join(f"{t_critical(n - 1):.2f} for {n}" + (" seeds" if n == len(SEEDS) else "") for n in counts)
+    return ", ".join(f"{HalfUp(t_critical(n - 1)):.2f} for {n}" + (" seeds" if n == len(SEEDS) else "")
+                     for n in counts)
 
 
 def paired_table(by_seed: dict[str, dict[int, float]], reference: str, what: str,
@@ -237,8 +239,10 @@ def paired_table(by_seed: dict[str, dict[int, float]], reference: str, what: str
         intro += " Same tests as above."
     else:
         intro += (f" Mean ± the half-width of its 95% confidence interval (paired t-test, seeds - 1 degrees of "
-                  f"freedom: t = {t_values(max(len(seeds), len(SEEDS)))}); 'clear' only when the "
-                  "interval excludes 0.")
+                  f"freedom: t = {t_values(max(len(seeds), len(SEEDS)))}); 'clear' (a difference detected) only "
+                  "when the interval excludes 0. 'No difference detected' is not a finding that the two are equal "
+                  "(no equivalence test is made): the interval shows how large a difference these seeds leave "
+                  "open.")
         if mcnemar:
             intro += (" McNemar: per seed, the test questions only this run / only the reference run answered, and "
                       "the exact test's p-value; it asks whether these two trained models differ on such questions, "
@@ -259,7 +263,7 @@ def paired_table(by_seed: dict[str, dict[int, float]], reference: str, what: str
         if label == reference:
             continue
         common = [s for s in seeds if s in accuracies]
-        cells = " | ".join(f"{100 * (accuracies[s] - by_seed[reference][s]):+.1f}" if s in accuracies else ""
+        cells = " | ".join(f"{HalfUp(100 * (accuracies[s] - by_seed[reference][s])):+.1f}" if s in accuracies else ""
                            for s in seeds)
         if len(common) < 2:
             verdict, summary = f"not tested ({len(common)} seed)", ""
@@ -270,8 +274,8 @@ def paired_table(by_seed: dict[str, dict[int, float]], reference: str, what: str
             summary = test.describe()
             if first_look is not None and len(common) > first_look:
                 test = paired_comparison(points, reference_points, confidence=SECOND_LOOK_CONFIDENCE)
-                summary += f" (± {test.half_width:.1f})"
-            verdict = "yes" if test.clear else "no, within noise"
+                summary += f" (± {HalfUp(test.half_width):.1f})"
+            verdict = "yes" if test.clear else "no difference detected"
         row = f"| {label} | {cells} | {summary} | {verdict} |"
         if mcnemar:
             ours, theirs = answers.get(label, {}), answers.get(reference, {})
@@ -302,8 +306,8 @@ def mask_table(analysis: dict, title: str) -> list[str]:
     projections = list(analysis["levels"][0]["by_projection"])
     lines += ["| threshold | overall | " + " | ".join(projections) + " |", "|---|---|" + "---|" * len(projections)]
     for level in analysis["levels"]:
-        lines.append(f"| M < {level['threshold']:g} | {100 * level['share']:.4f}% | "
-                     + " | ".join(f"{100 * level['by_projection'][p]:.4f}%" for p in projections) + " |")
+        lines.append(f"| M < {level['threshold']:g} | {HalfUp(100 * level['share']):.4f}% | "
+                     + " | ".join(f"{HalfUp(100 * level['by_projection'][p]):.4f}%" for p in projections) + " |")
     overall = analysis.get("overall", {})
     if overall:
         lines += ["", "Mask values overall: " + ", ".join(
@@ -325,8 +329,10 @@ def _cell(values: list[float], n_questions: int) -> str:
     if not values:
         return "pending"
     if len(values) == 1:
-        return f"{100 * values[0]:.1f} (1 seed, ± {100 * binomial_se(values[0], n_questions):.1f} s.e.)"
-    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f} ({len(values)} seeds)"
+        se = HalfUp(100 * binomial_se(values[0], n_questions))
+        return f"{HalfUp(100 * values[0]):.1f} (1 seed, ± {se:.1f} s.e.)"
+    mean, std = HalfUp(100 * statistics.mean(values)), HalfUp(100 * statistics.stdev(values))
+    return f"{mean:.1f} ± {std:.1f} ({len(values)} seeds)"
 
 
 def paired_long_tables(by_label: dict[str, dict[int, dict]], reference: str, all_runs: list[dict],
@@ -353,7 +359,9 @@ def long_table(planned: Plan, runs: dict[str, dict], all_runs: list[dict]) -> li
              f"Test accuracy on {TEST_QUESTIONS} questions at the checkpoint with the best validation accuracy (every "
              f"{CURVE_EVERY} steps, {VAL_QUESTIONS} validation questions) and at the end. 'To best': optimizer steps "
              "and training seconds (validation time excluded) until that checkpoint, the paper's Epoch and Time "
-             "columns; median over seeds. Hyperparameters: the short-run sweeps' picks.", "",
+             "columns; median over seeds. The best checkpoint is the first curve point with the highest validation "
+             "accuracy: a later point that ties it (often step 640) does not move it. Figures are rounded half away "
+             "from zero. Hyperparameters: the short-run sweeps' picks.", "",
              "| method | hyperparameters | test acc at best val | test acc at end | steps to best | seconds to best | "
              "train seconds (all steps) | peak RSS (GiB) | tensor memory (GiB) |", "|---" * 9 + "|"]
     for label, method, targets in TABLE1_GROUPS:
@@ -371,8 +379,8 @@ def long_table(planned: Plan, runs: dict[str, dict], all_runs: list[dict]) -> li
         peak = max(r["peak_memory_bytes"] for r in results) / 2**30
         tensors = [r["tensor_memory"]["peak"] / 2**30 for r in results if r.get("tensor_memory")]
         lines.append(f"| {label} | {hp} | {_cell(at_best, TEST_QUESTIONS)} | {_cell(at_end, TEST_QUESTIONS)} | "
-                     f"{to_best:g} | {seconds:.0f} | {total:.0f} | {peak:.2f} | "
-                     + (f"{max(tensors):.2f} |" if tensors else "- |"))
+                     f"{to_best:g} | {HalfUp(seconds):.0f} | {HalfUp(total):.0f} | {HalfUp(peak):.2f} | "
+                     + (f"{HalfUp(max(tensors)):.2f} |" if tensors else "- |"))
     headline = {}
     for method, targets in LONG_EXTRA_SEED_GROUPS:
         specs = [long_spec(planned.pick, method, targets, seed, steps) for seed in LONG_SEEDS]
@@ -397,9 +405,9 @@ def _best_end(run: dict | None) -> str:
     if run is None:
         return "…"
     if "curve" not in run["result"]:
-        return f"{100 * run['result']['accuracy']:.1f}"
+        return f"{HalfUp(100 * run['result']['accuracy']):.1f}"
     curve = [point["val_accuracy"] for point in run["result"]["curve"]]
-    return f"{100 * max(curve):.1f} / {100 * curve[-1]:.1f}"
+    return f"{HalfUp(100 * max(curve)):.1f} / {HalfUp(100 * curve[-1]):.1f}"
 
 
 def grid_section(runs: dict[str, dict], pick: dict) -> list[str]:
@@ -407,22 +415,23 @@ def grid_section(runs: dict[str, dict], pick: dict) -> list[str]:
     cell beside the setting the short sweeps picked (`pick`, which the long runs and the library's defaults use)."""
     lines = ["", f"## S-MFT (init, T) x learning rate ({GRID_STEPS} steps, validation accuracy %, seed 0)", "",
              f"Best validation point of the curve / at the end ({VAL_QUESTIONS} questions, s.e. ~"
-             f"{100 * binomial_se(0.9, VAL_QUESTIONS):.1f} at 90%). A check, at 5x the length, of the setting the "
-             f"{STEPS}-step sweeps picked.", "",
+             f"{HalfUp(100 * binomial_se(0.9, VAL_QUESTIONS)):.1f} at 90%). A check, at 5x the length, of the "
+             f"setting the {STEPS}-step sweeps picked.", "",
              "| init, T (M0) | " + " | ".join(f"lr {lr:g}" for lr in GRID_LRS) + " |",
              "|---|" + "---|" * len(GRID_LRS)]
     grid = {(s["init_score"], s["temperature"], s["lr"]): runs.get(run_key(s)) for s in grid_specs()}
     top = {cell: max(point["val_accuracy"] for point in run["result"]["curve"]) for cell, run in grid.items() if run}
     for (i, t) in MFT_INIT_T:
         cells = [_best_end(grid[(i, t, lr)]) for lr in GRID_LRS]
-        lines.append(f"| {i:g}, {t:g} ({1 / (1 + math.exp(-i / t)):.4f}) | " + " | ".join(cells) + " |")
+        lines.append(f"| {i:g}, {t:g} ({HalfUp(1 / (1 + math.exp(-i / t))):.4f}) | " + " | ".join(cells) + " |")
     m = pick["mft"]
     picked = (m["init_score"], m["temperature"], m["lr"])
     if len(top) == len(grid) and picked in top:
         i, t, lr = best = max(top, key=top.get)
-        lines += ["", f"Best cell: init {i:g}, T {t:g}, lr {lr:g} ({100 * top[best]:.1f}); the picked setting, init "
-                  f"{picked[0]:g}, T {picked[1]:g}, lr {picked[2]:g}: {100 * top[picked]:.1f}. One seed, so a gap "
-                  "between cells is not tested (each cell's s.e. is above)."]
+        lines += ["", f"Best cell: init {i:g}, T {t:g}, lr {lr:g} ({HalfUp(100 * top[best]):.1f}); the picked "
+                  f"setting, init {picked[0]:g}, T {picked[1]:g}, lr {picked[2]:g}: {HalfUp(100 * top[picked]):.1f}. "
+                  "One seed, so a "
+                  "gap between cells is not tested (each cell's s.e. is above)."]
     return lines
 
 
@@ -430,12 +439,12 @@ def pick_sentence(what: str, picked: float, deciding: list[dict], runs: dict[str
     """Which lr a check (`deciding`, one length) picked for `what`, beside the others' end accuracy and the
     per-point s.e. (one seed: the gap is not tested)."""
     ends = {s["lr"]: runs[run_key(s)]["result"]["accuracy"] for s in deciding}
-    others = ", ".join(f"{100 * accuracy:.1f} at lr {lr:g}" for lr, accuracy in ends.items() if lr != picked)
+    others = ", ".join(f"{HalfUp(100 * accuracy):.1f} at lr {lr:g}" for lr, accuracy in ends.items() if lr != picked)
     se = 100 * binomial_se(ends[picked], VAL_QUESTIONS)
     runner_up = max((lr for lr in ends if lr != picked), key=ends.get)
-    return (f"Picked for {what}: lr {picked:g}, validation {100 * ends[picked]:.1f} at the end ({others}); one seed, "
-            f"each point ± {se:.1f} s.e., so the gap to the runner-up (lr {runner_up:g}) is not tested: the choice "
-            "between them is the rule's, not a measured advantage.")
+    return (f"Picked for {what}: lr {picked:g}, validation {HalfUp(100 * ends[picked]):.1f} at the end ({others}); "
+            f"one seed, each point ± {HalfUp(se):.1f} s.e., so the gap to the runner-up (lr {runner_up:g}) is not "
+            "tested: the choice between them is the rule's, not a measured advantage.")
 
 
 def hard_long_section(planned: Plan, runs: dict[str, dict], all_runs: list[dict]) -> list[str]:
@@ -469,7 +478,7 @@ def hard_long_section(planned: Plan, runs: dict[str, dict], all_runs: list[dict]
                 for level in planned.long_levels}
     for label, seed_runs in by_level.items():
         results = [run["result"] for run in seed_runs.values()]
-        loss = f"{statistics.mean(r['loss_history'][-1]['loss'] for r in results):.2f}" if results else ""
+        loss = f"{HalfUp(statistics.mean(r['loss_history'][-1]['loss'] for r in results)):.2f}" if results else ""
         at_best = _cell([r["best_checkpoint"]["accuracy"] for r in results], TEST_QUESTIONS)
         at_end = _cell([r["accuracy"] for r in results], TEST_QUESTIONS)
         lines.append(f"| {label} | {at_best} | {at_end} | {loss} |")
@@ -489,7 +498,7 @@ def hard_long_section(planned: Plan, runs: dict[str, dict], all_runs: list[dict]
             s, r = run["spec"], run["result"]
             lines.append(f"| H-MFT {100 * s['sparsity']:.3g}% zeroed | {s['lr']:g} | {s['seed']} | {_best_end(run)} | "
                          f"{_cell([r['best_checkpoint']['accuracy']], TEST_QUESTIONS)} | "
-                         f"{_cell([r['accuracy']], TEST_QUESTIONS)} | {r['loss_history'][-1]['loss']:.2f} |")
+                         f"{_cell([r['accuracy']], TEST_QUESTIONS)} | {HalfUp(r['loss_history'][-1]['loss']):.2f} |")
     return lines
 
 
@@ -508,7 +517,7 @@ def layer_section(planned: Plan, runs: dict[str, dict]) -> list[str]:
             lines.append(f"| {name} | | pending | | |")
             continue
         r = run["result"]
-        lines.append(f"| {name} | {r['trainable_parameters'] / 1e6:.2f}M | "
+        lines.append(f"| {name} | {HalfUp(r['trainable_parameters'] / 1e6):.2f}M | "
                      f"{_cell([r['best_checkpoint']['accuracy']], TEST_QUESTIONS)} | "
                      f"{_cell([r['accuracy']], TEST_QUESTIONS)} | {r['best_checkpoint']['step']} |")
     return lines
@@ -576,8 +585,8 @@ def mask_seeds_table(analyses: dict[int, dict], threshold: float | None) -> list
     for seed, lv in level.items():
         share = lv["by_projection"]
         order = " > ".join(sorted(projections, key=lambda p: -share[p]))
-        cells = " | ".join(f"{100 * share[p]:.4f}%" for p in projections)
-        lines.append(f"| {seed} | {100 * lv['share']:.4f}% | {cells} | {order} |")
+        cells = " | ".join(f"{HalfUp(100 * share[p]):.4f}%" for p in projections)
+        lines.append(f"| {seed} | {HalfUp(100 * lv['share']):.4f}% | {cells} | {order} |")
     plots = [f"[seed {seed}]({Path(a['plot']['path']).relative_to('examples')})" for seed, a in analyses.items()
              if a.get("plot")]
     return lines + (["", "Plots: " + ", ".join(plots) + "."] if plots else [])
@@ -649,10 +658,11 @@ def write_report(all_runs: list[dict]) -> str:
         f"short runs: {STEPS} steps. The untuned model "
         "answers in sentences, so its exact match is near 0 (`python -m examples.compare` prints it as 'no "
         "fine-tuning').",
-        f"- Noise: one run's test accuracy has a binomial s.e. of {100 * binomial_se(0.9, TEST_QUESTIONS):.1f} points "
-        f"at 90% and {100 * binomial_se(0.7, TEST_QUESTIONS):.1f} at 70% ({TEST_QUESTIONS} questions); a validation "
-        f"point {100 * binomial_se(0.9, VAL_QUESTIONS):.1f} at 90% ({VAL_QUESTIONS} questions). Differences between "
-        "methods are tested per seed (paired t, 95%); one seed gives no test.",
+        "- Noise: one run's test accuracy has a binomial s.e. of "
+        f"{HalfUp(100 * binomial_se(0.9, TEST_QUESTIONS)):.1f} points at 90% and "
+        f"{HalfUp(100 * binomial_se(0.7, TEST_QUESTIONS)):.1f} at 70% ({TEST_QUESTIONS} questions); a validation "
+        f"point {HalfUp(100 * binomial_se(0.9, VAL_QUESTIONS)):.1f} at 90% ({VAL_QUESTIONS} questions). Differences "
+        "between methods are tested per seed (paired t, 95%); one seed gives no test.",
         f"- Machine: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}); runs ran one at a "
         "time, niced, with light other work beside them, so times are indicative. Peak memory is the process's "
         "resident-set high-water mark during training (it includes allocator caches and the runtime; "
@@ -725,20 +735,20 @@ def write_report(all_runs: list[dict]) -> str:
         for lr in MFT_LRS:
             s = spec("A", "val", "mft", lr, init_score=i, temperature=t)
             a = accuracy(runs, s)
-            cells.append("" if run_key(s) not in planned else "…" if a is None else f"{100 * a:.1f}")
-        lines.append(f"| {i:g}, {t:g} ({m0:.4f}) | " + " | ".join(cells) + " |")
+            cells.append("" if run_key(s) not in planned else "…" if a is None else f"{HalfUp(100 * a):.1f}")
+        lines.append(f"| {i:g}, {t:g} ({HalfUp(m0):.4f}) | " + " | ".join(cells) + " |")
     lines += ["", "(A cross, not a grid: learning rates at the paper's default (init 7, T 2.3), the paper's other "
               "presets at lr 0.1; … = planned, not finished yet.)"]
     for method, lrs, label in (("lora", LORA_LRS, "LoRA (r 16, alpha 32)"), ("full", FULL_LRS, "Full FT")):
         cells = [accuracy(runs, spec("A", "val", method, lr)) for lr in lrs]
         lines += ["", f"{label}:", "", "| " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |", "|" + "---|" * len(lrs),
-                  "| " + " | ".join("…" if c is None else f"{100 * c:.1f}" for c in cells) + " |"]
+                  "| " + " | ".join("…" if c is None else f"{HalfUp(100 * c):.1f}" for c in cells) + " |"]
     if levels:
         lr_sweep, _ = hard_specs(levels, runs)
         cells = [accuracy(runs, s) for s in lr_sweep]
         lines += ["", f"H-MFT at sparsity {100 * lr_sweep[0]['sparsity']:.3g}%:", "",
                   "| " + " | ".join(f"lr {s['lr']:g}" for s in lr_sweep) + " |", "|" + "---|" * len(lr_sweep),
-                  "| " + " | ".join("…" if c is None else f"{100 * c:.1f}" for c in cells) + " |"]
+                  "| " + " | ".join("…" if c is None else f"{HalfUp(100 * c):.1f}" for c in cells) + " |"]
 
     if analysis:
         lines += mask_table(analysis, f"## Learned S-MFT masks after {STEPS} steps (Both, seed 0, test run)")
@@ -756,7 +766,7 @@ def write_report(all_runs: list[dict]) -> str:
         old = {(r["key"], r["finished_at"]): r["result"] for r in all_runs if r.get("kind") == "run" and "result" in r}
         for r in retired(all_runs):
             result = old.get((r["key"], r["retired_finished_at"]), {})
-            figures = ", ".join(f"{label} {100 * result[k]:.2f}%" for k, label in
+            figures = ", ".join(f"{label} {HalfUp(100 * result[k]):.2f}%" for k, label in
                                 (("accuracy", "test acc"), ("merged_accuracy", "merged")) if result.get(k) is not None)
             ended = "finished" if r.get("retired_status", "ok") == "ok" else "last failed"
             lines.append(f"- `{r['slug']}` ({ended} {r['retired_finished_at']}{'; ' + figures if figures else ''}), "

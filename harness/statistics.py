@@ -14,8 +14,26 @@ questions only one of them answers split unevenly between them (a binomial test 
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+
+
+class HalfUp(float):
+    """A number whose fixed-point formats (`.1f`, `+.1f`, ...) round halves away from zero, the one rounding rule of
+    the reports: 1.75 -> 1.8, 3.25 -> 3.3, -11.75 -> -11.8. Python's own rounds an exact binary half to even
+    (3.25 -> 3.2) and an inexact one by its binary value (a mean like 88.75 may print 88.7)."""
+
+    def __format__(self, spec: str) -> str:
+        match = re.fullmatch(r"([+ ]?)\.(\d+)f", spec)
+        if not match:
+            return float.__format__(self, spec)
+        value = Decimal(repr(round(float(self), 9)))  # drop binary noise first: 88.74999999999999 is 88.75
+        text = f"{value.quantize(Decimal(1).scaleb(-int(match.group(2))), rounding=ROUND_HALF_UP):f}"
+        if text.startswith("-") and not text.strip("-0."):
+            text = text[1:]  # no "-0.0"
+        return (match.group(1) + text) if not text.startswith("-") else text
 
 
 _INTEGRATION_STEPS = 4000  # Simpson steps for the t density; the quantile is then exact to ~1e-6
@@ -76,7 +94,7 @@ class PairedComparison:
         return abs(self.mean) > self.half_width
 
     def describe(self) -> str:
-        return f"{self.mean:+.1f} ± {self.half_width:.1f}"
+        return f"{HalfUp(self.mean):+.1f} ± {HalfUp(self.half_width):.1f}"
 
 
 def paired_comparison(a: list[float], b: list[float], confidence: float = 0.95) -> PairedComparison:

@@ -73,3 +73,12 @@ def test_correctness_text_round_trips_and_rejects_other_characters():
     assert text == "101" and correctness_from_text(text) == [True, False, True]
     with pytest.raises(ValueError, match=r"only '0' and '1', got \['2', 'x'\]"):
         correctness_from_text("10x2")
+
+
+def test_halfup_rounds_every_half_away_from_zero_whatever_its_binary_value():
+    from harness.statistics import HalfUp
+
+    # Python's own format gives 1.8, 3.2 and -11.8 here: halves to even, so neighbouring tables disagreed
+    assert [format(HalfUp(v), "+.1f") for v in (1.75, 3.25, -11.75, -3.25)] == ["+1.8", "+3.3", "-11.8", "-3.3"]
+    assert format(HalfUp(100 * 0.8875), ".1f") == "88.8"  # 88.74999999999999 in binary
+    assert format(HalfUp(-0.04), "+.1f") == "+0.0" and format(HalfUp(2), ".2f") == "2.00"

@@ -318,7 +318,7 @@ def test_paired_differences_wait_for_every_seed_and_compare_with_the_best():
     assert "-20.0" in full and "± 0.0 | yes |" in full
     mft = next(line for line in lines if line.startswith("| S-MFT Both"))
     # differences -2, +1, -5: sd 3, s.e. 3 / sqrt(3), t(2 df) = 4.303: half-width 7.45
-    assert "| -2.0 | +1.0 | -5.0 | -2.0 ± 7.5 | no, within noise |" in mft
+    assert "| -2.0 | +1.0 | -5.0 | -2.0 ± 7.5 | no difference detected |" in mft
 
 
 def _long_ok(spec, accuracy, best_step=80):
@@ -409,7 +409,7 @@ def test_headline_comparisons_within_the_noise_get_more_seeds(tmp_path, monkeypa
     assert "(4 seeds)" in row
     assert "t = 4.30 for 3 seeds, 3.18 for 4)" in text and "| method | seed 0 | seed 1 | seed 2 | seed 3 |" in text
     lora = next(line for line in text.splitlines() if line.startswith("| LoRA (r 16) | +1.0"))
-    assert "| +1.0 | -2.0 | +1.0 | -4.0 |" in lora and lora.endswith("| no, within noise |")
+    assert "| +1.0 | -2.0 | +1.0 | -4.0 |" in lora and lora.endswith("| no difference detected |")
     assert "Seeds 3, 4 of S-MFT Both, LoRA (r 16): added because at 3 seeds" in text
     assert "Seeds 0, 1, 2 (also 3, 4 for the long headline rows" in text
     assert "| mean ± 95% CI (97.5% CI) | clear |" in text  # the tables say which interval decides
@@ -423,12 +423,12 @@ def test_a_second_look_after_more_seeds_needs_the_stricter_interval():
     once = report.paired_table(by_seed, "S-MFT Both", "test accuracy")[-1]
     assert once.endswith("| +1.5 ± 1.4 | yes |")
     again = report.paired_table(by_seed, "S-MFT Both", "test accuracy", first_look=3)
-    assert again[-1].endswith("| +1.5 ± 1.4 (± 1.7) | no, within noise |")
+    assert again[-1].endswith("| +1.5 ± 1.4 (± 1.7) | no difference detected |")
     assert "97.5% interval (in brackets) excludes 0" in again[1]
     # the same rows with no more than `first_look` seeds keep the 95% rule
     first_three = {label: {s: v for s, v in values.items() if s < 3} for label, values in by_seed.items()}
     row_of_three = report.paired_table(first_three, "S-MFT Both", "test accuracy", first_look=3)[-1]
-    assert row_of_three.endswith(" | no, within noise |") and "(±" not in row_of_three
+    assert row_of_three.endswith(" | no difference detected |") and "(±" not in row_of_three
 
 
 def test_layer_rows_show_each_ranges_trained_scores_and_wait_for_their_run(tmp_path, monkeypatch):
