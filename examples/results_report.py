@@ -19,7 +19,7 @@ import statistics
 from pathlib import Path
 
 from harness.evaluation import correctness_from_text
-from harness.statistics import HalfUp, binomial_se, mcnemar_exact, paired_comparison, t_critical
+from harness.statistics import HalfUp, binomial_se, holm, mcnemar_exact, paired_comparison, t_critical
 
 from .results_plan import (
     BATCH_SIZE,
@@ -222,15 +222,44 @@ def t_values(most_seeds: int) -> str:
                      for n in counts)
 
 
+def paired_rows(by_seed: dict[str, dict[int, float]], reference: str,
+                first_look: int | None = None) -> dict[str, tuple[list[int], str, str, float | None]]:
+    """Per row of a paired table: (seeds shared with `reference`, the per-seed difference cells, "mean ± CI" text,
+    the paired t-test's p-value (doubled for a second look, see `paired_table`), or None when untested)."""
+    seeds = sorted(by_seed[reference])
+    rows = {}
+    for label, accuracies in by_seed.items():
+        if label == reference:
+            continue
+        common = [s for s in seeds if s in accuracies]
+        cells = " | ".join(f"{HalfUp(100 * (accuracies[s] - by_seed[reference][s])):+.1f}" if s in accuracies else ""
+                           for s in seeds)
+        summary, p_value = "", None
+        if len(common) >= 2:
+            points, reference_points = ([100 * accuracies[s] for s in common],
+                                        [100 * by_seed[reference][s] for s in common])
+            test = paired_comparison(points, reference_points)
+            summary = test.describe()
+            looks = 1
+            if first_look is not None and len(common) > first_look:
+                second = paired_comparison(points, reference_points, confidence=SECOND_LOOK_CONFIDENCE)
+                summary += f" (± {HalfUp(second.half_width):.1f})"
+                looks = 2  # Bonferroni over the two looks: the p-value counts twice
+            p_value = min(1.0, test.p_value * looks)
+        rows[label] = (common, cells, summary, p_value)
+    return rows
+
+
 def paired_table(by_seed: dict[str, dict[int, float]], reference: str, what: str,
                  answers: dict[str, dict[int, str]] | None = None, explain: bool = True,
-                 first_look: int | None = None) -> list[str]:
+                 first_look: int | None = None, family: dict[str, float] | None = None) -> list[str]:
     """Markdown: each row's per-seed accuracy minus `reference`'s on the seeds both have (same data order and
-    questions, so the differences are paired), with the mean and its 95% t interval; "clear" only when that interval
-    excludes 0 (see the module docstring). A row with more seeds than `first_look` was already tested on that many
-    (and got more seeds because it was within the noise): it is clear only when its `SECOND_LOOK_CONFIDENCE`
-    interval, shown beside, excludes 0. With `answers` (label -> seed -> per-question correctness), McNemar's exact
-    test per seed as well. `explain=False` for a table that follows one that explained the tests."""
+    questions, so the differences are paired), with the mean and its 95% t interval, and the paired t-test's p-value
+    (`paired_rows`; doubled for a row with more seeds than `first_look`, a second look at a comparison that got more
+    seeds because it was within the noise). "Clear" when Holm's rule rejects it among this table's tests and the
+    p-values in `family` (the other tests of the same family, e.g. the other point of the same runs). With `answers`
+    (label -> seed -> per-question correctness), McNemar's exact test per seed as well. `explain=False` for a table
+    that follows one that explained the tests."""
     seeds = sorted(by_seed[reference])
     answers = answers or {}
     mcnemar = any(answers.values())
@@ -239,10 +268,12 @@ def paired_table(by_seed: dict[str, dict[int, float]], reference: str, what: str
         intro += " Same tests as above."
     else:
         intro += (f" Mean ± the half-width of its 95% confidence interval (paired t-test, seeds - 1 degrees of "
-                  f"freedom: t = {t_values(max(len(seeds), len(SEEDS)))}); 'clear' (a difference detected) only "
-                  "when the interval excludes 0. 'No difference detected' is not a finding that the two are equal "
-                  "(no equivalence test is made): the interval shows how large a difference these seeds leave "
-                  "open.")
+                  f"freedom: t = {t_values(max(len(seeds), len(SEEDS)))}). 'Clear' (a difference detected): Holm's "
+                  "step-down rule rejects 'no difference' at a family-wise 5% over "
+                  + ("this table's and the next table's comparisons" if family else "this table's comparisons")
+                  + ", on the paired t-test's p-values shown beside. 'No difference detected' is not a finding "
+                  "that the two are equal (no equivalence test is made): the interval shows how large a difference "
+                  "these seeds leave open.")
         if mcnemar:
             intro += (" McNemar: per seed, the test questions only this run / only the reference run answered, and "
                       "the exact test's p-value; it asks whether these two trained models differ on such questions, "
@@ -250,39 +281,31 @@ def paired_table(by_seed: dict[str, dict[int, float]], reference: str, what: str
                       "about 'clear'.")
         if first_look is not None:
             intro += (f" A row with more than {first_look} seeds is a second look at a comparison that was within "
-                      f"the noise at {first_look}, so it is called clear only when its "
-                      f"{100 * SECOND_LOOK_CONFIDENCE:g}% interval (in brackets) excludes 0: over both looks the "
-                      f"chance of a false 'clear' is then at most 5% + {100 * (1 - SECOND_LOOK_CONFIDENCE):g}% "
-                      "(Bonferroni), where a second 95% test would allow up to 10%.")
+                      f"the noise at {first_look}: its p-value counts twice (Bonferroni over the two looks; its "
+                      f"{100 * SECOND_LOOK_CONFIDENCE:g}% interval is in brackets), where a second test at 5% would "
+                      "allow a false 'clear' up to 10% of the time.")
     interval = "mean ± 95% CI" + (f" ({100 * SECOND_LOOK_CONFIDENCE:g}% CI)" if first_look is not None else "")
     lines = ["", intro, "",
              "| method | " + " | ".join(f"seed {s}" for s in seeds) + f" | {interval} | clear |"
              + (" McNemar per seed |" if mcnemar else ""),
              "|---|" + "---|" * (len(seeds) + 2 + mcnemar)]
-    for label, accuracies in by_seed.items():
-        if label == reference:
-            continue
-        common = [s for s in seeds if s in accuracies]
-        cells = " | ".join(f"{HalfUp(100 * (accuracies[s] - by_seed[reference][s])):+.1f}" if s in accuracies else ""
-                           for s in seeds)
-        if len(common) < 2:
-            verdict, summary = f"not tested ({len(common)} seed)", ""
+    rows = paired_rows(by_seed, reference, first_look)
+    tests = {label: p for label, (_, _, _, p) in rows.items() if p is not None}
+    others = list((family or {}).values())
+    decisions = holm(list(tests.values()) + others) if tests else []
+    detected = dict(zip(tests, decisions))
+    for label, (common, cells, summary, _) in rows.items():
+        if label not in tests:
+            verdict = f"not tested ({len(common)} seed)"
         else:
-            points, reference_points = ([100 * accuracies[s] for s in common],
-                                        [100 * by_seed[reference][s] for s in common])
-            test = paired_comparison(points, reference_points)
-            summary = test.describe()
-            if first_look is not None and len(common) > first_look:
-                test = paired_comparison(points, reference_points, confidence=SECOND_LOOK_CONFIDENCE)
-                summary += f" (± {HalfUp(test.half_width):.1f})"
-            verdict = "yes" if test.clear else "no difference detected"
+            verdict = f"{'yes' if detected[label] else 'no difference detected'} (p {HalfUp(tests[label]):.3f})"
         row = f"| {label} | {cells} | {summary} | {verdict} |"
         if mcnemar:
             ours, theirs = answers.get(label, {}), answers.get(reference, {})
             paired = [(s, correctness_from_text(ours[s]), correctness_from_text(theirs[s]))
                       for s in common if s in ours and s in theirs]
-            tests = [f"s{s} {mcnemar_exact(a, b).describe()}" for s, a, b in paired]
-            row += " " + ("; ".join(tests) or "-") + " |"
+            tests_text = [f"s{s} {mcnemar_exact(a, b).describe()}" for s, a, b in paired]
+            row += " " + ("; ".join(tests_text) or "-") + " |"
         lines.append(row)
     return lines
 
@@ -342,13 +365,19 @@ def paired_long_tables(by_label: dict[str, dict[int, dict]], reference: str, all
     recorded = {label: {seed: recorded_answers(all_runs, run) for seed, run in seed_runs.items()}
                 for label, seed_runs in by_label.items()}
     points = (("best", "test accuracy at the best validation checkpoint"), ("end", "test accuracy at the end"))
+    accuracy = {point: {label: {seed: accuracy_at(run["result"], point) for seed, run in seed_runs.items()}
+                        for label, seed_runs in by_label.items()} for point, _ in points}
+    # one family: every comparison at both points (a gap tested at the best checkpoint and at the end is two tests)
+    p_values = {point: {label: p for label, (*_, p) in paired_rows(accuracy[point], reference, first_look).items()
+                        if p is not None} for point, _ in points}
     lines = []
     for point, what in points:
-        accuracy = {label: {seed: accuracy_at(run["result"], point) for seed, run in seed_runs.items()}
-                    for label, seed_runs in by_label.items()}
         answers = {label: {seed: stored[point] for seed, stored in seed_answers.items() if stored and point in stored}
                    for label, seed_answers in recorded.items()}
-        lines += paired_table(accuracy, reference, what, answers, explain=point == "best", first_look=first_look)
+        family = {f"{other} {label}": p for other, _ in points if other != point
+                  for label, p in p_values[other].items()}
+        lines += paired_table(accuracy[point], reference, what, answers, explain=point == "best",
+                              first_look=first_look, family=family)
     return lines
 
 

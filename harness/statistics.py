@@ -93,6 +93,15 @@ class PairedComparison:
     def clear(self) -> bool:
         return abs(self.mean) > self.half_width
 
+    @property
+    def p_value(self) -> float:
+        """Two-sided p-value of the paired t-test (mean 0), `len(differences) - 1` degrees of freedom."""
+        n = len(self.differences)
+        spread = statistics.stdev(self.differences)
+        if spread == 0:
+            return 1.0 if self.mean == 0 else 0.0
+        return 1.0 - _t_central_probability(abs(self.mean) / (spread / math.sqrt(n)), n - 1)
+
     def describe(self) -> str:
         return f"{HalfUp(self.mean):+.1f} ± {HalfUp(self.half_width):.1f}"
 
@@ -107,6 +116,19 @@ def paired_comparison(a: list[float], b: list[float], confidence: float = 0.95) 
     n = len(differences)
     half_width = t_critical(n - 1, confidence) * statistics.stdev(differences) / math.sqrt(n)
     return PairedComparison(differences, statistics.mean(differences), half_width)
+
+
+def holm(p_values: list[float], alpha: float = 0.05) -> list[bool]:
+    """Holm's step-down rule over one family of tests: which hypotheses are rejected (a difference detected) with a
+    family-wise error rate of at most `alpha`. The smallest p-value is compared with alpha / m, the next with
+    alpha / (m - 1), and so on, stopping at the first that fails."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    rejected = [False] * len(p_values)
+    for rank, index in enumerate(order):
+        if p_values[index] > alpha / (len(p_values) - rank):
+            break
+        rejected[index] = True
+    return rejected
 
 
 @dataclass(frozen=True)

@@ -82,3 +82,23 @@ def test_halfup_rounds_every_half_away_from_zero_whatever_its_binary_value():
     assert [format(HalfUp(v), "+.1f") for v in (1.75, 3.25, -11.75, -3.25)] == ["+1.8", "+3.3", "-11.8", "-3.3"]
     assert format(HalfUp(100 * 0.8875), ".1f") == "88.8"  # 88.74999999999999 in binary
     assert format(HalfUp(-0.04), "+.1f") == "+0.0" and format(HalfUp(2), ".2f") == "2.00"
+
+
+def test_the_paired_t_p_value_matches_the_interval_and_a_published_value():
+    from harness.statistics import paired_comparison
+
+    # differences 1, 2, 3: mean 2, sd 1, t = 2 * sqrt(3) = 3.464 with 2 df; two-sided p = 0.0742 (t tables)
+    test = paired_comparison([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
+    assert abs(test.p_value - 0.0742) < 5e-4 and not test.clear
+    clear = paired_comparison([5.0, 5.2, 4.9, 5.1], [0.0, 0.0, 0.0, 0.0])
+    assert clear.clear and clear.p_value < 0.05
+
+
+def test_holm_steps_down_and_stops_at_the_first_failure():
+    from harness.statistics import holm
+
+    # m = 3: 0.01 <= 0.05/3, 0.02 <= 0.05/2, 0.04 <= 0.05/1: all rejected
+    assert holm([0.04, 0.01, 0.02]) == [True, True, True]
+    # 0.03 > 0.05/2 stops the procedure: 0.045 is not rejected although it is below 0.05
+    assert holm([0.01, 0.03, 0.045]) == [True, False, False]
+    assert holm([0.2]) == [False] and holm([0.04]) == [True]

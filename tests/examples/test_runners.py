@@ -315,10 +315,10 @@ def test_paired_differences_wait_for_every_seed_and_compare_with_the_best():
     lines = report.paired_differences(done, pick)
     assert "minus LoRA (r 16)'s" in lines[1]
     full = next(line for line in lines if line.startswith("| Full FT"))
-    assert "-20.0" in full and "± 0.0 | yes |" in full
+    assert "-20.0" in full and "± 0.0 | yes (p 0.000) |" in full
     mft = next(line for line in lines if line.startswith("| S-MFT Both"))
     # differences -2, +1, -5: sd 3, s.e. 3 / sqrt(3), t(2 df) = 4.303: half-width 7.45
-    assert "| -2.0 | +1.0 | -5.0 | -2.0 ± 7.5 | no difference detected |" in mft
+    assert "| -2.0 | +1.0 | -5.0 | -2.0 ± 7.5 | no difference detected (p " in mft
 
 
 def _long_ok(spec, accuracy, best_step=80):
@@ -364,7 +364,7 @@ def test_long_runs_report_best_and_end_time_to_best_and_draw_the_curves(tmp_path
     assert full.endswith("| pending | | | | | | |")
     lora = next(line for line in text.splitlines() if line.startswith("| LoRA (r 16) | +") or
                 line.startswith("| LoRA (r 16) | -"))
-    assert "-10.0 ± 0.0 | yes |" in lora
+    assert "-10.0 ± 0.0 | yes (p 0.000) |" in lora
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "McNemar" not in text  # no run kept its answers
 
@@ -376,10 +376,10 @@ def test_long_runs_report_best_and_end_time_to_best_and_draw_the_curves(tmp_path
     text = report.write_report(runs)
     assert next(line for line in text.splitlines() if line.startswith("| S-MFT Both |")).endswith("| 1.00 | 1.50 |")
     lora = next(line for line in text.splitlines() if line.startswith("| LoRA (r 16) | -"))
-    assert lora.endswith("| yes | s0 4/4, p 1.00 |") and "McNemar per seed" in text
+    assert lora.endswith("| yes (p 0.000) | s0 4/4, p 1.00 |") and "McNemar per seed" in text
     # the end column gets its own paired table: best checkpoint and end differ by 0.01 for every run here
     end = text.split("test accuracy at the end minus S-MFT Both's")[1]
-    assert "| LoRA (r 16) | -10.0 | -10.0 | -10.0 | -10.0 ± 0.0 | yes | s0 4/4, p 1.00 |" in end
+    assert "| LoRA (r 16) | -10.0 | -10.0 | -10.0 | -10.0 ± 0.0 | yes (p 0.000) | s0 4/4, p 1.00 |" in end
     full = next(line for line in text.splitlines() if line.startswith("| Full FT |"))
     assert full.endswith("| pending | | | | | | |")
 
@@ -409,26 +409,27 @@ def test_headline_comparisons_within_the_noise_get_more_seeds(tmp_path, monkeypa
     assert "(4 seeds)" in row
     assert "t = 4.30 for 3 seeds, 3.18 for 4)" in text and "| method | seed 0 | seed 1 | seed 2 | seed 3 |" in text
     lora = next(line for line in text.splitlines() if line.startswith("| LoRA (r 16) | +1.0"))
-    assert "| +1.0 | -2.0 | +1.0 | -4.0 |" in lora and lora.endswith("| no difference detected |")
+    assert "| +1.0 | -2.0 | +1.0 | -4.0 |" in lora and "| no difference detected (p " in lora
     assert "Seeds 3, 4 of S-MFT Both, LoRA (r 16): added because at 3 seeds" in text
     assert "Seeds 0, 1, 2 (also 3, 4 for the long headline rows" in text
     assert "| mean ± 95% CI (97.5% CI) | clear |" in text  # the tables say which interval decides
 
 
 def test_a_second_look_after_more_seeds_needs_the_stricter_interval():
-    # +1.5 points over 5 seeds, s.d. 1.12: the 95% interval (t 2.78) excludes 0, the 97.5% one (t 3.50) does not
+    # +1.5 points over 5 seeds, s.d. 1.12: the 95% interval (t 2.78) excludes 0, the 97.5% one (t 3.50) does not;
+    # the p-value is 0.040, which a second look counts twice (0.080)
     reference = dict.fromkeys(range(5), 0.80)
     row = {0: 0.80, 1: 0.82, 2: 0.81, 3: 0.83, 4: 0.815}
     by_seed = {"S-MFT Both": reference, "LoRA": row}
     once = report.paired_table(by_seed, "S-MFT Both", "test accuracy")[-1]
-    assert once.endswith("| +1.5 ± 1.4 | yes |")
+    assert once.endswith("| +1.5 ± 1.4 | yes (p 0.040) |")
     again = report.paired_table(by_seed, "S-MFT Both", "test accuracy", first_look=3)
-    assert again[-1].endswith("| +1.5 ± 1.4 (± 1.7) | no difference detected |")
-    assert "97.5% interval (in brackets) excludes 0" in again[1]
+    assert again[-1].endswith("| +1.5 ± 1.4 (± 1.7) | no difference detected (p 0.080) |")
+    assert "its p-value counts twice" in again[1]
     # the same rows with no more than `first_look` seeds keep the 95% rule
     first_three = {label: {s: v for s, v in values.items() if s < 3} for label, values in by_seed.items()}
     row_of_three = report.paired_table(first_three, "S-MFT Both", "test accuracy", first_look=3)[-1]
-    assert row_of_three.endswith(" | no difference detected |") and "(±" not in row_of_three
+    assert "| no difference detected (p " in row_of_three and "(±" not in row_of_three
 
 
 def test_layer_rows_show_each_ranges_trained_scores_and_wait_for_their_run(tmp_path, monkeypatch):
@@ -614,3 +615,17 @@ def test_phase_e_tunes_each_method_over_three_rates_then_runs_the_pick_on_test()
     test_runs = [s for s in rp.evidence_specs(pick, 640, runs) if s["split"] == "test"]
     assert len(test_runs) == 9 and {(s["method"], s["lr"]) for s in test_runs} == set(best.items())
     assert {s.get("task") for s in test_runs} == {"digits"}
+
+
+def test_the_two_points_of_the_same_runs_form_one_family():
+    """A gap tested at the best checkpoint and at the end is two tests: Holm runs over both tables, so a p-value that
+    one table alone would call clear (0.024 < 0.05/2) is not clear among four tests (0.024 > 0.05/4)."""
+    seeds = range(3)
+    table = report.paired_table({"ref": dict.fromkeys(seeds, 0.8), "x": {0: 0.9, 1: 0.91, 2: 0.92}}, "ref", "acc")
+    assert "| yes (p " in table[-1]
+    family = {"end a": 0.5, "end b": 0.6, "best b": 0.7}
+    lonely = {"ref": dict.fromkeys(seeds, 0.8), "x": {0: 0.9, 1: 0.92, 2: 0.96}}  # p 0.019
+    alone = report.paired_table(lonely, "ref", "acc")[-1]
+    together = report.paired_table(lonely, "ref", "acc", family=family)[-1]
+    p = float(alone.split("(p ")[1].split(")")[0])
+    assert 0.05 / 4 < p < 0.05 and "| yes (p " in alone and "| no difference detected (p " in together
