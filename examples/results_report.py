@@ -358,6 +358,42 @@ def _cell(values: list[float], n_questions: int) -> str:
     return f"{mean:.1f} ± {std:.1f} ({len(values)} seeds)"
 
 
+def easy_vqa_question_types() -> list[str] | None:
+    """The type of each of the first `TEST_QUESTIONS` easy-vqa test questions, in the order runs answer them
+    ("yes/no", "colour", "shape", from the reference answer), or None where easy-vqa is not installed."""
+    try:
+        from harness.easyvqa import COLORS, SHAPES, prepare_easy_vqa
+
+        records = json.loads(prepare_easy_vqa()["test"].read_text())[:TEST_QUESTIONS]
+    except ImportError:
+        return None
+    answers = [record["conversations"][1]["value"] for record in records]
+    return ["colour" if a in COLORS else "shape" if a in SHAPES else "yes/no" for a in answers]
+
+
+def question_type_table(by_label: dict[str, dict[int, dict]], all_runs: list[dict]) -> list[str]:
+    """Markdown: test accuracy at the end per question type, mean over each row's seeds with recorded answers."""
+    types = easy_vqa_question_types()
+    answered = {label: [a["end"] for run in seed_runs.values() if (a := recorded_answers(all_runs, run))
+                        and len(a.get("end", "")) == TEST_QUESTIONS] for label, seed_runs in by_label.items()}
+    if types is None or not any(answered.values()):
+        return []
+    kinds = sorted(set(types), key=types.index)
+    lines = ["", f"Test accuracy at the end per question type (%, mean over the seeds; {TEST_QUESTIONS} questions: "
+             + ", ".join(f"{types.count(k)} {k}" for k in kinds) + "). One question is 1 / n of its column.", "",
+             "| method | seeds | " + " | ".join(kinds) + " |", "|---|---|" + "---|" * len(kinds)]
+    for label, texts in answered.items():
+        if not texts:
+            continue
+        cells = []
+        for kind in kinds:
+            positions = [i for i, t in enumerate(types) if t == kind]
+            share = statistics.mean(sum(text[i] == "1" for i in positions) / len(positions) for text in texts)
+            cells.append(f"{HalfUp(100 * share):.1f}")
+        lines.append(f"| {label} | {len(texts)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def paired_long_tables(by_label: dict[str, dict[int, dict]], reference: str, all_runs: list[dict],
                        first_look: int | None = None) -> list[str]:
     """`paired_table` of long runs (label -> seed -> run) against `reference`, at the best validation checkpoint and
@@ -418,6 +454,7 @@ def long_table(planned: Plan, runs: dict[str, dict], all_runs: list[dict]) -> li
     more = more_seed_rows(planned)
     if len(headline[reference]) >= 2:
         lines += paired_long_tables(headline, reference, all_runs, first_look=len(SEEDS) if more else None)
+    lines += question_type_table(headline, all_runs)
     if more:
         lines += ["", f"Seeds {', '.join(map(str, MORE_SEEDS))} of {', '.join(more)}: added because "
                   f"at {len(SEEDS)} seeds a comparison with {reference} was within the noise (`more_seed_specs`); "

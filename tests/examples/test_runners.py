@@ -629,3 +629,16 @@ def test_the_two_points_of_the_same_runs_form_one_family():
     together = report.paired_table(lonely, "ref", "acc", family=family)[-1]
     p = float(alone.split("(p ")[1].split(")")[0])
     assert 0.05 / 4 < p < 0.05 and "| yes (p " in alone and "| no difference detected (p " in together
+
+
+def test_accuracy_per_question_type_counts_each_type_over_the_seeds(monkeypatch):
+    types = ["yes/no", "colour", "yes/no", "shape"] * (rp.TEST_QUESTIONS // 4)
+    monkeypatch.setattr(report, "easy_vqa_question_types", lambda: types)
+    right_on = {"yes/no": "1010", "all": "1111"}  # the first pattern: right on both yes/no, wrong on colour and shape
+    runs = {"A": {0: {"result": {"answers_correct": {"end": right_on["yes/no"] * (rp.TEST_QUESTIONS // 4)}}}},
+            "B": {0: {"result": {"answers_correct": {"end": right_on["all"] * (rp.TEST_QUESTIONS // 4)}}},
+                  1: {"result": {"answers_correct": {"end": right_on["yes/no"] * (rp.TEST_QUESTIONS // 4)}}}}}
+    lines = report.question_type_table(runs, [])
+    assert lines[3] == "| method | seeds | yes/no | colour | shape |"
+    assert "| A | 1 | 100.0 | 0.0 | 0.0 |" in lines and "| B | 2 | 100.0 | 50.0 | 50.0 |" in lines
+    assert "200 yes/no, 100 colour, 100 shape" in lines[1]
