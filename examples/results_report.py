@@ -364,8 +364,8 @@ def easy_vqa_question_types() -> list[str] | None:
     try:
         from harness.easyvqa import COLORS, SHAPES, prepare_easy_vqa
 
-        records = json.loads(prepare_easy_vqa()["test"].read_text())[:TEST_QUESTIONS]
-    except ImportError:
+        records = json.loads(Path(prepare_easy_vqa()["test"]).read_text())[:TEST_QUESTIONS]
+    except (ImportError, OSError):  # easy-vqa not installed, or its files not built here
         return None
     answers = [record["conversations"][1]["value"] for record in records]
     return ["colour" if a in COLORS else "shape" if a in SHAPES else "yes/no" for a in answers]
