@@ -58,13 +58,16 @@ def variants() -> dict[str, callable]:
 
 
 def masked_base_model(checkpoint: str, masks: AdapterMasks, transform):
-    """The embedded base model with `W * transform(M)` written into every masked weight, and its processor."""
+    """The embedded base model with `W * transform(M)` written into every masked weight, its processor, and the
+    share of masked weights `transform` zeroed."""
     loaded = load_llava(checkpoint)
+    zeroed = total = 0
     with torch.no_grad():
         for name, mask in masks:
-            weight = loaded.model.get_submodule(name).weight
-            weight.mul_(transform(mask).to(weight.dtype))
-    return loaded.model, loaded.processor()
+            weight, applied = loaded.model.get_submodule(name).weight, transform(mask)
+            weight.mul_(applied.to(weight.dtype))
+            zeroed, total = zeroed + int((applied == 0).sum()), total + applied.numel()
+    return loaded.model, loaded.processor(), zeroed / total
 
 
 def done_variants(source_key: str) -> set[str]:
@@ -91,12 +94,10 @@ def main(argv=None) -> list[dict]:
     for name, transform in variants().items():
         if name in skip or (args.only and name not in args.only):
             continue
-        model, processor = masked_base_model(checkpoint, masks, transform)
+        model, processor, zeroed_share = masked_base_model(checkpoint, masks, transform)
         evaluation = evaluate_vqa(model, processor, records, batch_size=32, desc=name)
-        zeroed = sum(int((transform(mask) == 0).sum()) for _, mask in masks)
-        total = sum(mask.numel() for _, mask in masks)
         record = {"source_key": args.source_key, "adapter": str(args.adapter), "variant": name,
-                  "accuracy": evaluation["accuracy"], "questions": evaluation["total"], "zeroed_share": zeroed / total,
+                  "accuracy": evaluation["accuracy"], "questions": evaluation["total"], "zeroed_share": zeroed_share,
                   "answers_correct": correctness_text(evaluation["predictions"])}
         PROBE_FILE.parent.mkdir(parents=True, exist_ok=True)
         with open(PROBE_FILE, "a") as f:

@@ -46,7 +46,7 @@ def test_variants_evaluate_w_times_f_of_m_and_resume(tiny):
     with_adapter = PeftModel.from_pretrained(loaded.model, tiny["adapter"])
     reference = evaluate_vqa(with_adapter, loaded.processor(), records, batch_size=32)
     assert results["soft"]["accuracy"] == reference["accuracy"] and results["soft"]["zeroed_share"] == 0.0
-    soft, _ = probe.masked_base_model(str(tiny["model"]), probe.AdapterMasks.from_folder(tiny["adapter"]),
+    soft, _, _ = probe.masked_base_model(str(tiny["model"]), probe.AdapterMasks.from_folder(tiny["adapter"]),
                                       probe.variants()["soft"])
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     with torch.no_grad():
@@ -58,7 +58,7 @@ def test_variants_evaluate_w_times_f_of_m_and_resume(tiny):
     assert below > 0 and results["binary at 0.1"]["zeroed_share"] == below
     assert results["soft, near-zero back to 1"]["zeroed_share"] == 0.0
     # the weights of a variant are W * f(M)
-    model, _ = probe.masked_base_model(str(tiny["model"]), masks, lambda m: (m >= 0.1).to(m.dtype))
+    model, _, _ = probe.masked_base_model(str(tiny["model"]), masks, lambda m: (m >= 0.1).to(m.dtype))
     name, mask = next(iter(masks))
     original = LlavaForConditionalGeneration.from_pretrained(tiny["model"]).get_submodule(name).weight
     assert torch.equal(model.get_submodule(name).weight, original * (mask >= 0.1).to(original.dtype))
